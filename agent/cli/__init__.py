@@ -1,0 +1,1 @@
+"""vmctl: the operator command-line client."""

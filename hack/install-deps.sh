@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages and the Python virtual environment the agent and its tests need.
+# Idempotent: safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  libvirt-daemon-system libvirt-dev qemu-system-x86 qemu-utils
+  nftables libnftables1 python3-nftables dnsmasq-base conntrack
+  busybox-static cpio iproute2 socat pkg-config gcc python3-venv python3-dev
+  syslinux-common extlinux mtools dosfstools fdisk e2fsprogs
+  docker-registry skopeo umoci
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+echo "install-deps: ready (.venv)"
