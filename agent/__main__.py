@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import sys
 
+from agent.config import ConfigError, load_settings
+from agent.logs import setup_logging
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the agent daemon (wired up by the lifecycle work)."""
-    print("usage: virt-agent [options]  (the daemon arrives with the lifecycle API)")
-    return 0
+    """Parse settings and run the agent; configuration errors exit 2 with the setting named."""
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"virt-agent: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_format, settings.log_level)
+    from agent.app import run  # noqa: PLC0415 - keeps --help fast and free of libvirt
+
+    return run(settings)
 
 
 if __name__ == "__main__":

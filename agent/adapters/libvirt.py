@@ -1,0 +1,376 @@
+"""LibvirtHypervisor: the agent's one persistent libvirt connection (the only `import libvirt`).
+
+One connection per process, libvirt's default event loop on its own thread, lifecycle
+events handed to subscribers from a dispatcher thread (callbacks stay trivial), and a
+reconnect loop with backoff when libvirtd goes away. Every libvirtError is translated once,
+here, into the agent's error tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import libvirt
+
+from agent.domain.metadata import METADATA_KEY, METADATA_URI
+from agent.errors import FailedPrecondition, InvalidSpec, NotFound, Unavailable
+from agent.ports import DomainEvent, DomainInfo, DomainState
+
+__all__ = ["LibvirtHypervisor"]
+
+log = logging.getLogger(__name__)
+
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: DomainState.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PMSUSPENDED,
+}
+
+
+def _constants(prefix: str) -> dict[int, str]:
+    """Map libvirt's enum values to lower-case names, e.g. VIR_DOMAIN_SHUTOFF_CRASHED → crashed."""
+    names = {}
+    for attr in dir(libvirt):
+        if attr.startswith(prefix) and not attr.endswith("_LAST"):
+            value = getattr(libvirt, attr)
+            if isinstance(value, int):
+                names[value] = attr[len(prefix) :].lower()
+    return names
+
+
+_REASONS = {
+    libvirt.VIR_DOMAIN_RUNNING: _constants("VIR_DOMAIN_RUNNING_"),
+    libvirt.VIR_DOMAIN_PAUSED: _constants("VIR_DOMAIN_PAUSED_"),
+    libvirt.VIR_DOMAIN_SHUTOFF: _constants("VIR_DOMAIN_SHUTOFF_"),
+    libvirt.VIR_DOMAIN_SHUTDOWN: _constants("VIR_DOMAIN_SHUTDOWN_"),
+    libvirt.VIR_DOMAIN_CRASHED: _constants("VIR_DOMAIN_CRASHED_"),
+}
+_EVENTS = _constants("VIR_DOMAIN_EVENT_")
+_EVENT_DETAILS = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: _constants("VIR_DOMAIN_EVENT_STARTED_"),
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: _constants("VIR_DOMAIN_EVENT_SUSPENDED_"),
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: _constants("VIR_DOMAIN_EVENT_RESUMED_"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: _constants("VIR_DOMAIN_EVENT_STOPPED_"),
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: _constants("VIR_DOMAIN_EVENT_SHUTDOWN_"),
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: _constants("VIR_DOMAIN_EVENT_CRASHED_"),
+}
+
+# Errors that mean "the connection is gone", not "the request was wrong".
+_CONNECTION_ERRORS = {
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_AUTH_FAILED,
+}
+_NOT_FOUND = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_METADATA}
+_WRONG_STATE = {libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED}
+_BAD_CONFIG = {
+    libvirt.VIR_ERR_XML_ERROR,
+    libvirt.VIR_ERR_XML_DETAIL,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    libvirt.VIR_ERR_INVALID_ARG,
+}
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _start_event_loop() -> None:
+    """Run libvirt's default event loop on a daemon thread, once per process."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        # Errors reach us as exceptions; libvirt's default handler would also print them.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+class LibvirtHypervisor:
+    """A Hypervisor port on libvirt-python.
+
+    Usage::
+
+        hv = LibvirtHypervisor("qemu:///system")
+        hv.open()            # connects (or keeps retrying in the background)
+        hv.define(xml); hv.start("default_vm1", paused=True); hv.resume("default_vm1")
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        qemu_run_dir: str = "/run/libvirt/qemu",
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.uri = uri
+        self.qemu_run_dir = qemu_run_dir
+        self._max_backoff = max_backoff
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._lost = threading.Event()
+        self._closed = threading.Event()
+        self._handlers: list[Callable[[DomainEvent], None]] = []
+        self._events: queue.SimpleQueue[DomainEvent | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    # -- connection -------------------------------------------------------------------
+
+    def open(self, *, wait: bool = True) -> None:
+        """Connect; with wait=False a failed first connect is retried in the background."""
+        _start_event_loop()
+        for target, name in ((self._dispatch, "libvirt-dispatch"), (self._keep, "libvirt-keep")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        try:
+            self._connect()
+        except Unavailable:
+            if wait:
+                raise
+            self._lost.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._lost.set()
+        self._events.put(None)
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def _connect(self) -> None:
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise Unavailable(f"connecting to libvirt at {self.uri}: {exc}") from exc
+        conn.registerCloseCallback(self._on_close, None)
+        conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+        )
+        with self._lock:
+            self._conn = conn
+        log.info("connected to libvirt", extra={"uri": self.uri})
+        self._events.put(DomainEvent(name="", event="connected", detail=""))
+
+    def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
+        # Runs on the event loop thread: only flag it; the keeper thread reconnects.
+        with self._lock:
+            self._conn = None
+        self._lost.set()
+
+    def _keep(self) -> None:
+        """Reconnect with capped exponential backoff whenever the connection is lost."""
+        while not self._closed.is_set():
+            self._lost.wait()
+            if self._closed.is_set():
+                return
+            self._events.put(DomainEvent(name="", event="disconnected", detail=""))
+            delay = 0.2
+            while not self._closed.is_set():
+                try:
+                    self._connect()
+                    self._lost.clear()
+                    break
+                except Unavailable as exc:
+                    log.warning("libvirt unavailable, retrying in %.1fs: %s", delay, exc)
+                    self._closed.wait(delay)
+                    delay = min(delay * 2, self._max_backoff)
+
+    def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
+        name = _EVENTS.get(event, str(event))
+        detail_name = _EVENT_DETAILS.get(event, {}).get(detail, str(detail))
+        self._events.put(DomainEvent(name=dom.name(), event=name, detail=detail_name))
+
+    def _dispatch(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            for handler in list(self._handlers):
+                try:
+                    handler(event)
+                except Exception:
+                    log.exception("domain event handler failed for %s", event)
+
+    def subscribe(self, handler: Callable[[DomainEvent], None]) -> None:
+        self._handlers.append(handler)
+
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[Any]:
+        """Yield the connection; translate libvirt's errors into the agent's, once."""
+        conn = self._conn
+        if conn is None:
+            raise Unavailable(f"{what}: libvirt at {self.uri} is not connected")
+        try:
+            yield conn
+        except libvirt.libvirtError as exc:
+            code = exc.get_error_code()
+            message = f"{what}: {exc.get_error_message()}"
+            if code in _NOT_FOUND:
+                raise NotFound(message) from exc
+            if code in _CONNECTION_ERRORS:
+                if not conn.isAlive():
+                    self._on_close(conn, 0, None)
+                raise Unavailable(message) from exc
+            if code in _BAD_CONFIG:
+                raise InvalidSpec("spec", message) from exc
+            if code in _WRONG_STATE:
+                raise FailedPrecondition(message) from exc
+            raise
+
+    # -- catalog ----------------------------------------------------------------------
+
+    def _info(self, dom: Any) -> DomainInfo:
+        state_code, reason_code = dom.state()
+        active = bool(dom.isActive())
+        config_flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
+        return DomainInfo(
+            name=dom.name(),
+            uuid=dom.UUIDString(),
+            state=_STATES.get(state_code, DomainState.NOSTATE),
+            reason=_REASONS.get(state_code, {}).get(reason_code, "unknown"),
+            config_xml=dom.XMLDesc(config_flags),
+            live_xml=dom.XMLDesc(0) if active else "",
+            pid=self._pid(dom.name()) if active else 0,
+        )
+
+    def _pid(self, name: str) -> int:
+        try:
+            with open(f"{self.qemu_run_dir}/{name}.pid") as handle:
+                return int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def lookup(self, name: str) -> DomainInfo | None:
+        with self._call(f"looking up domain {name}") as conn:
+            try:
+                dom = conn.lookupByName(name)
+                return self._info(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+    def list_domains(self) -> list[DomainInfo]:
+        with self._call("listing domains") as conn:
+            infos = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    infos.append(self._info(dom))
+                except libvirt.libvirtError as exc:
+                    # Undefined between the list and the read: it is gone, not an error.
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return infos
+
+    def define(self, xml: str) -> None:
+        name = ET.fromstring(xml).findtext("name", "")
+        with self._call(f"defining domain {name}") as conn:
+            conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+
+    def undefine(self, name: str) -> None:
+        with self._call(f"undefining domain {name}") as conn:
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return  # already gone: deleting a missing thing succeeds
+                raise
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError as exc:
+                # Drivers without NVRAM support (the test driver) reject the flag itself.
+                if exc.get_error_code() not in (
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                ):
+                    raise
+                dom.undefine()
+
+    def set_metadata(self, name: str, element_xml: str, *, live: bool) -> None:
+        with self._call(f"updating metadata of domain {name}") as conn:
+            dom = conn.lookupByName(name)
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if live and dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, element_xml, METADATA_KEY, METADATA_URI, flags
+            )
+
+    # -- power ------------------------------------------------------------------------
+
+    def _domain_call(self, name: str, what: str, action: Callable[[Any], object]) -> None:
+        with self._call(f"{what} domain {name}") as conn:
+            action(conn.lookupByName(name))
+
+    def start(self, name: str, *, paused: bool = False) -> None:
+        def create(dom: Any) -> None:
+            if not paused:
+                dom.create()
+                return
+            try:
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            except libvirt.libvirtError as exc:
+                # Drivers without START_PAUSED (libvirt's test driver): create, then pause.
+                if exc.get_error_code() not in (
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                ):
+                    raise
+                dom.create()
+                dom.suspend()
+
+        self._domain_call(name, "starting", create)
+
+    def shutdown(self, name: str) -> None:
+        # Default method: QEMU uses the ACPI power button when no guest agent is configured.
+        self._domain_call(name, "shutting down", lambda dom: dom.shutdown())
+
+    def destroy(self, name: str) -> None:
+        self._domain_call(name, "destroying", lambda dom: dom.destroy())
+
+    def suspend(self, name: str) -> None:
+        self._domain_call(name, "pausing", lambda dom: dom.suspend())
+
+    def resume(self, name: str) -> None:
+        self._domain_call(name, "resuming", lambda dom: dom.resume())
+
+    def reboot(self, name: str) -> None:
+        self._domain_call(name, "rebooting", lambda dom: dom.reboot(0))
+
+    def reset(self, name: str) -> None:
+        self._domain_call(name, "resetting", lambda dom: dom.reset(0))
+
+    def versions(self) -> tuple[str, str]:
+        with self._call("reading versions") as conn:
+            return _version(conn.getLibVersion()), _version(conn.getVersion())
+
+
+def _version(number: int) -> str:
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

@@ -1,0 +1,68 @@
+"""QemuImg: disk image files through the qemu-img command (the only place that runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from agent.errors import FailedPrecondition, InvalidSpec
+
+__all__ = ["QemuImg"]
+
+
+class QemuImg:
+    """Reads image formats and creates overlays and blank disks.
+
+    Usage::
+
+        tool = QemuImg()
+        fmt = tool.format_of("/images/base.qcow2")
+        tool.create_overlay("/images/base.qcow2", fmt, "/state/vm/root.qcow2")
+    """
+
+    def __init__(self, binary: str = "qemu-img", timeout: float = 60.0) -> None:
+        self.binary = binary
+        self.timeout = timeout
+
+    def _run(self, args: list[str], what: str) -> str:
+        try:
+            done = subprocess.run(
+                [self.binary, *args],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise FailedPrecondition(f"{what}: {exc}") from exc
+        if done.returncode != 0:
+            raise FailedPrecondition(f"{what}: {done.stderr.strip()}")
+        return done.stdout
+
+    def format_of(self, path: str, field: str = "") -> str:
+        """The image's format; only qcow2 and raw are accepted."""
+        # --force-share: the image may be in use as a backing file by a running VM.
+        out = self._run(["info", "--output=json", "--force-share", path], f"reading {path}")
+        info = json.loads(out)
+        fmt = str(info.get("format", ""))
+        if fmt not in ("qcow2", "raw"):
+            raise InvalidSpec(field, f"{path} is a {fmt or 'unknown'} image; use qcow2 or raw")
+        if info.get("backing-filename"):
+            # A base with its own backing chain could point anywhere on the host.
+            raise InvalidSpec(field, f"{path} has a backing file; flatten it first")
+        return fmt
+
+    def create_overlay(self, base: str, base_format: str, path: str) -> None:
+        """A qcow2 file that reads from ``base`` and takes every write itself."""
+        tmp = f"{path}.tmp"
+        self._run(
+            ["create", "-q", "-f", "qcow2", "-F", base_format, "-b", base, tmp],
+            f"creating overlay {path}",
+        )
+        os.replace(tmp, path)
+
+    def create_blank(self, path: str, size_bytes: int, fmt: str = "qcow2") -> None:
+        tmp = f"{path}.tmp"
+        self._run(["create", "-q", "-f", fmt, tmp, str(size_bytes)], f"creating disk {path}")
+        os.replace(tmp, path)

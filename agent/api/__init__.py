@@ -1,0 +1,1 @@
+"""The gRPC surface: server construction, servicers, conversions and error mapping."""

@@ -1,0 +1,95 @@
+"""create_server: the gRPC server with the agent's services, health and reflection."""
+
+from __future__ import annotations
+
+import os
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agent.api._gen.virtagent.v1 import (
+    migration_service_pb2,
+    migration_service_pb2_grpc,
+    node_service_pb2,
+    node_service_pb2_grpc,
+    vm_service_pb2,
+    vm_service_pb2_grpc,
+)
+from agent.api.servicer import MigrationServicer, NodeServicer, VirtualMachineServicer
+
+__all__ = ["HEALTH_SERVICES", "Server", "create_server"]
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+HEALTH_SERVICES = (
+    "",
+    "virtagent.v1.VirtualMachineService",
+    "virtagent.v1.NodeService",
+)
+
+
+@dataclass
+class Server:
+    """A started-but-not-serving gRPC server, its bound ports and its health servicer."""
+
+    grpc_server: grpc.Server
+    ports: list[int]
+    health: health.HealthServicer
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in HEALTH_SERVICES:
+            self.health.set(service, status)
+
+
+def create_server(
+    vm: VirtualMachineServicer,
+    node: NodeServicer,
+    *,
+    listen: list[str],
+    unix_socket: str = "",
+    credentials: grpc.ServerCredentials | None = None,
+    reflection_enabled: bool = True,
+    max_workers: int = 32,
+) -> Server:
+    """Bind every address (``host:port``, port 0 picks one) and the unix socket; not started."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", 100),
+        ],
+    )
+    vm_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server(vm, server)
+    node_service_pb2_grpc.add_NodeServiceServicer_to_server(node, server)
+    migration_service_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationServicer(), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if reflection_enabled:
+        names = [
+            vm_service_pb2.DESCRIPTOR.services_by_name["VirtualMachineService"].full_name,
+            node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+            migration_service_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
+    if credentials is not None:
+        ports = [server.add_secure_port(address, credentials) for address in listen]
+    else:
+        ports = [server.add_insecure_port(address) for address in listen]
+    if unix_socket:
+        os.makedirs(os.path.dirname(unix_socket) or ".", exist_ok=True)
+        if os.path.exists(unix_socket):
+            os.unlink(unix_socket)  # left over from a previous run
+        server.add_insecure_port(f"unix:{unix_socket}")
+    result = Server(grpc_server=server, ports=ports, health=health_servicer)
+    result.set_serving(False)
+    return result

@@ -1,0 +1,272 @@
+"""Thin gRPC servicers: validate → convert → call the service → convert back."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from agent import __version__
+from agent.api._gen.virtagent.v1 import (
+    migration_service_pb2 as mig_pb2,
+)
+from agent.api._gen.virtagent.v1 import (
+    migration_service_pb2_grpc as mig_grpc,
+)
+from agent.api._gen.virtagent.v1 import (
+    node_service_pb2 as node_pb2,
+)
+from agent.api._gen.virtagent.v1 import (
+    node_service_pb2_grpc as node_grpc,
+)
+from agent.api._gen.virtagent.v1 import (
+    vm_service_pb2 as pb,
+)
+from agent.api._gen.virtagent.v1 import (
+    vm_service_pb2_grpc as vm_grpc,
+)
+from agent.api.convert import spec_from_proto, vm_to_proto
+from agent.api.errors import grpc_errors, grpc_stream_errors
+from agent.domain.lifecycle import VMService
+from agent.errors import InvalidSpec, Unsupported
+from agent.labels import matches_selector, parse_selector
+from agent.ports import HostProbe
+from agent.spec import validate_name
+
+__all__ = ["MigrationServicer", "NodeServicer", "VirtualMachineServicer"]
+
+_EVENT_TYPES = {
+    "ADDED": pb.EVENT_TYPE_ADDED,
+    "MODIFIED": pb.EVENT_TYPE_MODIFIED,
+    "DELETED": pb.EVENT_TYPE_DELETED,
+}
+_CONSOLE_CHUNK = 64 * 1024
+_FOLLOW_POLL_SECONDS = 0.2
+
+
+def _names(request: Any) -> tuple[str, str]:
+    return validate_name("namespace", request.namespace), validate_name("name", request.name)
+
+
+def _grace(request: Any) -> int | None:
+    if not request.HasField("grace_period_seconds"):
+        return None
+    if request.grace_period_seconds < 0:
+        raise InvalidSpec("grace_period_seconds", "must not be negative")
+    return int(request.grace_period_seconds)
+
+
+class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
+    """virtagent.v1.VirtualMachineService over a VMService."""
+
+    def __init__(self, service: VMService) -> None:
+        self.service = service
+
+    @grpc_errors
+    def ApplyVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        spec = spec_from_proto(request.vm)
+        record, changed = self.service.apply(spec, request.request_id)
+        return pb.ApplyVirtualMachineResponse(vm=vm_to_proto(record), changed=changed)
+
+    @grpc_errors
+    def GetVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.GetVirtualMachineResponse(vm=vm_to_proto(self.service.get(*_names(request))))
+
+    @grpc_errors
+    def ListVirtualMachines(self, request: Any, context: grpc.ServicerContext) -> Any:
+        version = self.service.registry.resource_version
+        records = self.service.list(request.namespace, request.label_selector)
+        return pb.ListVirtualMachinesResponse(
+            vms=[vm_to_proto(r) for r in records], resource_version=version
+        )
+
+    @grpc_stream_errors
+    def WatchVirtualMachines(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        requirements = parse_selector(request.label_selector)
+
+        def wanted(spec: Any) -> bool:
+            in_namespace = not request.namespace or spec.namespace == request.namespace
+            return in_namespace and matches_selector(spec.labels, requirements)
+
+        snapshot, version, watch = self.service.registry.watch()
+        try:
+            for item in sorted(snapshot, key=lambda r: (r.spec.namespace, r.spec.name)):
+                if wanted(item.spec):
+                    yield pb.WatchVirtualMachinesResponse(
+                        type=pb.EVENT_TYPE_ADDED, vm=vm_to_proto(item), resource_version=version
+                    )
+            yield pb.WatchVirtualMachinesResponse(
+                type=pb.EVENT_TYPE_SYNCED, resource_version=version
+            )
+            while context.is_active():
+                event = watch.next_event(timeout=1.0)
+                if event is None:
+                    continue
+                if event.record is None:
+                    context.abort(
+                        grpc.StatusCode.ABORTED, "watch fell behind; list and watch again"
+                    )
+                    return
+                if wanted(event.record.spec):
+                    yield pb.WatchVirtualMachinesResponse(
+                        type=_EVENT_TYPES[event.type],
+                        vm=vm_to_proto(event.record),
+                        resource_version=event.resource_version,
+                    )
+        finally:
+            watch.close()
+
+    @grpc_errors
+    def StartVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        record = self.service.start(*_names(request), request.request_id)
+        return pb.StartVirtualMachineResponse(vm=vm_to_proto(record))
+
+    @grpc_errors
+    def StopVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        record = self.service.stop(
+            *_names(request),
+            grace_period=_grace(request),
+            force=request.force,
+            request_id=request.request_id,
+        )
+        return pb.StopVirtualMachineResponse(vm=vm_to_proto(record))
+
+    @grpc_errors
+    def RestartVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        record = self.service.restart(
+            *_names(request), hard=request.hard, request_id=request.request_id
+        )
+        return pb.RestartVirtualMachineResponse(vm=vm_to_proto(record))
+
+    @grpc_errors
+    def PauseVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        record = self.service.pause(*_names(request), request.request_id)
+        return pb.PauseVirtualMachineResponse(vm=vm_to_proto(record))
+
+    @grpc_errors
+    def ResumeVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        record = self.service.resume(*_names(request), request.request_id)
+        return pb.ResumeVirtualMachineResponse(vm=vm_to_proto(record))
+
+    @grpc_errors
+    def DeleteVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.service.delete(
+            *_names(request), grace_period=_grace(request), request_id=request.request_id
+        )
+        return pb.DeleteVirtualMachineResponse()
+
+    @grpc_stream_errors
+    def GetConsoleLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if request.tail_lines < 0:
+            raise InvalidSpec("tail_lines", "must not be negative")
+        namespace, name = _names(request)
+        path = self.service.console_log_path(namespace, name)
+        offset = _tail_offset(path, request.tail_lines)
+        while True:
+            offset, chunks = _read_from(path, offset)
+            for chunk in chunks:
+                yield pb.GetConsoleLogResponse(data=chunk)
+            if not request.follow or not context.is_active():
+                return
+            self.service.get(namespace, name)  # ends the stream once the VM is deleted
+            time.sleep(_FOLLOW_POLL_SECONDS)
+
+
+def _tail_offset(path: str, lines: int) -> int:
+    """Byte offset where the last ``lines`` lines start (0: the whole file)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return 0
+    if lines == 0:
+        return 0
+    with open(path, "rb") as handle:
+        block, found, position = 8192, 0, size
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step)
+            for index in range(len(data) - 1, -1, -1):
+                if data[index] == 0x0A and position + index < size - 1:
+                    found += 1
+                    if found == lines:
+                        return position + index + 1
+    return 0
+
+
+def _read_from(path: str, offset: int) -> tuple[int, list[bytes]]:
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size < offset:
+                offset = 0  # the log was truncated (new boot): start over
+            handle.seek(offset)
+            chunks = []
+            while chunk := handle.read(_CONSOLE_CHUNK):
+                chunks.append(chunk)
+                offset += len(chunk)
+            return offset, chunks
+    except FileNotFoundError:
+        return offset, []
+
+
+class NodeServicer(node_grpc.NodeServiceServicer):
+    """virtagent.v1.NodeService: capacity, versions and VM counts."""
+
+    def __init__(self, service: VMService, host: HostProbe, *, reserved_memory: int) -> None:
+        self.service = service
+        self.host = host
+        self.reserved_memory = reserved_memory
+
+    @grpc_errors
+    def GetNode(self, request: Any, context: grpc.ServicerContext) -> Any:
+        facts = self.host.facts()
+        libvirt_version, qemu_version = self.service.hv.versions()
+        counts: dict[str, int] = {}
+        for record in self.service.registry.records():
+            phase = record.status.phase.value
+            counts[phase] = counts.get(phase, 0) + 1
+        node = node_pb2.Node(
+            name=self.service.node_name,
+            cpu_capacity=facts.cpus,
+            cpu_allocatable=facts.cpus,
+            memory_capacity_bytes=facts.memory_bytes,
+            memory_allocatable_bytes=max(0, facts.memory_bytes - self.reserved_memory),
+            libvirt_version=libvirt_version,
+            qemu_version=qemu_version,
+            virt_type=self.service.virt_type,
+            cpu_model=facts.cpu_model,
+            vm_counts=counts,
+            agent_version=__version__,
+        )
+        return node_pb2.GetNodeResponse(node=node)
+
+
+class MigrationServicer(mig_grpc.MigrationServiceServicer):
+    """virtagent.v1.MigrationService: declared, answered UNIMPLEMENTED until migration lands."""
+
+    def _unsupported(self) -> None:
+        raise Unsupported("live migration is not implemented by this agent yet")
+
+    @grpc_errors
+    def PrepareMigrationTarget(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unsupported()
+        return mig_pb2.PrepareMigrationTargetResponse()
+
+    @grpc_errors
+    def MigrateVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unsupported()
+        return mig_pb2.MigrateVirtualMachineResponse()
+
+    @grpc_errors
+    def CancelMigration(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unsupported()
+        return mig_pb2.CancelMigrationResponse()
+
+    @grpc_stream_errors
+    def WatchMigration(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self._unsupported()
+        yield mig_pb2.WatchMigrationResponse()

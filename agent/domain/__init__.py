@@ -1,0 +1,1 @@
+"""Libvirt domains: the spec → XML translation, the agent's metadata, and their lifecycle."""

@@ -1,0 +1,146 @@
+"""The node's VMs as last read from libvirt, with resource versions and watchers.
+
+The registry is a cache, never a source of truth: it is rebuilt from libvirt at start and
+refreshed on every libvirt event. Watchers get a consistent snapshot plus every later
+change, in resource-version order.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.domain.metadata import Bookkeeping
+from agent.models import VMSpec, VMStatus
+
+__all__ = ["VMRecord", "Registry", "WatchEvent", "Watch"]
+
+_WATCH_BUFFER = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class VMRecord:
+    """One VM: its stored spec, the agent's books and the derived status."""
+
+    spec: VMSpec
+    books: Bookkeeping
+    status: VMStatus
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """A change: type is ADDED, MODIFIED or DELETED (or OVERFLOW for a slow watcher)."""
+
+    type: str
+    record: VMRecord | None
+    resource_version: int
+
+
+class Watch:
+    """A watcher's stream of events; iterate with ``next_event(timeout)``."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self.queue: queue.Queue[WatchEvent] = queue.Queue(maxsize=_WATCH_BUFFER)
+
+    def next_event(self, timeout: float) -> WatchEvent | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._registry._unwatch(self)
+
+
+class Registry:
+    """Thread-safe map of domain name → VMRecord."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._records: dict[str, VMRecord] = {}
+        self._version = 0
+        self._watches: set[Watch] = set()
+        self.synced = threading.Event()
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._version
+
+    def get(self, domain: str) -> VMRecord | None:
+        with self._lock:
+            return self._records.get(domain)
+
+    def records(self) -> list[VMRecord]:
+        with self._lock:
+            return list(self._records.values())
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set(self._records)
+
+    def put(self, domain: str, record: VMRecord) -> None:
+        with self._lock:
+            previous = self._records.get(domain)
+            if previous == record:
+                return
+            self._records[domain] = record
+            self._publish("ADDED" if previous is None else "MODIFIED", record)
+
+    def remove(self, domain: str) -> None:
+        with self._lock:
+            record = self._records.pop(domain, None)
+            if record is not None:
+                self._publish("DELETED", record)
+
+    def _publish(self, kind: str, record: VMRecord) -> None:
+        self._version += 1
+        event = WatchEvent(kind, record, self._version)
+        for watch in list(self._watches):
+            try:
+                watch.queue.put_nowait(event)
+            except queue.Full:
+                # A watcher that cannot keep up is cut off; it must list and watch again.
+                self._watches.discard(watch)
+                _force_put(watch.queue, WatchEvent("OVERFLOW", None, self._version))
+        self._lock.notify_all()
+
+    def watch(self) -> tuple[list[VMRecord], int, Watch]:
+        """A snapshot and a Watch that receives every change after it, atomically."""
+        watch = Watch(self)
+        with self._lock:
+            self._watches.add(watch)
+            return list(self._records.values()), self._version, watch
+
+    def _unwatch(self, watch: Watch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    def wait_until(
+        self, domain: str, predicate: Callable[[VMRecord | None], bool], timeout: float
+    ) -> bool:
+        """Block until predicate(record) holds (checked on every change) or timeout passes."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate(self._records.get(domain)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+            return True
+
+
+def _force_put(target: queue.Queue[WatchEvent], event: WatchEvent) -> None:
+    while True:
+        try:
+            target.put_nowait(event)
+            return
+        except queue.Full:
+            try:
+                target.get_nowait()
+            except queue.Empty:
+                pass

@@ -1,0 +1,86 @@
+"""Pure rules that turn what libvirt reports into a VM's phase, reason and conditions."""
+
+from __future__ import annotations
+
+from agent.models import Condition, Phase, VMStatus
+from agent.ports import DomainInfo, DomainState
+
+__all__ = ["derive_status"]
+
+# libvirt shut-off reasons → (phase, reason shown to users).
+_SHUTOFF = {
+    "shutdown": (Phase.SUCCEEDED, "Shutdown"),
+    "destroyed": (Phase.STOPPED, "Destroyed"),
+    "crashed": (Phase.FAILED, "Crashed"),
+    "failed": (Phase.FAILED, "Crashed"),
+    "migrated": (Phase.SUCCEEDED, "Migrated"),
+    "saved": (Phase.STOPPED, "Saved"),
+    "daemon": (Phase.FAILED, "Crashed"),
+}
+
+
+def derive_status(
+    info: DomainInfo,
+    *,
+    generation: int,
+    running_generation: int,
+    node_name: str,
+    started_at: float = 0.0,
+    stopped_at: float = 0.0,
+    never_started: bool = False,
+    starting: bool = False,
+) -> VMStatus:
+    """The status clients see, from the domain's state and reason and the agent's books."""
+    phase, reason = _phase(info, never_started=never_started)
+    if starting and phase in (Phase.PAUSED, Phase.STOPPED):
+        phase, reason = Phase.PENDING, "Starting"  # created paused while being plumbed
+    running = phase in (Phase.RUNNING, Phase.PAUSED, Phase.MIGRATING, Phase.PENDING)
+    conditions = [
+        Condition("Ready", phase == Phase.RUNNING, reason="" if phase == Phase.RUNNING else reason),
+        Condition(
+            "Paused", phase == Phase.PAUSED, reason="PausedByUser" if phase == Phase.PAUSED else ""
+        ),
+    ]
+    if running and running_generation and running_generation != generation:
+        conditions.append(
+            Condition(
+                "RestartRequired",
+                True,
+                reason="SpecChanged",
+                message="the spec changed while the VM was running; a hard restart applies it",
+            )
+        )
+    return VMStatus(
+        phase=phase,
+        reason=reason,
+        conditions=tuple(conditions),
+        node_name=node_name,
+        qemu_pid=info.pid if running else 0,
+        started_at=started_at if running else 0.0,
+        stopped_at=0.0 if running else stopped_at,
+        generation=generation,
+        running_generation=running_generation if running else 0,
+    )
+
+
+def _phase(info: DomainInfo, *, never_started: bool) -> tuple[Phase, str]:
+    state, reason = info.state, info.reason
+    if state in (DomainState.RUNNING, DomainState.BLOCKED, DomainState.SHUTDOWN):
+        return Phase.RUNNING, "ShuttingDown" if state == DomainState.SHUTDOWN else "Booted"
+    if state == DomainState.PAUSED:
+        if reason in ("migration", "postcopy"):
+            return Phase.MIGRATING, "Migrating"
+        if reason == "starting_up":
+            return Phase.PENDING, "Starting"
+        if reason in ("ioerror", "watchdog", "crashed", "postcopy_failed"):
+            return Phase.PAUSED, reason.title().replace("_", "")
+        return Phase.PAUSED, "Paused"
+    if state == DomainState.CRASHED:
+        return Phase.FAILED, "Crashed"
+    if state == DomainState.PMSUSPENDED:
+        return Phase.PAUSED, "GuestSuspended"
+    if state == DomainState.SHUTOFF:
+        if never_started:
+            return Phase.STOPPED, "Defined"
+        return _SHUTOFF.get(reason, (Phase.STOPPED, "Stopped"))
+    return Phase.UNKNOWN, reason or "Unknown"

@@ -1,0 +1,69 @@
+"""The agent's error tree; every boundary translates into or out of these, once.
+
+    AgentError
+    ├── InvalidSpec          a request is wrong whatever the state (names the field at fault)
+    ├── NotFound             the VM (or other object) does not exist
+    ├── AlreadyExists        an object exists with a different identity (e.g. another uid)
+    ├── FailedPrecondition   the object is in the wrong state for the request
+    ├── Conflict             another operation on the same object is in flight
+    ├── Unavailable          a dependency (libvirtd) cannot be reached right now; retry
+    ├── DeadlineExceeded     an operation did not finish within its bound
+    └── Unsupported          a feature exists in the API but not in this agent (yet)
+
+The gRPC servicer maps each class to one status code (see ``agent.api.errors``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "AlreadyExists",
+    "Conflict",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidSpec",
+    "NotFound",
+    "Unavailable",
+    "Unsupported",
+]
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class InvalidSpec(AgentError):
+    """A request or spec is invalid; ``field`` is the path of the field at fault."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(AgentError):
+    """The named object does not exist."""
+
+
+class AlreadyExists(AgentError):
+    """An object of that name exists but is a different object."""
+
+
+class FailedPrecondition(AgentError):
+    """The object is not in a state that allows the request."""
+
+
+class Conflict(AgentError):
+    """Another operation on the same object is in flight."""
+
+
+class Unavailable(AgentError):
+    """A dependency of the agent (libvirtd) is unreachable; the call may be retried."""
+
+
+class DeadlineExceeded(AgentError):
+    """An operation did not finish within its bound."""
+
+
+class Unsupported(AgentError):
+    """The request asks for something this agent does not implement."""

@@ -1,0 +1,253 @@
+"""The agent's domain objects: a VM's spec and status as plain frozen dataclasses.
+
+Nothing here knows about protobuf or libvirt. Field names follow KubeVirt's
+VirtualMachineInstanceSpec; ``agent.spec`` parses and validates them from KubeVirt-shaped
+dicts (the protobuf JSON mapping) and renders them back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CPU",
+    "CloudInitNoCloud",
+    "Condition",
+    "ContainerDisk",
+    "Disk",
+    "EmptyDisk",
+    "Firmware",
+    "HostDisk",
+    "ImageFile",
+    "Interface",
+    "InterfaceStatus",
+    "KernelBoot",
+    "Network",
+    "Phase",
+    "Port",
+    "RunStrategy",
+    "VMSpec",
+    "VMStatus",
+    "Volume",
+    "VolumeSource",
+]
+
+
+class RunStrategy(enum.StrEnum):
+    """What the agent does to keep a VM running (KubeVirt's runStrategy)."""
+
+    ALWAYS = "Always"
+    HALTED = "Halted"
+    MANUAL = "Manual"
+    RERUN_ON_FAILURE = "RerunOnFailure"
+
+
+class Phase(enum.StrEnum):
+    """A VM's lifecycle phase as reported to clients."""
+
+    PENDING = "Pending"
+    STOPPED = "Stopped"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    MIGRATING = "Migrating"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class CPU:
+    """CPU topology; the VM gets sockets x cores x threads vCPUs."""
+
+    cores: int = 1
+    sockets: int = 1
+    threads: int = 1
+    model: str = ""
+
+    @property
+    def vcpus(self) -> int:
+        return self.cores * self.sockets * self.threads
+
+
+@dataclass(frozen=True, slots=True)
+class KernelBoot:
+    """Direct kernel boot from files under an image root (paths relative to the root)."""
+
+    kernel_path: str
+    initrd_path: str = ""
+    kernel_args: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Firmware:
+    """Firmware: BIOS (default), UEFI, or direct kernel boot."""
+
+    bootloader: str = "bios"  # "bios" or "efi"
+    kernel_boot: KernelBoot | None = None
+    secure_boot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    """A disk device in the guest, backed by the volume of the same name."""
+
+    name: str
+    device: str = "disk"  # "disk" or "cdrom"
+    bus: str = "virtio"
+    readonly: bool = False
+    boot_order: int | None = None
+    serial: str = ""
+    cache: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFile:
+    """An image file (qcow2 or raw) under an image root, booted through a qcow2 overlay."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerDisk:
+    """A disk image pulled from an OCI registry (KubeVirt containerDisk)."""
+
+    image: str
+    path: str = ""
+    image_pull_policy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CloudInitNoCloud:
+    """A NoCloud seed (a ``cidata`` ISO) made from user data and network data."""
+
+    user_data: str = ""
+    network_data: str = ""
+    user_data_secret: str = ""
+    network_data_secret: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EmptyDisk:
+    """A blank qcow2 disk of the given size, removed with the VM."""
+
+    capacity_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostDisk:
+    """A disk image file on the node, used in place (KubeVirt hostDisk)."""
+
+    path: str
+    type: str = "Disk"  # "Disk" or "DiskOrCreate"
+    capacity_bytes: int = 0
+
+
+VolumeSource = ImageFile | ContainerDisk | CloudInitNoCloud | EmptyDisk | HostDisk
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A named source of data for a disk."""
+
+    name: str
+    source: VolumeSource
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A guest port published on the node (masquerade binding)."""
+
+    port: int
+    protocol: str = "TCP"
+    name: str = ""
+    node_port: int = 0  # 0: allocated by the agent
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """A guest NIC and how it is bound to its network."""
+
+    name: str
+    binding: str = "masquerade"  # "masquerade" or "bridge"
+    ports: tuple[Port, ...] = ()
+    mac_address: str = ""
+    model: str = "virtio"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A network a NIC joins: the node's default VM network or a named host bridge."""
+
+    name: str
+    kind: str = "pod"  # "pod" or "multus"
+    network_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VMSpec:
+    """Everything a client declares about one VM."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: dict[str, str] = field(default_factory=dict)
+    run_strategy: RunStrategy = RunStrategy.ALWAYS
+    cpu: CPU = field(default_factory=CPU)
+    memory_bytes: int = 128 * 1024 * 1024
+    machine_type: str = ""
+    firmware: Firmware = field(default_factory=Firmware)
+    disks: tuple[Disk, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    interfaces: tuple[Interface, ...] = ()
+    networks: tuple[Network, ...] = ()
+    termination_grace_period_seconds: int = 30
+    hostname: str = ""
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``: how people name a VM."""
+        return f"{self.namespace}/{self.name}"
+
+    def volume(self, name: str) -> Volume | None:
+        return next((v for v in self.volumes if v.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A KubeVirt-style condition: a named boolean with a reason."""
+
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+    last_transition_time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceStatus:
+    """What the agent knows about one NIC of a running VM."""
+
+    name: str
+    mac: str = ""
+    ip_addresses: tuple[str, ...] = ()
+    tap_name: str = ""
+    published_ports: tuple[Port, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VMStatus:
+    """The observed state of a VM."""
+
+    phase: Phase
+    reason: str = ""
+    message: str = ""
+    conditions: tuple[Condition, ...] = ()
+    interfaces: tuple[InterfaceStatus, ...] = ()
+    node_name: str = ""
+    qemu_pid: int = 0
+    created_at: float = 0.0
+    started_at: float = 0.0
+    stopped_at: float = 0.0
+    generation: int = 0
+    running_generation: int = 0

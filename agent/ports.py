@@ -1,0 +1,133 @@
+"""Ports: the small interfaces the core needs from the outside world.
+
+Adapters in ``agent.adapters`` implement them with real libraries; tests use fakes or
+libvirt's ``test:///default`` driver. Nothing crossing a port is a library type.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "DomainEvent",
+    "DomainInfo",
+    "DomainCatalog",
+    "DomainPower",
+    "DomainState",
+    "HostFacts",
+    "HostProbe",
+    "ImageTool",
+    "Hypervisor",
+    "HypervisorLink",
+]
+
+
+class DomainState(enum.StrEnum):
+    """libvirt's domain states, by name."""
+
+    NOSTATE = "nostate"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"  # being shut down
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    PMSUSPENDED = "pmsuspended"
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """One libvirt domain as the core sees it.
+
+    ``config_xml`` is the persistent definition (the latest spec); ``live_xml`` is the
+    running definition (the spec the guest was started with), empty when it is not running.
+    ``reason`` is libvirt's state reason in lower case ("crashed", "destroyed", "user", ...).
+    """
+
+    name: str
+    uuid: str
+    state: DomainState
+    reason: str
+    config_xml: str
+    live_xml: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """A lifecycle event from the hypervisor, e.g. ("stopped", "crashed")."""
+
+    name: str
+    event: str
+    detail: str
+
+
+class DomainCatalog(Protocol):
+    """Stores domain definitions: libvirt is the agent's database."""
+
+    def lookup(self, name: str) -> DomainInfo | None: ...
+    def list_domains(self) -> list[DomainInfo]: ...
+    def define(self, xml: str) -> None: ...
+    def undefine(self, name: str) -> None: ...
+    def set_metadata(self, name: str, element_xml: str, *, live: bool) -> None: ...
+
+
+class DomainPower(Protocol):
+    """Runs, pauses and stops defined domains."""
+
+    def start(self, name: str, *, paused: bool = False) -> None: ...
+    def shutdown(self, name: str) -> None: ...
+    def destroy(self, name: str) -> None: ...
+    def suspend(self, name: str) -> None: ...
+    def resume(self, name: str) -> None: ...
+    def reboot(self, name: str) -> None: ...
+    def reset(self, name: str) -> None: ...
+
+
+class HypervisorLink(Protocol):
+    """The connection itself: versions, liveness and the event feed."""
+
+    def versions(self) -> tuple[str, str]: ...
+    def subscribe(self, handler: Callable[[DomainEvent], None]) -> None: ...
+    def connected(self) -> bool: ...
+
+
+class Hypervisor(DomainCatalog, DomainPower, HypervisorLink, Protocol):
+    """Everything the VM service needs from the hypervisor.
+
+    Usage::
+
+        hv.define(xml)
+        hv.start(name, paused=True)
+        hv.resume(name)
+        hv.shutdown(name)   # ACPI power button
+        hv.destroy(name)
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What a scheduler needs to know about the node."""
+
+    hostname: str
+    cpus: int
+    memory_bytes: int
+    cpu_model: str
+
+
+class HostProbe(Protocol):
+    """Reads facts about the node and its processes."""
+
+    def facts(self) -> HostFacts: ...
+    def process_start_time(self, pid: int) -> float: ...
+
+
+class ImageTool(Protocol):
+    """Inspects and creates disk image files."""
+
+    def format_of(self, path: str, field: str = "") -> str: ...
+    def create_overlay(self, base: str, base_format: str, path: str) -> None: ...
+    def create_blank(self, path: str, size_bytes: int, fmt: str = "qcow2") -> None: ...

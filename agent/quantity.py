@@ -1,0 +1,37 @@
+"""Kubernetes resource quantities ("256Mi", "1G", "1073741824") as byte counts."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["format_bytes", "parse_quantity"]
+
+_SUFFIXES = {
+    "": 1,
+    "k": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kMGT]i?|Ki)?$")
+
+
+def parse_quantity(text: str) -> int:
+    """Return the number of bytes in a quantity; raise ValueError naming what is wrong."""
+    match = _QUANTITY.match(text.strip())
+    if not match or (match.group(2) or "") not in _SUFFIXES:
+        raise ValueError(f"{text!r} is not a quantity such as 512Mi, 1Gi or 1G")
+    return int(float(match.group(1)) * _SUFFIXES[match.group(2) or ""])
+
+
+def format_bytes(count: int) -> str:
+    """Render a byte count the way Kubernetes users write it (largest exact binary unit)."""
+    for suffix in ("Ti", "Gi", "Mi", "Ki"):
+        unit = _SUFFIXES[suffix]
+        if count >= unit and count % unit == 0:
+            return f"{count // unit}{suffix}"
+    return str(count)
