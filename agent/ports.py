@@ -9,7 +9,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from agent.domain.metadata import Bookkeeping
+    from agent.domain.plan import NicBacking
+    from agent.models import InterfaceStatus, VMSpec
 
 __all__ = [
     "DomainEvent",
@@ -20,6 +25,7 @@ __all__ = [
     "HostFacts",
     "HostProbe",
     "ImageTool",
+    "VMNetwork",
     "Hypervisor",
     "HypervisorLink",
 ]
@@ -131,3 +137,21 @@ class ImageTool(Protocol):
     def format_of(self, path: str, field: str = "") -> str: ...
     def create_overlay(self, base: str, base_format: str, path: str) -> None: ...
     def create_blank(self, path: str, size_bytes: int, fmt: str = "qcow2") -> None: ...
+
+
+class VMNetwork(Protocol):
+    """Plugs VMs into the node's network: addresses, taps, NAT, DHCP.
+
+    ``allocate`` records what a VM gets (addresses, MACs, tap names, node ports) in its
+    bookkeeping, so a restarted agent hands nothing out twice; every other method reads
+    those records and is idempotent.
+    """
+
+    def allocate(self, domain: str, spec: VMSpec, books: Bookkeeping) -> Bookkeeping: ...
+    def nics(self, domain: str, spec: VMSpec, books: Bookkeeping) -> tuple[NicBacking, ...]: ...
+    def plug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None: ...
+    def unplug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None: ...
+    def interfaces(
+        self, domain: str, spec: VMSpec, books: Bookkeeping
+    ) -> tuple[InterfaceStatus, ...]: ...
+    def reconcile(self, vms: dict[str, tuple[VMSpec, Bookkeeping, bool]]) -> None: ...

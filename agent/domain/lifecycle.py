@@ -32,7 +32,8 @@ from agent.domain.xml import domain_name, domain_xml
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
 from agent.labels import matches_selector, parse_selector
 from agent.models import Phase, RunStrategy, VMSpec
-from agent.ports import DomainInfo, DomainState, Hypervisor
+from agent.network.none import NoNetwork
+from agent.ports import DomainInfo, DomainState, Hypervisor, VMNetwork
 
 __all__ = ["VMService"]
 
@@ -62,9 +63,11 @@ class VMService:
         *,
         node_name: str,
         virt_type: str,
+        network: VMNetwork | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hv = hv
+        self.network: VMNetwork = network or NoNetwork()
         self.files = files
         self.registry = registry
         self.node_name = node_name
@@ -119,6 +122,7 @@ class VMService:
     def _create(self, domain: str, spec: VMSpec) -> VMRecord:
         spec = dataclasses.replace(spec, uid=spec.uid or str(uuid.uuid4()))
         books = Bookkeeping(generation=1, created_at=self.clock(), node_name=self.node_name)
+        books = self.network.allocate(domain, spec, books)
         self._define(domain, spec, books, new=True)
         if spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE):
             self._start(domain)
@@ -136,6 +140,7 @@ class VMService:
         if spec == stored:
             return self._refresh(domain) or self._record(domain), False
         books = dataclasses.replace(books, generation=books.generation + 1)
+        books = self.network.allocate(domain, spec, books)
         self._define(domain, spec, books, new=False)
         running = info.state != DomainState.SHUTOFF
         if spec.run_strategy != stored.run_strategy:
@@ -221,6 +226,7 @@ class VMService:
                 grace = current[1].termination_grace_period_seconds
             self._stop(domain, grace, force=False)
             self.hv.undefine(domain)
+            self.network.unplug(domain, current[1], current[2])
             self.files.remove(domain)
             self.registry.remove(domain)
         self.requests.remember(request_id, "delete", domain, True)
@@ -257,7 +263,7 @@ class VMService:
                 initrd=prepared.initrd,
                 console_log=prepared.console_log,
                 disks=prepared.disks,
-                nics=(),
+                nics=self.network.nics(domain, spec, books),
                 metadata=metadata_element(spec, books),
             )
             self.hv.define(domain_xml(spec, plan))
@@ -277,9 +283,11 @@ class VMService:
         self._save_books(domain, spec, books)
         self._starting.add(domain)
         try:
+            # Taps must exist before QEMU opens them (managed='no'); NAT and DHCP are ready
+            # before the guest runs, so its first DHCP request is answered.
+            self.network.plug(domain, spec, books)
             self.hv.start(domain, paused=True)
             try:
-                # Network plumbing is verified here before the guest runs (networking issue).
                 self.hv.resume(domain)
             except Exception:
                 with contextlib.suppress(Exception):
@@ -390,6 +398,8 @@ class VMService:
             never_started=not books.started_at,
             starting=domain in self._starting,
         )
+        interfaces = self.network.interfaces(domain, spec, books)
+        status = dataclasses.replace(status, interfaces=interfaces)
         record = VMRecord(spec=spec, books=books, status=status)
         self.registry.put(domain, record)
         return record
@@ -399,15 +409,20 @@ class VMService:
     def resync(self) -> None:
         """Rebuild the registry from libvirt: adopt every domain the agent made, drop the rest."""
         seen = set()
+        ours: dict[str, tuple[VMSpec, Bookkeeping, bool]] = {}
         for info in self.hv.list_domains():
-            if read_metadata(info.config_xml) is None:
+            parsed = read_metadata(info.config_xml)
+            if parsed is None:
                 continue  # not ours: never touched
             seen.add(info.name)
+            ours[info.name] = (parsed[0], parsed[1], info.state != DomainState.SHUTOFF)
             record = self._refresh(info.name)
             if record is not None and self._should_restart(record, detail=""):
                 self._restart_later(info.name, delay=0.0)
         for stale in self.registry.names() - seen:
             self.registry.remove(stale)
+        # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
+        self.network.reconcile(ours)
         self.registry.synced.set()
 
     def on_event(self, event: Any) -> None:
