@@ -33,4 +33,18 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# buf (protobuf lint) from the npm registry, kept inside the checkout.
+BUF_VERSION=1.75.0
+if ! command -v npm >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
+fi
+if command -v npm >/dev/null 2>&1; then
+  if [ "$(.cache/node/node_modules/.bin/buf --version 2>/dev/null)" != "$BUF_VERSION" ]; then
+    mkdir -p .cache/node
+    npm install --silent --no-audit --no-fund --prefix .cache/node "@bufbuild/buf@$BUF_VERSION" >/dev/null
+  fi
+else
+  echo "install-deps: npm not found; buf lint will not run" >&2
+fi
 echo "install-deps: ready (.venv)"
