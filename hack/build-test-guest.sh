@@ -57,21 +57,22 @@ ensure_packages() {
     { apt_update_once && DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; }
 }
 
-field() { apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n "s/^$2: //p" | head -n 1; }
-
 ensure_packages busybox-static cpio gzip
 # The disk image: SYSLINUX for FAT (installs via mtools, no loop mount), mkfs.fat, sfdisk.
 ensure_packages syslinux syslinux-common mtools dosfstools fdisk qemu-utils
 
-# The current kernel package: the one the meta package depends on, e.g.
-# "linux-image-6.1.0-57-cloud-amd64 (= 6.1.192-3)". It is downloaded, never installed.
-known "$KERNEL_META" || apt_update_once
-kdep=$(field "$KERNEL_META" Depends)
+# The current kernel package: the one the meta package depends on, with its exact version,
+# e.g. "Depends: linux-image-6.1.0-57-cloud-amd64 (= 6.1.192-3)". It is downloaded, never
+# installed. One apt-cache call only: each takes most of a second here.
+meta_depends() {
+  apt-cache show --no-all-versions "$KERNEL_META" 2>/dev/null | sed -n 's/^Depends: //p' | head -n 1
+}
+kdep=$(meta_depends)
+[ -n "$kdep" ] || { apt_update_once; kdep=$(meta_depends); }
 KERNEL_PKG=$(sed -n 's/^\(linux-image-[^ ,|]*\).*/\1/p' <<<"$kdep")
-[ -n "$KERNEL_PKG" ] || die "cannot tell which kernel $KERNEL_META depends on (Depends: $kdep)"
-known "$KERNEL_PKG" || apt_update_once
-KERNEL_VER=$(field "$KERNEL_PKG" Version)
-[ -n "$KERNEL_VER" ] || die "no candidate version for $KERNEL_PKG"
+KERNEL_VER=$(sed -n 's/^linux-image-[^ ,|]* (= \([^)]*\)).*/\1/p' <<<"$kdep")
+[ -n "$KERNEL_PKG" ] && [ -n "$KERNEL_VER" ] ||
+  die "cannot tell which kernel $KERNEL_META depends on (Depends: $kdep)"
 BUSYBOX_VER=$(dpkg-query -W -f='${Version}' busybox-static)
 
 STAMP="inputs=$(cat "$SELF" "$FILES"/* | sha256sum | cut -c1-32)
@@ -85,7 +86,8 @@ up_to_date() {
   [ "$(cat "$CACHE_DIR/stamp" 2>/dev/null)" = "$STAMP" ]
 }
 
-mkdir -p "$CACHE_DIR"
+# QEMU runs as libvirt-qemu: the folders must be world-searchable whatever our umask is.
+(umask 022 && mkdir -p "$CACHE_DIR")
 CACHE_DIR=$(cd "$CACHE_DIR" && pwd)
 if ! up_to_date; then
   exec 9>"$CACHE_DIR/.lock"
@@ -97,6 +99,8 @@ if up_to_date; then
   exit 0
 fi
 
+# Holding the lock, any earlier build folder is a leftover of a killed run.
+rm -rf "$CACHE_DIR"/.build.*
 TMP=$(mktemp -d "$CACHE_DIR/.build.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 log "building in $TMP ($KERNEL_PKG $KERNEL_VER, busybox $BUSYBOX_VER)"
@@ -192,8 +196,8 @@ LABEL testguest
   INITRD /initrd.img
   APPEND $BOOT_APPEND
 EOF
-# -h: the hidden-sector count must match the partition offset for the boot sector to find
-# ldlinux.sys.
+# -h: a partitioned FAT volume records its offset as "hidden sectors" (SYSLINUX itself gets
+# the offset from mbr.bin too).
 mkfs.fat -C -F 16 -h "$PART_START" -n TESTGUEST "$TMP/part.img" $((part_sectors / 2)) >/dev/null
 syslinux --install "$TMP/part.img"
 mcopy -i "$TMP/part.img" "$TMP/vmlinuz" "$TMP/initrd.img" "$TMP/syslinux.cfg" ::/
@@ -213,6 +217,7 @@ for f in "${OUTPUTS[@]}"; do
   mv -f "$TMP/$f" "$CACHE_DIR/$f"
 done
 printf '%s\n' "$STAMP" >"$TMP/stamp"
+chmod 0644 "$TMP/stamp"
 mv -f "$TMP/stamp" "$CACHE_DIR/stamp"
 log "built $KERNEL_PKG $KERNEL_VER"
 echo "$CACHE_DIR"

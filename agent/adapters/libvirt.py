@@ -57,7 +57,21 @@ _REASONS = {
     libvirt.VIR_DOMAIN_SHUTDOWN: _constants("VIR_DOMAIN_SHUTDOWN_"),
     libvirt.VIR_DOMAIN_CRASHED: _constants("VIR_DOMAIN_CRASHED_"),
 }
-_EVENTS = _constants("VIR_DOMAIN_EVENT_")
+# Spelled out: the VIR_DOMAIN_EVENT_ prefix also covers every detail and event-id constant.
+_EVENTS = {
+    getattr(libvirt, f"VIR_DOMAIN_EVENT_{name.upper()}"): name
+    for name in (
+        "defined",
+        "undefined",
+        "started",
+        "suspended",
+        "resumed",
+        "stopped",
+        "shutdown",
+        "pmsuspended",
+        "crashed",
+    )
+}
 _EVENT_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STARTED: _constants("VIR_DOMAIN_EVENT_STARTED_"),
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED: _constants("VIR_DOMAIN_EVENT_SUSPENDED_"),
