@@ -1,0 +1,296 @@
+"""Map KubeVirt manifests (``kubevirt.io/v1`` VirtualMachine / VirtualMachineInstance) to
+``virtagent.v1.VirtualMachine`` messages.
+
+The agent's spec messages carry KubeVirt's field names, so most of a manifest is copied as
+is; this module walks every key against the proto descriptors and rejects what the agent
+does not support by its YAML path (``spec.template.spec.domain.devices.gpus: field is not
+supported by virt-agent``) instead of letting it vanish. Values are type-checked on the way;
+the agent validates the meaning (sizes, names, references) when the VM is applied.
+
+Rules:
+
+- ``metadata.name``, ``namespace`` (default: the CLI's ``--namespace``), ``labels`` and
+  ``uid`` are kept. ``spec.template.metadata.labels`` are merged into the VM's labels (the
+  VM's own win on a clash).
+- VirtualMachine: ``spec.running`` true/false becomes runStrategy Always/Halted;
+  ``spec.runStrategy`` Always, Halted, Manual and RerunOnFailure are kept; ``Once`` is
+  refused (the agent has no run-once strategy). Neither set: the agent's default (Always).
+- VirtualMachineInstance: KubeVirt runs a VMI once and never restarts it; when it stops it
+  stays stopped. The honest equivalent is runStrategy ``Manual`` (the agent neither starts
+  nor restarts it on its own) plus one start right after the apply, which the mapping asks
+  for with ``start_after_apply``. ``Always`` would restart a guest that shut itself down.
+- Ignored, because they are bookkeeping of a cluster and do not change the VM on a node:
+  ``status``; ``metadata`` (and ``spec.template.metadata``) ``annotations``,
+  ``creationTimestamp``, ``generation``, ``resourceVersion``, ``managedFields`` and
+  ``finalizers``. Everything else unknown is an error.
+- ``resources.requests``/``limits`` maps are passed through (numbers become strings); the
+  agent accepts ``memory`` and ``cpu``.
+
+Usage::
+
+    manifests = load_manifests(Path("vm.yaml").read_text(), default_namespace="default")
+    for manifest in manifests:
+        client.apply(manifest.vm)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from agent.api._gen.virtagent.v1 import vm_pb2
+
+__all__ = [
+    "API_VERSION",
+    "KINDS",
+    "UNSUPPORTED",
+    "Manifest",
+    "ManifestError",
+    "load_manifests",
+    "map_document",
+]
+
+API_VERSION = "kubevirt.io/v1"
+KINDS = ("VirtualMachine", "VirtualMachineInstance")
+UNSUPPORTED = "field is not supported by virt-agent"
+_IGNORED_METADATA = frozenset(
+    {"annotations", "creationTimestamp", "finalizers", "generation", "managedFields"}
+    | {"resourceVersion"}
+)
+_RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure")
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+}
+
+
+class ManifestError(ValueError):
+    """A manifest cannot be mapped; names the document (when several) and the YAML path."""
+
+    def __init__(self, path: str, problem: str, *, document: int | None = None) -> None:
+        where = f"{path}: " if path else ""
+        prefix = f"document {document}: " if document is not None else ""
+        super().__init__(f"{prefix}{where}{problem}")
+        self.path = path
+        self.problem = problem
+        self.document = document
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One mapped document: the VM to apply and whether to start it once applied."""
+
+    kind: str
+    vm: vm_pb2.VirtualMachine
+    start_after_apply: bool = False
+    document: int = 1
+
+
+def load_manifests(text: str, *, default_namespace: str) -> list[Manifest]:
+    """Map every document of a (multi-document) YAML stream; empty documents are skipped."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError("", f"invalid YAML: {exc}") from None
+    numbered = [(i, doc) for i, doc in enumerate(documents, start=1) if doc is not None]
+    if not numbered:
+        raise ManifestError("", "no documents found")
+    several = len(numbered) > 1
+    manifests: list[Manifest] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, document in numbered:
+        try:
+            manifest = map_document(document, default_namespace=default_namespace)
+        except ManifestError as exc:
+            document_index = index if several else None
+            raise ManifestError(exc.path, exc.problem, document=document_index) from None
+        key = (manifest.vm.metadata.namespace, manifest.vm.metadata.name)
+        if key in seen:
+            raise ManifestError(
+                "metadata.name",
+                f"{key[0]}/{key[1]} is also defined in document {seen[key]}",
+                document=index,
+            )
+        seen[key] = index
+        manifests.append(
+            Manifest(manifest.kind, manifest.vm, manifest.start_after_apply, document=index)
+        )
+    return manifests
+
+
+def map_document(document: Any, *, default_namespace: str) -> Manifest:
+    """Map one parsed KubeVirt document; raises ManifestError naming the offending path."""
+    root = _mapping(document, "")
+    _only(root, "", {"apiVersion", "kind", "metadata", "spec", "status"})
+    kind = root.get("kind")
+    if kind not in KINDS:
+        api = root.get("apiVersion")
+        raise ManifestError(
+            "kind",
+            f"{kind!r} (apiVersion {api!r}) is not supported: want {' or '.join(KINDS)}",
+        )
+    if root.get("apiVersion") != API_VERSION:
+        raise ManifestError("apiVersion", f"{root.get('apiVersion')!r} is not {API_VERSION}")
+    metadata, labels = _metadata(root.get("metadata"), "metadata", default_namespace)
+    spec = _mapping(root.get("spec"), "spec")
+    if kind == "VirtualMachine":
+        _only(spec, "spec", {"running", "runStrategy", "template"})
+        run_strategy = _run_strategy(spec)
+        template = _mapping(spec.get("template"), "spec.template")
+        _only(template, "spec.template", {"metadata", "spec"})
+        _, template_labels = _metadata(template.get("metadata"), "spec.template.metadata", None)
+        labels = {**template_labels, **labels}
+        instance_path, instance = "spec.template.spec", template.get("spec")
+    else:
+        run_strategy, instance_path, instance = "Manual", "spec", spec
+    instance_spec = _message(instance, vm_pb2.VirtualMachineInstanceSpec.DESCRIPTOR, instance_path)
+    if labels:
+        metadata["labels"] = labels
+    vm_spec: dict[str, Any] = {"template": {"spec": instance_spec}}
+    if run_strategy:
+        vm_spec["runStrategy"] = run_strategy
+    vm = json_format.ParseDict({"metadata": metadata, "spec": vm_spec}, vm_pb2.VirtualMachine())
+    return Manifest(kind, vm, start_after_apply=kind == "VirtualMachineInstance")
+
+
+def _metadata(
+    value: Any, path: str, default_namespace: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Identity fields and labels of an ObjectMeta; the template's has labels only."""
+    node = _mapping(value, path)
+    identity = {"name", "namespace", "uid"} if default_namespace is not None else set()
+    _only(node, path, identity | {"labels"} | _IGNORED_METADATA)
+    out: dict[str, Any] = {}
+    for key in sorted(identity):
+        if node.get(key) is not None:
+            out[key] = _str(node[key], _join(path, key))
+    if default_namespace is not None:
+        out.setdefault("namespace", default_namespace)
+    raw_labels = _mapping(node.get("labels"), _join(path, "labels"))
+    labels = {str(key): _str(item, f"{path}.labels.{key}") for key, item in raw_labels.items()}
+    return out, labels
+
+
+def _run_strategy(spec: Mapping[str, Any]) -> str:
+    running, strategy = spec.get("running"), spec.get("runStrategy")
+    if running is not None and strategy is not None:
+        raise ManifestError("spec", "set only one of running, runStrategy")
+    if running is not None:
+        return "Always" if _bool(running, "spec.running") else "Halted"
+    if strategy is None:
+        return ""
+    strategy = _str(strategy, "spec.runStrategy")
+    if strategy == "Once":
+        raise ManifestError(
+            "spec.runStrategy",
+            "'Once' is not supported by virt-agent: use Manual and start the VM",
+        )
+    if strategy not in _RUN_STRATEGIES:
+        allowed = ", ".join(_RUN_STRATEGIES)
+        raise ManifestError("spec.runStrategy", f"{strategy!r} is not one of {allowed}")
+    return strategy
+
+
+def _message(value: Any, descriptor: Descriptor, path: str) -> dict[str, Any]:
+    """Copy a mapping that must fit ``descriptor``: every key a field of it, by JSON name."""
+    node = _mapping(value, path)
+    fields = {field.json_name: field for field in descriptor.fields}
+    out: dict[str, Any] = {}
+    oneofs: dict[str, str] = {}
+    for key, item in node.items():
+        at = _join(path, str(key))
+        field = fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            raise ManifestError(at, UNSUPPORTED)
+        if item is None:
+            continue
+        if field.containing_oneof is not None:
+            first = oneofs.setdefault(field.containing_oneof.name, key)
+            if first != key:
+                raise ManifestError(path, f"set only one of {first}, {key}")
+        out[key] = _field(item, field, at)
+    return out
+
+
+def _field(value: Any, field: FieldDescriptor, path: str) -> Any:
+    message = field.message_type
+    if message is not None and message.GetOptions().map_entry:
+        value_field = message.fields_by_name["value"]
+        entries = _mapping(value, path)
+        return {str(k): _single(v, value_field, f"{path}.{k}") for k, v in entries.items()}
+    if field.is_repeated:
+        if not isinstance(value, list):
+            raise ManifestError(path, f"must be a list, not {_kind(value)}")
+        return [_single(item, field, f"{path}[{i}]") for i, item in enumerate(value)]
+    return _single(value, field, path)
+
+
+def _single(value: Any, field: FieldDescriptor, path: str) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None
+        return _message(value, field.message_type, path)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return _bool(value, path)
+    if field.type in _INT_RANGES:
+        number = _int(value, path)
+        low, high = _INT_RANGES[field.type]
+        if not low <= number <= high:
+            raise ManifestError(path, f"{number} is out of range ({low} to {high})")
+        return number
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return _str(value, path)
+    raise ManifestError(path, UNSUPPORTED)  # no other field types appear in the VM spec
+
+
+def _str(value: Any, path: str) -> str:
+    """A string; numbers are accepted and kept as written (quantities such as ``cpu: 2``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ManifestError(path, f"must be a string, not {_kind(value)}")
+
+
+def _bool(value: Any, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ManifestError(path, f"must be true or false, not {_kind(value)}")
+
+
+def _int(value: Any, path: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ManifestError(path, f"must be an integer, not {_kind(value)}")
+
+
+def _mapping(value: Any, path: str) -> Mapping[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ManifestError(path, f"must be a mapping, not {_kind(value)}")
+    return value
+
+
+def _only(node: Mapping[Any, Any], path: str, allowed: set[str] | frozenset[str]) -> None:
+    for key in node:
+        if key not in allowed:
+            raise ManifestError(_join(path, str(key)), UNSUPPORTED)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return f"{name} ({value!r})" if kind in (str, bool) else name
+    return f"{type(value).__name__} ({value!r})"
