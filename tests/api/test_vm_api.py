@@ -339,3 +339,14 @@ def test_migration_is_declared_but_unimplemented(agent: Agent) -> None:
         lambda: stub.MigrateVirtualMachine(migration_service_pb2.MigrateVirtualMachineRequest())
     )
     assert code == grpc.StatusCode.UNIMPLEMENTED and "migration" in details
+
+
+def test_server_reflection_lists_the_services(agent: Agent) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    services = ProtoReflectionDescriptorDatabase(agent.channel).get_services()
+    assert "virtagent.v1.VirtualMachineService" in services
+    assert "virtagent.v1.NodeService" in services
+    assert "grpc.health.v1.Health" in services

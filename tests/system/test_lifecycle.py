@@ -175,3 +175,30 @@ def test_agent_restart_keeps_vms_and_their_status(agent: AgentProcess) -> None:
         assert after[name].metadata.generation == vm.metadata.generation
     assert after["keeper"].status.qemu_pid == running.status.qemu_pid  # not restarted
     assert agent.console("keeper").count(READY) == 1
+
+
+def health_status(agent: AgentProcess) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    assert agent.channel is not None
+    stub = health_pb2_grpc.HealthStub(agent.channel)
+    return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+
+
+def test_health_follows_the_libvirt_connection(agent: AgentProcess) -> None:
+    from grpc_health.v1 import health_pb2
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    agent.apply(guest_vm("steady"))
+    agent.wait_console("steady", READY)
+    assert health_status(agent) == serving
+    agent.node.stop_libvirtd()
+    try:
+        wait_for(lambda: health_status(agent) == not_serving, 10, message="NOT_SERVING without libvirtd")
+        # Cached state still answers reads; the VM is not reported gone.
+        assert agent.get("steady").status.phase == vm_pb2.PHASE_RUNNING
+    finally:
+        agent.node.start_daemons()
+    wait_for(lambda: health_status(agent) == serving, 30, message="SERVING after libvirtd is back")
+    assert agent.get("steady").status.phase == vm_pb2.PHASE_RUNNING
+    assert agent.console("steady").count(READY) == 1
