@@ -188,13 +188,18 @@ def health_status(agent: AgentProcess) -> int:
 def test_health_follows_the_libvirt_connection(agent: AgentProcess) -> None:
     from grpc_health.v1 import health_pb2
 
-    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
     agent.apply(guest_vm("steady"))
     agent.wait_console("steady", READY)
     assert health_status(agent) == serving
     agent.node.stop_libvirtd()
     try:
-        wait_for(lambda: health_status(agent) == not_serving, 10, message="NOT_SERVING without libvirtd")
+        wait_for(
+            lambda: health_status(agent) == not_serving, 10, message="NOT_SERVING without libvirtd"
+        )
         # Cached state still answers reads; the VM is not reported gone.
         assert agent.get("steady").status.phase == vm_pb2.PHASE_RUNNING
     finally:
