@@ -274,8 +274,14 @@ def describe_node(node: node_service_pb2.Node) -> str:
 
 
 def to_document(message: Message) -> dict[str, Any]:
-    """The protobuf JSON mapping (camelCase: a KubeVirt-shaped document for a VM)."""
-    return json_format.MessageToDict(message)
+    """The protobuf JSON mapping (camelCase: a KubeVirt-shaped document for a VM).
+
+    A VM's phase is written as KubeVirt writes it ("Running", not "PHASE_RUNNING").
+    """
+    document: dict[str, Any] = json_format.MessageToDict(message)
+    if isinstance(message, vm_pb2.VirtualMachine) and message.status.phase:
+        document["status"]["phase"] = phase_name(message.status.phase)
+    return document
 
 
 def render_json(document: Any) -> str:
