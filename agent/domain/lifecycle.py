@@ -20,6 +20,7 @@ from typing import Any
 from agent.domain.files import VMFiles
 from agent.domain.metadata import (
     Bookkeeping,
+    CorruptMetadata,
     metadata_element,
     metadata_payload,
     read_metadata,
@@ -77,6 +78,7 @@ class VMService:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._starting: set[str] = set()
+        self._refresh_lock = threading.Lock()
         self._restart_backoff: dict[str, float] = {}
 
     # -- reading ------------------------------------------------------------------------
@@ -125,7 +127,12 @@ class VMService:
         books = self.network.allocate(domain, spec, books)
         self._define(domain, spec, books, new=True)
         if spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE):
-            self._start(domain)
+            try:
+                self._start(domain)
+            except Exception:
+                # A VM that cannot start is not created: nothing half-made stays behind.
+                self._remove(domain, spec, books)
+                raise
         return self._refresh(domain) or self._record(domain)
 
     def _update(
@@ -225,11 +232,17 @@ class VMService:
             if grace is None:
                 grace = current[1].termination_grace_period_seconds
             self._stop(domain, grace, force=False)
-            self.hv.undefine(domain)
-            self.network.unplug(domain, current[1], current[2])
-            self.files.remove(domain)
-            self.registry.remove(domain)
+            self._remove(domain, current[1], current[2])
         self.requests.remember(request_id, "delete", domain, True)
+
+    def _remove(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+        """Undefine a stopped domain and remove everything made for it."""
+        with contextlib.suppress(FailedPrecondition):
+            self.hv.destroy(domain)  # normally already off; a failed start may leave it paused
+        self.hv.undefine(domain)
+        self.network.unplug(domain, spec, books)
+        self.files.remove(domain)
+        self.registry.remove(domain)
 
     def _verb(
         self,
@@ -357,7 +370,12 @@ class VMService:
         info = self.hv.lookup(domain)
         if info is None:
             return None
-        parsed = read_metadata(info.config_xml)
+        try:
+            parsed = read_metadata(info.config_xml)
+        except CorruptMetadata as exc:
+            raise FailedPrecondition(
+                f"domain {domain}: unreadable virt-agent metadata: {exc}"
+            ) from exc
         if parsed is None:
             raise AlreadyExists(f"domain {domain} exists and is not managed by virt-agent")
         return info, parsed[0], parsed[1]
@@ -381,6 +399,11 @@ class VMService:
 
     def _refresh(self, domain: str) -> VMRecord | None:
         """Read one domain from libvirt into the registry; the single place status is made."""
+        # One refresh at a time: a slow read finishing after a newer one would store the past.
+        with self._refresh_lock:
+            return self._refresh_locked(domain)
+
+    def _refresh_locked(self, domain: str) -> VMRecord | None:
         info = self.hv.lookup(domain)
         parsed = read_metadata(info.config_xml) if info else None
         if info is None or parsed is None:
@@ -411,7 +434,11 @@ class VMService:
         seen = set()
         ours: dict[str, tuple[VMSpec, Bookkeeping, bool]] = {}
         for info in self.hv.list_domains():
-            parsed = read_metadata(info.config_xml)
+            try:
+                parsed = read_metadata(info.config_xml)
+            except CorruptMetadata:
+                log.exception("domain %s has unreadable virt-agent metadata; left alone", info.name)
+                continue
             if parsed is None:
                 continue  # not ours: never touched
             seen.add(info.name)

@@ -350,3 +350,24 @@ def test_server_reflection_lists_the_services(agent: Agent) -> None:
     assert "virtagent.v1.VirtualMachineService" in services
     assert "virtagent.v1.NodeService" in services
     assert "grpc.health.v1.Health" in services
+
+
+def test_a_vm_that_cannot_start_is_not_left_behind(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.errors import FailedPrecondition
+
+    def refuse(name: str, *, paused: bool = False) -> None:
+        raise FailedPrecondition(f"starting domain {name}: QEMU refused")  # injected fault
+
+    monkeypatch.setattr(agent.hv, "start", refuse)
+    code, details = code_of(lambda: apply(agent, vm_doc()))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "QEMU refused" in details
+    assert agent.hv.lookup("default_web") is None
+    assert not (agent.state_dir / "vms" / "default_web").exists()
+    code, _ = code_of(
+        lambda: agent.vms.GetVirtualMachine(
+            pb.GetVirtualMachineRequest(namespace="default", name="web")
+        )
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
