@@ -371,3 +371,15 @@ def test_a_vm_that_cannot_start_is_not_left_behind(
         )
     )
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_guest_ignoring_acpi_is_destroyed_when_the_grace_period_ends(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply(agent, vm_doc())
+    presses: list[str] = []
+    monkeypatch.setattr(agent.hv, "shutdown", presses.append)  # the guest ignores the button
+    request = pb.StopVirtualMachineRequest(namespace="default", name="web", grace_period_seconds=1)
+    vm = agent.vms.StopVirtualMachine(request).vm
+    assert presses == ["default_web"]
+    assert vm.status.phase == vm_pb2.PHASE_STOPPED and vm.status.reason == "Destroyed"
