@@ -195,6 +195,10 @@ class VMSpec:
     run_strategy: RunStrategy = RunStrategy.ALWAYS
     cpu: CPU = field(default_factory=CPU)
     memory_bytes: int = 128 * 1024 * 1024
+    # resources.requests/limits as written (memory and cpu quantities): they size the guest
+    # when memory.guest or the CPU topology is not given, and are kept for the scheduler.
+    resource_requests: dict[str, str] = field(default_factory=dict)
+    resource_limits: dict[str, str] = field(default_factory=dict)
     machine_type: str = ""
     firmware: Firmware = field(default_factory=Firmware)
     disks: tuple[Disk, ...] = ()

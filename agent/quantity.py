@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_bytes", "parse_quantity"]
+__all__ = ["format_bytes", "parse_cpu_quantity", "parse_quantity"]
 
 _SUFFIXES = {
     "": 1,
@@ -35,3 +35,15 @@ def format_bytes(count: int) -> str:
         if count >= unit and count % unit == 0:
             return f"{count // unit}{suffix}"
     return str(count)
+
+
+_CPU = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m?)$")
+
+
+def parse_cpu_quantity(text: str) -> float:
+    """CPUs in a quantity such as "2", "1.5" or "500m"; raise ValueError when malformed."""
+    match = _CPU.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a CPU quantity such as 2, 1.5 or 500m")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) else value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -34,7 +35,7 @@ from agent.models import (
     Volume,
     VolumeSource,
 )
-from agent.quantity import format_bytes, parse_quantity
+from agent.quantity import format_bytes, parse_cpu_quantity, parse_quantity
 
 __all__ = ["DNS1123_LABEL", "parse_vm", "render_vm", "validate_name"]
 
@@ -78,7 +79,7 @@ class _Node:
         value = self.data.get(key)
         if value is None:
             return default
-        if kind is int and isinstance(value, str) and value.lstrip("-").isdigit():
+        if kind is int and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
             value = int(value)  # the protobuf JSON mapping writes int64 as a string
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
             raise InvalidSpec(self.at(key), f"must be {kind.__name__}, not {value!r}")
@@ -203,7 +204,7 @@ def _parse_instance(
         validate_name(node.at("hostname"), hostname)
     volumes = tuple(_parse_volume(v) for v in node.items("volumes"))
     networks = tuple(_parse_network(n) for n in node.items("networks"))
-    cpu, memory, machine, firmware, disks, interfaces = _parse_domain(domain)
+    hardware = _parse_domain(domain)
     node.done()
     vm = VMSpec(
         namespace=namespace,
@@ -211,14 +212,9 @@ def _parse_instance(
         uid=uid,
         labels=dict(labels),
         run_strategy=run_strategy,
-        cpu=cpu,
-        memory_bytes=memory,
-        machine_type=machine,
-        firmware=firmware,
-        disks=disks,
         volumes=volumes,
-        interfaces=interfaces,
         networks=networks,
+        **hardware,
         termination_grace_period_seconds=grace,
         hostname=hostname,
     )
@@ -226,10 +222,13 @@ def _parse_instance(
     return vm
 
 
-def _parse_domain(
-    node: _Node,
-) -> tuple[CPU, int, str, Firmware, tuple[Disk, ...], tuple[Interface, ...]]:
+def _parse_domain(node: _Node) -> dict[str, Any]:
+    requests, limits = _parse_resources(node)
     cpu = CPU()
+    cpus_requested = limits.get("cpu") or requests.get("cpu")
+    if cpus_requested:
+        # No topology given: KubeVirt sizes the guest from the CPU limit or request.
+        cpu = CPU(sockets=max(1, math.ceil(parse_cpu_quantity(cpus_requested))))
     cpu_node = node.child("cpu")
     if cpu_node is not None:
         counts = {}
@@ -241,7 +240,7 @@ def _parse_domain(
         if cpu.vcpus > _MAX_VCPUS:
             raise InvalidSpec(cpu_node.path, f"{cpu.vcpus} vCPUs is more than {_MAX_VCPUS}")
         cpu_node.done()
-    memory = _parse_memory(node)
+    memory = _parse_memory(node, requests, limits)
     machine_node = node.child("machine")
     machine = ""
     if machine_node is not None:
@@ -255,35 +254,60 @@ def _parse_domain(
     interfaces = tuple(_parse_interface(i) for i in devices.items("interfaces"))
     devices.done()
     node.done()
-    return cpu, memory, machine, firmware, disks, interfaces
+    return {
+        "cpu": cpu,
+        "memory_bytes": memory,
+        "resource_requests": requests,
+        "resource_limits": limits,
+        "machine_type": machine,
+        "firmware": firmware,
+        "disks": disks,
+        "interfaces": interfaces,
+    }
 
 
-def _parse_memory(domain: _Node) -> int:
+def _parse_resources(domain: _Node) -> tuple[dict[str, str], dict[str, str]]:
+    """resources.requests/limits: memory and cpu only, each a valid quantity."""
+    groups: list[dict[str, str]] = [{}, {}]
+    resources = domain.child("resources")
+    if resources is None:
+        return groups[0], groups[1]
+    for index, key in enumerate(("requests", "limits")):
+        group = resources.child(key)
+        if group is None:
+            continue
+        for name, parse in (("memory", parse_quantity), ("cpu", parse_cpu_quantity)):
+            text = group.get(name, str, "")
+            if text:
+                try:
+                    parse(text)
+                except ValueError as exc:
+                    raise InvalidSpec(group.at(name), str(exc)) from None
+                groups[index][name] = text
+        group.done()
+    resources.done()
+    return groups[0], groups[1]
+
+
+def _parse_memory(domain: _Node, requests: dict[str, str], limits: dict[str, str]) -> int:
     memory_node = domain.child("memory")
     guest = _quantity(memory_node, "guest") if memory_node else None
     if memory_node:
         memory_node.done()
-    resources = domain.child("resources")
-    requested = None
-    if resources is not None:
-        requests = resources.child("requests")
-        limits = resources.child("limits")
-        for group in (requests, limits):
-            if group is None:
-                continue
-            for key in group.data:
-                if key not in ("memory", "cpu"):
-                    raise InvalidSpec(group.at(key), "only memory and cpu are supported")
-            group.allowed.update({"memory", "cpu"})
-        requested = _quantity(requests, "memory") if requests else None
-        resources.done()
+    requested = parse_quantity(requests["memory"]) if "memory" in requests else None
     memory = guest or requested
+    field = "memory.guest" if guest else "resources.requests.memory"
     if memory is None:
         raise InvalidSpec(
             f"{domain.path}.memory.guest", "is required (or resources.requests.memory)"
         )
     if memory < _MIN_MEMORY:
-        raise InvalidSpec(f"{domain.path}.memory.guest", "must be at least 16Mi")
+        raise InvalidSpec(f"{domain.path}.{field}", "must be at least 16Mi")
+    if "memory" in limits and parse_quantity(limits["memory"]) < memory:
+        raise InvalidSpec(
+            f"{domain.path}.resources.limits.memory",
+            f"is less than the guest's {format_bytes(memory)}",
+        )
     return memory
 
 
@@ -465,7 +489,7 @@ def _parse_port(node: _Node) -> Port:
     protocol = _choice(node, "protocol", ("TCP", "UDP"), "TCP")
     node_port = node.get("nodePort", int, 0)
     if not 0 <= node_port <= 65535:
-        raise InvalidSpec(node.at("nodePort"), "must be between 1 and 65535")
+        raise InvalidSpec(node.at("nodePort"), "must be between 1 and 65535 (0: allocated)")
     name = node.get("name", str, "")
     node.done()
     return Port(port=port, protocol=protocol, name=name, node_port=node_port)
@@ -502,6 +526,15 @@ def _check_references(vm: VMSpec, path: str) -> None:
     for index, volume in enumerate(vm.volumes):
         if volume.name not in disk_names:
             raise InvalidSpec(f"{path}.volumes[{index}].name", f"no disk named {volume.name!r}")
+    boot_orders: dict[int, str] = {}
+    for index, disk in enumerate(vm.disks):
+        if disk.boot_order is not None:
+            if disk.boot_order in boot_orders:
+                raise InvalidSpec(
+                    f"{devices}.disks[{index}].bootOrder",
+                    f"{disk.boot_order} is also the boot order of {boot_orders[disk.boot_order]!r}",
+                )
+            boot_orders[disk.boot_order] = disk.name
     networks = {n.name: n for n in vm.networks}
     for index, iface in enumerate(vm.interfaces):
         network = networks.get(iface.name)
@@ -563,6 +596,13 @@ def _render_domain(vm: VMSpec) -> dict[str, Any]:
     if vm.cpu.model:
         cpu["model"] = vm.cpu.model
     domain: dict[str, Any] = {"cpu": cpu, "memory": {"guest": format_bytes(vm.memory_bytes)}}
+    resources = {
+        key: dict(sorted(group.items()))
+        for key, group in (("requests", vm.resource_requests), ("limits", vm.resource_limits))
+        if group
+    }
+    if resources:
+        domain["resources"] = resources
     if vm.machine_type:
         domain["machine"] = {"type": vm.machine_type}
     firmware: dict[str, Any] = {}

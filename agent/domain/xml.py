@@ -47,7 +47,7 @@ def build_domain(spec: VMSpec, plan: HostPlan) -> ET.Element:
         _text(domain, "uuid", plan.uuid)
     if plan.metadata is not None:
         ET.SubElement(domain, "metadata").append(_metadata_child(plan.metadata))
-    domain.extend(_memory(spec))
+    domain.extend(_resources(spec))
     domain.append(_os(spec, plan))
     domain.append(_features(spec))
     domain.append(_cpu(spec.cpu, plan.virt_type))
@@ -88,7 +88,7 @@ def _metadata_child(metadata: ET.Element | str) -> ET.Element:
     return copy.deepcopy(metadata)
 
 
-def _memory(spec: VMSpec) -> list[ET.Element]:
+def _resources(spec: VMSpec) -> list[ET.Element]:
     size = str(spec.memory_bytes)
     memory = ET.Element("memory", unit="b")
     memory.text = size
@@ -226,13 +226,14 @@ def _disk(disk: Disk, backing: DiskBacking, target: str) -> ET.Element:
         driver.set("cache", disk.cache)
     ET.SubElement(element, "source", file=backing.path)
     ET.SubElement(element, "target", dev=target, bus=disk.bus)
-    if disk.boot_order is not None:
-        ET.SubElement(element, "boot", order=str(disk.boot_order))
+    # Children in the order libvirt writes them back, so stored and built XML diff cleanly.
     # A CD-ROM is read-only media whatever the spec says; QEMU's cd devices cannot write.
     if disk.readonly or disk.device == "cdrom":
         ET.SubElement(element, "readonly")
     if disk.serial:
         _text(element, "serial", disk.serial)
+    if disk.boot_order is not None:
+        ET.SubElement(element, "boot", order=str(disk.boot_order))
     return element
 
 
