@@ -8,6 +8,7 @@
     ├── Conflict             another operation on the same object is in flight
     ├── Unavailable          a dependency (libvirtd) cannot be reached right now; retry
     ├── DeadlineExceeded     an operation did not finish within its bound
+    ├── ResourceExhausted    a limit of the agent is reached (e.g. open watch streams)
     └── Unsupported          a feature exists in the API but not in this agent (yet)
 
 The gRPC servicer maps each class to one status code (see ``agent.api.errors``).
@@ -23,6 +24,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidSpec",
     "NotFound",
+    "ResourceExhausted",
     "Unavailable",
     "Unsupported",
 ]
@@ -63,6 +65,10 @@ class Unavailable(AgentError):
 
 class DeadlineExceeded(AgentError):
     """An operation did not finish within its bound."""
+
+
+class ResourceExhausted(AgentError):
+    """A limit of the agent is reached; retry later."""
 
 
 class Unsupported(AgentError):

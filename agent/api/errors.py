@@ -17,6 +17,7 @@ from agent.errors import (
     FailedPrecondition,
     InvalidSpec,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     Unsupported,
 )
@@ -33,6 +34,7 @@ STATUS_CODES: dict[type[AgentError], grpc.StatusCode] = {
     Conflict: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
 }
 

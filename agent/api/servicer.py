@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -31,7 +33,7 @@ from agent.api._gen.virtagent.v1 import (
 from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
 from agent.domain.lifecycle import VMService
-from agent.errors import InvalidSpec, Unsupported
+from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
 from agent.labels import matches_selector, parse_selector
 from agent.ports import HostProbe
 from agent.spec import validate_name
@@ -62,8 +64,22 @@ def _grace(request: Any) -> int | None:
 class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     """virtagent.v1.VirtualMachineService over a VMService."""
 
-    def __init__(self, service: VMService) -> None:
+    def __init__(self, service: VMService, *, max_streams: int = 16) -> None:
         self.service = service
+        # Each open stream holds a server thread: cap them so unary calls always have room.
+        self._streams = threading.BoundedSemaphore(max_streams)
+        self._max_streams = max_streams
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        if not self._streams.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self._max_streams} watch/console streams are open on this agent; retry later"
+            )
+        try:
+            yield
+        finally:
+            self._streams.release()
 
     @grpc_errors
     def ApplyVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -91,6 +107,12 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
             in_namespace = not request.namespace or spec.namespace == request.namespace
             return in_namespace and matches_selector(spec.labels, requirements)
 
+        with self._stream_slot():
+            yield from self._watch(request, context, wanted)
+
+    def _watch(
+        self, request: Any, context: grpc.ServicerContext, wanted: Callable[[Any], bool]
+    ) -> Iterator[Any]:
         snapshot, version, watch = self.service.registry.watch()
         try:
             for item in sorted(snapshot, key=lambda r: (r.spec.namespace, r.spec.name)):
@@ -164,6 +186,14 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
             raise InvalidSpec("tail_lines", "must not be negative")
         namespace, name = _names(request)
         path = self.service.console_log_path(namespace, name)
+        if not request.follow:
+            yield from self._console(request, context, path)
+            return
+        with self._stream_slot():
+            yield from self._console(request, context, path)
+
+    def _console(self, request: Any, context: grpc.ServicerContext, path: str) -> Iterator[Any]:
+        namespace, name = request.namespace, request.name
         offset = _tail_offset(path, request.tail_lines)
         while True:
             offset, chunks = _read_from(path, offset)

@@ -32,6 +32,7 @@ class Agent:
     nodes: node_service_pb2_grpc.NodeServiceStub
     channel: grpc.Channel
     service: VMService
+    service_servicer: VirtualMachineServicer
     hv: LibvirtHypervisor
     server: Server
     image_root: Path
@@ -59,8 +60,9 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
         node_name="node-test",
         virt_type="qemu",
     )
+    vm_servicer = VirtualMachineServicer(service, max_streams=4)
     server = create_server(
-        VirtualMachineServicer(service),
+        vm_servicer,
         NodeServicer(service, PsutilHostProbe(), reserved_memory=0),
         listen=["127.0.0.1:0"],
     )
@@ -81,6 +83,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
             nodes=node_service_pb2_grpc.NodeServiceStub(channel),
             channel=channel,
             service=service,
+            service_servicer=vm_servicer,
             hv=hv,
             server=server,
             image_root=image_root,

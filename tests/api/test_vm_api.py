@@ -383,3 +383,21 @@ def test_a_guest_ignoring_acpi_is_destroyed_when_the_grace_period_ends(
     vm = agent.vms.StopVirtualMachine(request).vm
     assert presses == ["default_web"]
     assert vm.status.phase == vm_pb2.PHASE_STOPPED and vm.status.reason == "Destroyed"
+
+
+def test_open_streams_are_capped_so_unary_calls_keep_working(agent: Agent) -> None:
+    servicer = agent.service_servicer
+    limit = servicer._max_streams
+    streams = [
+        agent.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest()) for _ in range(limit)
+    ]
+    try:
+        for stream in streams:
+            assert next(stream).type == pb.EVENT_TYPE_SYNCED  # each is open and holding a slot
+        extra = agent.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest())
+        code, details = code_of(lambda: next(extra))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "streams" in details
+        apply(agent, vm_doc(run_strategy="Halted"))  # unary calls still get a thread
+    finally:
+        for stream in streams:
+            stream.cancel()
