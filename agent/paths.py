@@ -17,7 +17,12 @@ __all__ = ["resolve_under_roots"]
 
 
 def resolve_under_roots(
-    roots: Sequence[str], path: str, field: str, *, must_exist: bool = True
+    roots: Sequence[str],
+    path: str,
+    field: str,
+    *,
+    must_exist: bool = True,
+    roots_name: str = "image roots",
 ) -> str:
     """Return the absolute path of ``path`` under the first root that holds it.
 
@@ -39,7 +44,7 @@ def resolve_under_roots(
         else:
             candidates.append((root, path))
     if not candidates:
-        raise InvalidSpec(field, f"{path!r} is outside the image roots ({', '.join(roots)})")
+        raise InvalidSpec(field, f"{path!r} is outside the {roots_name} ({', '.join(roots)})")
     problem = ""
     for root, relative in candidates:
         found, problem = _walk(root, relative, must_exist=must_exist)

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   nftables libnftables1 python3-nftables dnsmasq-base conntrack
   busybox-static cpio iproute2 socat pkg-config gcc python3-venv python3-dev
   syslinux-common extlinux mtools dosfstools fdisk e2fsprogs
-  docker-registry skopeo umoci
+  docker-registry skopeo umoci openssl
 )
 
 missing=()

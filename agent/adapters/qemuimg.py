@@ -51,6 +51,10 @@ class QemuImg:
         if info.get("backing-filename"):
             # A base with its own backing chain could point anywhere on the host.
             raise InvalidSpec(field, f"{path} has a backing file; flatten it first")
+        specific = info.get("format-specific", {}).get("data", {})
+        if isinstance(specific, dict) and specific.get("data-file"):
+            # An external data file is another way for an image to name a host file.
+            raise InvalidSpec(field, f"{path} has an external data file; convert it first")
         return fmt
 
     def create_overlay(self, base: str, base_format: str, path: str) -> None:

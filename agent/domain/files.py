@@ -1,23 +1,42 @@
-"""Per-VM files on the node: kernel paths, disk overlays and the console log.
+"""Per-VM files on the node: kernel paths, disks for every volume kind, the console log.
 
-Everything a VM owns lives in ``<state-dir>/vms/<domain>/`` and goes with the VM.
-Client paths are resolved under the image roots (see ``agent.paths``).
+Everything a VM owns lives in ``<state-dir>/vms/<domain>/`` and goes with the VM: overlays
+(image files, container disks), empty disks, NoCloud seed ISOs, the console log. Host disks
+and cached container disks live outside it: host disks stay, cache entries are released and
+garbage-collected when their last VM goes. Client paths are resolved under allow-listed
+roots (see ``agent.paths``); every refusal names the field.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 
+from agent.disks.cloudinit import VOLUME_ID, nocloud_seed
+from agent.disks.containerdisk import ContainerDisks
+from agent.disks.hostdisk import host_disk_path
+from agent.disks.ports import IsoWriter, PullObserver, PullProgress
+from agent.disks.reference import BadReference, parse_reference
 from agent.domain.plan import DiskBacking
-from agent.errors import InvalidSpec
-from agent.models import EmptyDisk, ImageFile, VMSpec
+from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
+from agent.models import (
+    CloudInitNoCloud,
+    ContainerDisk,
+    EmptyDisk,
+    HostDisk,
+    ImageFile,
+    VMSpec,
+    Volume,
+)
 from agent.paths import resolve_under_roots
 from agent.ports import ImageTool
 
-__all__ = ["PreparedFiles", "VMFiles"]
+__all__ = ["PreparedFiles", "VMFiles", "VolumeSupport"]
+
+log = logging.getLogger(__name__)
 
 _INSTANCE = "spec.template.spec"
 
@@ -32,29 +51,52 @@ class PreparedFiles:
     disks: tuple[DiskBacking, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class VolumeSupport:
+    """What this node offers besides image files and empty disks; unset means "not here"."""
+
+    container_disks: ContainerDisks | None = None
+    iso: IsoWriter | None = None
+    host_disk_roots: tuple[str, ...] = ()
+    secrets_dir: str = ""
+    pulls: PullObserver | None = None  # told about pulls, to show progress in status
+
+
 class VMFiles:
     """Resolves and creates the files of VMs.
 
     Usage::
 
-        files = VMFiles("/var/lib/virt-agent", ["/var/lib/virt-agent/images"], QemuImg())
+        files = VMFiles("/var/lib/virt-agent", ["/var/lib/virt-agent/images"], QemuImg(),
+                        VolumeSupport(container_disks=..., iso=PycdlibIso()))
         prepared = files.prepare(spec, "default_web")   # idempotent
         files.remove("default_web")
     """
 
-    def __init__(self, state_dir: str, image_roots: list[str], images: ImageTool) -> None:
+    def __init__(
+        self,
+        state_dir: str,
+        image_roots: list[str],
+        images: ImageTool,
+        support: VolumeSupport | None = None,
+    ) -> None:
         self.state_dir = os.path.abspath(state_dir)
         self.image_roots = [os.path.abspath(root) for root in image_roots]
         self.images = images
+        self.support = support or VolumeSupport()
 
     def vm_dir(self, domain: str) -> str:
         return os.path.join(self.state_dir, "vms", domain)
+
+    def vm_exists(self, domain: str) -> bool:
+        """Whether the VM still has its folder (how the image cache tells stale users)."""
+        return bool(domain) and os.path.isdir(self.vm_dir(domain))
 
     def console_log(self, domain: str) -> str:
         return os.path.join(self.vm_dir(domain), "console.log")
 
     def prepare(self, vm: VMSpec, domain: str) -> PreparedFiles:
-        """Resolve every path and create missing overlays; safe to call again."""
+        """Resolve every path and create missing files; safe to call again."""
         kernel = initrd = ""
         boot = vm.firmware.kernel_boot
         field = f"{_INSTANCE}.domain.firmware.kernelBoot.container"
@@ -81,20 +123,90 @@ class VMFiles:
         if isinstance(source, ImageFile):
             base = resolve_under_roots(self.image_roots, source.path, f"{field}.imageFile.path")
             base_format = self.images.format_of(base, f"{field}.imageFile.path")
-            # Named by base path so a changed image never swaps the disk under a running guest.
-            digest = hashlib.sha256(base.encode()).hexdigest()[:12]
-            overlay = os.path.join(self.vm_dir(domain), f"{volume.name}-{digest}.qcow2")
-            if not os.path.exists(overlay):
-                self.images.create_overlay(base, base_format, overlay)
-            return DiskBacking(name=volume.name, path=overlay, format="qcow2")
+            return self._overlay(domain, volume.name, base, base_format)
         if isinstance(source, EmptyDisk):
             path = os.path.join(self.vm_dir(domain), f"{volume.name}-empty.qcow2")
             if not os.path.exists(path):
                 self.images.create_blank(path, source.capacity_bytes)
             return DiskBacking(name=volume.name, path=path, format="qcow2")
+        if isinstance(source, ContainerDisk):
+            return self._container_disk(vm, domain, volume, source, f"{field}.containerDisk")
+        if isinstance(source, CloudInitNoCloud):
+            return self._seed(vm, domain, volume.name, source, f"{field}.cloudInitNoCloud")
+        if isinstance(source, HostDisk):
+            roots = self.support.host_disk_roots
+            path = host_disk_path(roots, source, f"{field}.hostDisk.path")
+            return DiskBacking(name=volume.name, path=path, format="raw")
         kind = type(source).__name__
         raise InvalidSpec(field, f"{kind} volumes are not supported by this agent yet")
+
+    def _overlay(self, domain: str, volume: str, base: str, base_format: str) -> DiskBacking:
+        # Named by base path so a changed image never swaps the disk under a running guest.
+        digest = hashlib.sha256(base.encode()).hexdigest()[:12]
+        overlay = os.path.join(self.vm_dir(domain), f"{volume}-{digest}.qcow2")
+        if not os.path.exists(overlay):
+            self.images.create_overlay(base, base_format, overlay)
+        return DiskBacking(name=volume, path=overlay, format="qcow2")
+
+    def _container_disk(
+        self, vm: VMSpec, domain: str, volume: Volume, source: ContainerDisk, field: str
+    ) -> DiskBacking:
+        disks = self.support.container_disks
+        if disks is None:
+            raise InvalidSpec(field, "containerDisk volumes are not enabled on this node")
+        try:
+            image = parse_reference(source.image)
+        except BadReference as exc:
+            raise InvalidSpec(f"{field}.image", f"{source.image!r}: {exc}") from None
+        observer = self.support.pulls
+        pulled = False
+
+        def progress(done: int, total: int) -> None:
+            nonlocal pulled
+            pulled = True
+            if observer is not None:
+                observer.pulling(domain, vm, PullProgress(volume.name, str(image), done, total))
+
+        try:
+            entry = disks.ensure(
+                image, source.image_pull_policy, domain, path=source.path, progress=progress
+            )
+        except (FailedPrecondition, Unavailable) as exc:
+            error = type(exc)(f"{field}.image: {source.image}: {exc}")
+            if pulled and observer is not None:
+                observer.finished(domain, error)
+            raise error from exc
+        except Exception as exc:
+            if pulled and observer is not None:
+                observer.finished(domain, exc)
+            raise
+        if pulled and observer is not None:
+            observer.finished(domain, None)
+        return self._overlay(domain, volume.name, entry.path, entry.format)
+
+    def _seed(
+        self, vm: VMSpec, domain: str, volume: str, source: CloudInitNoCloud, field: str
+    ) -> DiskBacking:
+        if self.support.iso is None:
+            raise InvalidSpec(field, "cloudInitNoCloud volumes are not enabled on this node")
+        seed = nocloud_seed(vm, source, secrets_dir=self.support.secrets_dir, field=field)
+        # Named by content: a changed seed is a new file, never rewritten under a guest.
+        path = os.path.join(self.vm_dir(domain), f"{volume}-cidata-{seed.digest[:12]}.iso")
+        if not os.path.exists(path):
+            self.support.iso.write_iso(path, VOLUME_ID, seed.files)
+        return DiskBacking(name=volume, path=path, format="raw")
 
     def remove(self, domain: str) -> None:
         """Delete everything the agent made for the VM; a missing folder is fine."""
         shutil.rmtree(self.vm_dir(domain), ignore_errors=True)
+        if self.support.pulls is not None:
+            self.support.pulls.forget(domain)
+        disks = self.support.container_disks
+        if disks is None:
+            return
+        try:
+            disks.release(domain)
+            disks.gc()
+        except OSError:
+            # Never fails a delete: the next GC (on the next delete or at start) retries.
+            log.exception("releasing cached container disks of %s", domain)

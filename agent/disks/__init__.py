@@ -1,0 +1,1 @@
+"""Volumes behind VM disks: container disks from registries, NoCloud seeds, host disks."""

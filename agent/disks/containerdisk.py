@@ -1,0 +1,241 @@
+"""ContainerDisks: make a container disk available on the node, pulling it when needed.
+
+Resolve the reference to an image manifest (an index gives its linux/amd64 entry), then
+either reuse the cache entry for that manifest digest or download every layer, each checked
+against its digest while it streams, take the disk file from ``/disk/``, check its format
+(qcow2 or raw, no backing file) and publish it to the cache in one rename.
+
+Pull policy (Kubernetes' rules): ``Always`` asks the registry for the manifest each time (blobs
+are still reused by digest); ``IfNotPresent`` uses what a tag last resolved to when that is
+cached; ``Never`` only uses the cache. Unset means ``Always`` for ``:latest``, else
+``IfNotPresent``. A reference by digest never needs the registry once cached.
+
+Errors: ``FailedPrecondition`` when the registry answers that the image cannot be had (not
+found, denied, tampered content, not a containerdisk), ``Unavailable`` when it cannot be
+reached (retry). Callers prefix the field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.disks.cache import CacheEntry, ImageCache
+from agent.disks.layers import DiskSearch, LayerError
+from agent.disks.manifest import (
+    ACCEPT,
+    LAYER_TYPES,
+    DigestWriter,
+    Index,
+    Manifest,
+    ManifestError,
+    check_digest,
+    digest_of,
+    parse_manifest,
+    select_platform,
+)
+from agent.disks.ports import RegistryClient
+from agent.disks.reference import ImageRef
+from agent.errors import FailedPrecondition, InvalidSpec
+from agent.ports import ImageTool
+
+__all__ = ["ContainerDisks", "Progress", "cache_key", "effective_policy"]
+
+log = logging.getLogger(__name__)
+
+# (done_bytes, total_bytes): called when a download starts, as it goes, and when it ends.
+Progress = Callable[[int, int], None]
+_PROGRESS_STEP = 4 * 1024 * 1024
+
+
+def cache_key(digest: str, path: str) -> str:
+    """The cache entry's name: the manifest digest, plus the disk's path when one is named
+    (the same image can hold several disks)."""
+    if not path:
+        return digest
+    return f"{digest}+{hashlib.sha256(path.encode()).hexdigest()[:12]}"
+
+
+def effective_policy(image: ImageRef, policy: str) -> str:
+    """The pull policy in force: the given one, else Kubernetes' default for the tag."""
+    if policy:
+        return policy
+    return "Always" if image.tag == "latest" and not image.digest else "IfNotPresent"
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    digest: str
+    manifest: Manifest | None  # None: known from the cache only, not fetched
+
+
+class ContainerDisks:
+    """Container disks through a registry client and the node's cache.
+
+    Usage::
+
+        disks = ContainerDisks(HttpxRegistry(...), ImageCache(...), QemuImg())
+        entry = disks.ensure(parse_reference("reg:5000/disks/fedora:40"), "", "default_web")
+        disks.release("default_web")    # on delete; then disks.gc()
+    """
+
+    def __init__(self, client: RegistryClient, cache: ImageCache, images: ImageTool) -> None:
+        self.client = client
+        self.cache = cache
+        self.images = images
+
+    def ensure(
+        self,
+        image: ImageRef,
+        policy: str,
+        user: str,
+        *,
+        path: str = "",
+        progress: Progress | None = None,
+    ) -> CacheEntry:
+        """The cache entry of ``image`` with ``user`` recorded on it; pulls if needed."""
+        policy = effective_policy(image, policy)
+        resolved = self._resolve(image, policy, path)
+        key = cache_key(resolved.digest, path)
+        entry = self.cache.acquire(key, user)
+        if entry is not None:
+            log.info("container disk %s (%s) is cached", image, resolved.digest)
+            return entry
+        with self.cache.pull_lock(key):
+            entry = self.cache.acquire(key, user)  # pulled while we waited
+            if entry is not None:
+                return entry
+            if policy == "Never":
+                raise FailedPrecondition(f"{image} is not cached and imagePullPolicy is Never")
+            manifest = resolved.manifest
+            if manifest is None:
+                manifest = self._fetch_manifest(image, resolved.digest)
+            return self._pull(image, key, manifest, user, path, progress)
+
+    def release(self, user: str) -> None:
+        self.cache.release(user)
+
+    def gc(self) -> list[str]:
+        return self.cache.gc()
+
+    # -- manifests ------------------------------------------------------------------------
+
+    def _resolve(self, image: ImageRef, policy: str, path: str) -> _Resolved:
+        if image.digest and self.cache.has(cache_key(image.digest, path)):
+            return _Resolved(image.digest, None)
+        if policy != "Always" and not image.digest:
+            cached = self.cache.tagged(str(image))
+            if cached and self.cache.has(cache_key(cached, path)):
+                return _Resolved(cached, None)
+        if policy == "Never":
+            raise FailedPrecondition(f"{image} is not cached and imagePullPolicy is Never")
+        digest, manifest = self._fetch_top(image)
+        if not image.digest:
+            self.cache.remember_tag(str(image), digest)
+        return _Resolved(digest, manifest)
+
+    def _fetch_top(self, image: ImageRef) -> tuple[str, Manifest]:
+        """Fetch what the reference names; follow an index to its linux/amd64 manifest."""
+        fetched = self.client.get_manifest(image, image.reference, ACCEPT)
+        digest = image.digest or digest_of(fetched.body)
+        try:
+            check_digest(fetched.body, digest)
+            if fetched.digest_header.startswith("sha256:") and fetched.digest_header != digest:
+                raise ManifestError(
+                    f"registry says the manifest is {fetched.digest_header}, its content is "
+                    f"{digest}"
+                )
+            parsed = parse_manifest(fetched.body, fetched.content_type)
+            if isinstance(parsed, Index):
+                digest = select_platform(parsed).digest
+                return digest, self._fetch_manifest(image, digest)
+            return digest, parsed
+        except ManifestError as exc:
+            raise FailedPrecondition(f"manifest of {image}: {exc}") from exc
+
+    def _fetch_manifest(self, image: ImageRef, digest: str) -> Manifest:
+        fetched = self.client.get_manifest(image, digest, ACCEPT)
+        try:
+            check_digest(fetched.body, digest)
+            parsed = parse_manifest(fetched.body, fetched.content_type)
+        except ManifestError as exc:
+            raise FailedPrecondition(f"manifest {digest} of {image}: {exc}") from exc
+        if isinstance(parsed, Index):
+            raise FailedPrecondition(f"{image}: an index inside an index is not supported")
+        return parsed
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    def _pull(
+        self,
+        image: ImageRef,
+        key: str,
+        manifest: Manifest,
+        user: str,
+        path: str,
+        progress: Progress | None,
+    ) -> CacheEntry:
+        for layer in manifest.layers:
+            if layer.media_type and layer.media_type not in LAYER_TYPES:
+                raise FailedPrecondition(
+                    f"{image}: layer {layer.digest} is {layer.media_type}; only tar and "
+                    "tar+gzip layers are supported"
+                )
+        total = manifest.total_size
+        log.info("pulling container disk %s (%s, %d bytes)", image, key, total)
+        report = progress or (lambda done, total: None)
+        report(0, total)
+        with self.cache.workdir() as workdir:
+            try:
+                search = DiskSearch(workdir, wanted=path)
+                done = 0
+                for number, layer in enumerate(manifest.layers):
+                    blob = os.path.join(workdir, f"layer-{number}")
+                    done = self._download(image, layer.digest, layer.size, blob, done, total,
+                                          report)  # fmt: skip
+                    search.apply_layer(blob)
+                    os.unlink(blob)
+                disk = search.result()
+            except (ManifestError, LayerError) as exc:
+                raise FailedPrecondition(f"{image}: {exc}") from exc
+            try:
+                fmt = self.images.format_of(disk, "")
+            except InvalidSpec as exc:  # e.g. a backing file: the image is at fault
+                raise FailedPrecondition(f"{image}: the disk in /disk/: {exc.problem}") from exc
+            entry = self.cache.publish(key, workdir, disk, fmt=fmt, image=str(image), user=user)
+        report(total, total)
+        log.info("container disk %s cached as %s (%s)", image, key, fmt)
+        return entry
+
+    def _download(
+        self,
+        image: ImageRef,
+        digest: str,
+        size: int,
+        target: str,
+        done: int,
+        total: int,
+        report: Progress,
+    ) -> int:
+        log.info("downloading blob %s of %s (%d bytes)", digest, image, size)
+        with open(target, "xb") as out:
+            last = [done]
+
+            def sink(chunk: bytes) -> None:
+                out.write(chunk)
+                now = done + writer.done
+                if now - last[0] >= _PROGRESS_STEP:
+                    last[0] = now
+                    report(now, total)
+
+            writer = DigestWriter(digest, size, sink)
+            try:
+                self.client.get_blob(image, digest, writer.write)
+                writer.verify()
+            except ManifestError as exc:
+                raise FailedPrecondition(f"{image}: blob {digest}: {exc}") from exc
+        report(done + size, total)
+        return done + size

@@ -1,0 +1,248 @@
+"""Parsing of a VM's devices and their sources: disks, volumes, interfaces, networks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+
+from agent.disks.reference import BadReference, parse_reference
+from agent.errors import InvalidSpec
+from agent.models import (
+    CloudInitNoCloud,
+    ContainerDisk,
+    Disk,
+    EmptyDisk,
+    HostDisk,
+    ImageFile,
+    Interface,
+    Network,
+    Port,
+    VMSpec,
+    Volume,
+    VolumeSource,
+)
+from agent.spec.reader import Node, choice, one_of, quantity, relative_path, validate_name
+
+__all__ = ["check_references", "parse_disk", "parse_interface", "parse_network", "parse_volume"]
+
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+def parse_disk(node: Node) -> Disk:
+    name = validate_name(node.at("name"), node.get("name", str, ""))
+    target = one_of(
+        node,
+        {
+            "disk": lambda n: (
+                "disk",
+                choice(n, "bus", ("virtio", "sata", "scsi"), "virtio"),
+                n.get("readonly", bool, False),
+            ),
+            "cdrom": lambda n: (
+                "cdrom",
+                choice(n, "bus", ("sata", "scsi"), "sata"),
+                n.get("readonly", bool, True),
+            ),
+        },
+    ) or ("disk", "virtio", False)
+    boot_order = node.get("bootOrder", int, 0) or None
+    if boot_order is not None and boot_order < 1:
+        raise InvalidSpec(node.at("bootOrder"), "must be at least 1")
+    serial = node.get("serial", str, "")
+    if serial and not re.match(r"^[A-Za-z0-9_.+-]{1,20}$", serial):
+        raise InvalidSpec(node.at("serial"), "must be 1-20 letters, digits or _.+-")
+    cache = node.get("cache", str, "")
+    if cache and cache not in ("none", "writethrough", "writeback"):
+        raise InvalidSpec(node.at("cache"), f"{cache!r} is not none, writethrough or writeback")
+    node.done()
+    device, bus, readonly = target
+    return Disk(name, device, bus, readonly, boot_order, serial, cache)
+
+
+def parse_volume(node: Node) -> Volume:
+    name = validate_name(node.at("name"), node.get("name", str, ""))
+    sources: dict[str, Callable[[Node], VolumeSource]] = {
+        "imageFile": lambda n: ImageFile(relative_path(n, "path")),
+        "containerDisk": _container_disk,
+        "cloudInitNoCloud": _cloud_init,
+        "emptyDisk": _empty_disk,
+        "hostDisk": _host_disk,
+    }
+    source = one_of(node, sources)
+    if source is None:
+        raise InvalidSpec(
+            node.path,
+            "needs a source: imageFile, containerDisk, cloudInitNoCloud, emptyDisk or hostDisk",
+        )
+    node.done()
+    return Volume(name, source)
+
+
+def _container_disk(node: Node) -> ContainerDisk:
+    image = node.get("image", str, "")
+    if not image or any(c.isspace() for c in image):
+        raise InvalidSpec(node.at("image"), "must name an image such as registry:5000/repo:tag")
+    try:
+        parse_reference(image)
+    except BadReference as exc:
+        raise InvalidSpec(node.at("image"), f"{image!r}: {exc}") from None
+    path = node.get("path", str, "")
+    if ".." in path.split("/") or "\x00" in path:
+        raise InvalidSpec(node.at("path"), "must not contain '..'")
+    policy = node.get("imagePullPolicy", str, "")
+    if policy and policy not in ("Always", "IfNotPresent", "Never"):
+        raise InvalidSpec(node.at("imagePullPolicy"), "must be Always, IfNotPresent or Never")
+    return ContainerDisk(image=image, path=path, image_pull_policy=policy)
+
+
+def _decoded(node: Node, plain: str, encoded: str) -> str:
+    text = node.get(plain, str, "")
+    data = node.get(encoded, str, "")
+    if text and data:
+        raise InvalidSpec(node.path, f"set only one of {plain}, {encoded}")
+    if data:
+        try:
+            return base64.b64decode(data, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidSpec(node.at(encoded), "is not base64 of UTF-8 text") from None
+    return text
+
+
+def _secret_name(node: Node, key: str) -> str:
+    ref = node.child(key)
+    if ref is None:
+        return ""
+    name = validate_name(ref.at("name"), ref.get("name", str, ""))
+    ref.done()
+    return name
+
+
+def _cloud_init(node: Node) -> CloudInitNoCloud:
+    source = CloudInitNoCloud(
+        user_data=_decoded(node, "userData", "userDataBase64"),
+        network_data=_decoded(node, "networkData", "networkDataBase64"),
+        user_data_secret=_secret_name(node, "secretRef"),
+        network_data_secret=_secret_name(node, "networkDataSecretRef"),
+    )
+    if not (source.user_data or source.user_data_secret):
+        raise InvalidSpec(node.path, "needs userData, userDataBase64 or secretRef")
+    return source
+
+
+def _empty_disk(node: Node) -> EmptyDisk:
+    capacity = quantity(node, "capacity")
+    if not capacity:
+        raise InvalidSpec(node.at("capacity"), "is required, such as 1Gi")
+    return EmptyDisk(capacity)
+
+
+def _host_disk(node: Node) -> HostDisk:
+    kind = choice(node, "type", ("Disk", "DiskOrCreate"), "")
+    capacity = quantity(node, "capacity") or 0
+    if kind == "DiskOrCreate" and not capacity:
+        raise InvalidSpec(node.at("capacity"), "is required with type DiskOrCreate")
+    path = node.get("path", str, "")
+    if not path:
+        raise InvalidSpec(node.at("path"), "is required")
+    if ".." in path.split("/") or "\x00" in path:
+        raise InvalidSpec(node.at("path"), f"{path!r} must not contain '..'")
+    return HostDisk(path=path, type=kind, capacity_bytes=capacity)
+
+
+def parse_interface(node: Node) -> Interface:
+    name = validate_name(node.at("name"), node.get("name", str, ""))
+    binding = one_of(node, {"masquerade": lambda n: "masquerade", "bridge": lambda n: "bridge"})
+    if binding is None:
+        raise InvalidSpec(node.path, "needs a binding method: masquerade or bridge")
+    ports = tuple(_parse_port(p) for p in node.items("ports"))
+    if ports and binding != "masquerade":
+        raise InvalidSpec(node.at("ports"), "are only supported with masquerade binding")
+    mac = node.get("macAddress", str, "").lower()
+    if mac and (not _MAC.match(mac) or int(mac[:2], 16) & 1):
+        raise InvalidSpec(node.at("macAddress"), f"{mac!r} is not a unicast MAC address")
+    model = choice(node, "model", ("virtio",), "virtio")
+    node.done()
+    return Interface(name, binding, ports, mac, model)
+
+
+def _parse_port(node: Node) -> Port:
+    port = node.get("port", int, 0)
+    if not 1 <= port <= 65535:
+        raise InvalidSpec(node.at("port"), "must be between 1 and 65535")
+    protocol = choice(node, "protocol", ("TCP", "UDP"), "TCP")
+    node_port = node.get("nodePort", int, 0)
+    if not 0 <= node_port <= 65535:
+        raise InvalidSpec(node.at("nodePort"), "must be between 1 and 65535 (0: allocated)")
+    name = node.get("name", str, "")
+    node.done()
+    return Port(port=port, protocol=protocol, name=name, node_port=node_port)
+
+
+def parse_network(node: Node) -> Network:
+    name = validate_name(node.at("name"), node.get("name", str, ""))
+
+    def multus(n: Node) -> tuple[str, str]:
+        bridge = n.get("networkName", str, "")
+        if not bridge or len(bridge) > 15 or not re.match(r"^[A-Za-z0-9_.-]+$", bridge):
+            raise InvalidSpec(n.at("networkName"), "must name a host bridge (at most 15 chars)")
+        return "multus", bridge
+
+    kind = one_of(node, {"pod": lambda n: ("pod", ""), "multus": multus})
+    if kind is None:
+        raise InvalidSpec(node.path, "needs a source: pod or multus")
+    node.done()
+    return Network(name, kind[0], kind[1])
+
+
+def check_references(vm: VMSpec, path: str) -> None:
+    """Cross-field rules: unique names, every disk has a volume, every NIC a network."""
+    devices = f"{path}.domain.devices"
+    _unique([d.name for d in vm.disks], f"{devices}.disks")
+    _unique([v.name for v in vm.volumes], f"{path}.volumes")
+    _unique([i.name for i in vm.interfaces], f"{devices}.interfaces")
+    _unique([n.name for n in vm.networks], f"{path}.networks")
+    volume_names = {v.name for v in vm.volumes}
+    for index, disk in enumerate(vm.disks):
+        if disk.name not in volume_names:
+            raise InvalidSpec(f"{devices}.disks[{index}].name", f"no volume named {disk.name!r}")
+    disk_names = {d.name for d in vm.disks}
+    for index, volume in enumerate(vm.volumes):
+        if volume.name not in disk_names:
+            raise InvalidSpec(f"{path}.volumes[{index}].name", f"no disk named {volume.name!r}")
+    boot_orders: dict[int, str] = {}
+    for index, disk in enumerate(vm.disks):
+        if disk.boot_order is not None:
+            if disk.boot_order in boot_orders:
+                raise InvalidSpec(
+                    f"{devices}.disks[{index}].bootOrder",
+                    f"{disk.boot_order} is also the boot order of {boot_orders[disk.boot_order]!r}",
+                )
+            boot_orders[disk.boot_order] = disk.name
+    networks = {n.name: n for n in vm.networks}
+    for index, iface in enumerate(vm.interfaces):
+        network = networks.get(iface.name)
+        field = f"{devices}.interfaces[{index}]"
+        if network is None:
+            raise InvalidSpec(f"{field}.name", f"no network named {iface.name!r}")
+        expected = "pod" if iface.binding == "masquerade" else "multus"
+        if network.kind != expected:
+            raise InvalidSpec(field, f"{iface.binding} binding needs a {expected} network")
+    masquerades = [i for i in vm.interfaces if i.binding == "masquerade"]
+    if len(masquerades) > 1:
+        raise InvalidSpec(f"{devices}.interfaces", "only one interface may use masquerade")
+    seen_ports: set[tuple[int, str]] = set()
+    for iface in masquerades:
+        for port in iface.ports:
+            if (port.port, port.protocol) in seen_ports:
+                raise InvalidSpec(f"{devices}.interfaces", f"port {port.port} declared twice")
+            seen_ports.add((port.port, port.protocol))
+
+
+def _unique(names: list[str], field: str) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            raise InvalidSpec(f"{field}[{index}].name", f"{name!r} is used twice")
+        seen.add(name)

@@ -1,0 +1,232 @@
+"""Parse a VirtualMachine document: identity, run strategy, hardware, firmware."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from agent.errors import InvalidSpec
+from agent.models import (
+    CPU,
+    Firmware,
+    KernelBoot,
+    RunStrategy,
+    VMSpec,
+)
+from agent.quantity import format_bytes, parse_cpu_quantity, parse_quantity
+from agent.spec.devices import (
+    check_references,
+    parse_disk,
+    parse_interface,
+    parse_network,
+    parse_volume,
+)
+from agent.spec.reader import Node, one_of, quantity, relative_path, validate_name
+
+__all__ = ["parse_vm"]
+
+_MAX_VCPUS = 256
+_MIN_MEMORY = 16 * 1024 * 1024
+
+
+def parse_vm(document: Mapping[str, Any]) -> VMSpec:
+    """Parse a VirtualMachine document (``metadata`` and ``spec``; ``status`` is ignored)."""
+    root = Node("", document)
+    root.allowed.add("status")
+    meta = root.child("metadata") or Node("metadata", {})
+    spec = root.child("spec") or Node("spec", {})
+    namespace = validate_name("metadata.namespace", meta.get("namespace", str, ""))
+    name = validate_name("metadata.name", meta.get("name", str, ""))
+    uid = meta.get("uid", str, "")
+    if uid:
+        try:
+            uid = str(uuid.UUID(uid))
+        except ValueError:
+            raise InvalidSpec("metadata.uid", f"{uid!r} is not a UUID") from None
+    labels = meta.get("labels", dict, {})
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            raise InvalidSpec(f"metadata.labels.{key}", "must be a string")
+    meta.allowed.update({"generation", "creationTimestamp", "resourceVersion"})
+    meta.done()
+
+    strategy_text = spec.get("runStrategy", str, "") or RunStrategy.ALWAYS.value
+    try:
+        run_strategy = RunStrategy(strategy_text)
+    except ValueError:
+        allowed = ", ".join(s.value for s in RunStrategy)
+        raise InvalidSpec(
+            "spec.runStrategy", f"{strategy_text!r} is not one of {allowed}"
+        ) from None
+    template = spec.child("template") or Node("spec.template", {})
+    instance = template.child("spec") or Node("spec.template.spec", {})
+    template.done()
+    spec.done()
+    result = _parse_instance(instance, namespace, name, uid, labels, run_strategy)
+    root.done()
+    return result
+
+
+def _parse_instance(
+    node: Node,
+    namespace: str,
+    name: str,
+    uid: str,
+    labels: dict[str, str],
+    run_strategy: RunStrategy,
+) -> VMSpec:
+    domain = node.child("domain") or Node(node.at("domain"), {})
+    grace = node.get("terminationGracePeriodSeconds", int, 30)
+    if grace < 0:
+        raise InvalidSpec(node.at("terminationGracePeriodSeconds"), "must not be negative")
+    hostname = node.get("hostname", str, "")
+    if hostname:
+        validate_name(node.at("hostname"), hostname)
+    volumes = tuple(parse_volume(v) for v in node.items("volumes"))
+    networks = tuple(parse_network(n) for n in node.items("networks"))
+    hardware = _parse_domain(domain)
+    node.done()
+    vm = VMSpec(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        labels=dict(labels),
+        run_strategy=run_strategy,
+        volumes=volumes,
+        networks=networks,
+        **hardware,
+        termination_grace_period_seconds=grace,
+        hostname=hostname,
+    )
+    check_references(vm, node.path)
+    return vm
+
+
+def _parse_domain(node: Node) -> dict[str, Any]:
+    requests, limits = _parse_resources(node)
+    cpu = CPU()
+    cpus_requested = limits.get("cpu") or requests.get("cpu")
+    if cpus_requested:
+        # No topology given: KubeVirt sizes the guest from the CPU limit or request.
+        cpu = CPU(sockets=max(1, math.ceil(parse_cpu_quantity(cpus_requested))))
+    cpu_node = node.child("cpu")
+    if cpu_node is not None:
+        counts = {}
+        for key in ("cores", "sockets", "threads"):
+            counts[key] = cpu_node.get(key, int, 0) or 1
+            if counts[key] < 1:
+                raise InvalidSpec(cpu_node.at(key), "must be at least 1")
+        cpu = CPU(model=cpu_node.get("model", str, ""), **counts)
+        if cpu.vcpus > _MAX_VCPUS:
+            raise InvalidSpec(cpu_node.path, f"{cpu.vcpus} vCPUs is more than {_MAX_VCPUS}")
+        cpu_node.done()
+    memory = _parse_memory(node, requests, limits)
+    machine_node = node.child("machine")
+    machine = ""
+    if machine_node is not None:
+        machine = machine_node.get("type", str, "")
+        if machine and not re.match(r"^[a-z0-9][a-z0-9.-]*$", machine):
+            raise InvalidSpec(machine_node.at("type"), f"{machine!r} is not a machine type")
+        machine_node.done()
+    firmware = _parse_firmware(node.child("firmware"))
+    devices = node.child("devices") or Node(node.at("devices"), {})
+    disks = tuple(parse_disk(d) for d in devices.items("disks"))
+    interfaces = tuple(parse_interface(i) for i in devices.items("interfaces"))
+    devices.done()
+    node.done()
+    return {
+        "cpu": cpu,
+        "memory_bytes": memory,
+        "resource_requests": requests,
+        "resource_limits": limits,
+        "machine_type": machine,
+        "firmware": firmware,
+        "disks": disks,
+        "interfaces": interfaces,
+    }
+
+
+def _parse_resources(domain: Node) -> tuple[dict[str, str], dict[str, str]]:
+    """resources.requests/limits: memory and cpu only, each a valid quantity."""
+    groups: list[dict[str, str]] = [{}, {}]
+    resources = domain.child("resources")
+    if resources is None:
+        return groups[0], groups[1]
+    for index, key in enumerate(("requests", "limits")):
+        group = resources.child(key)
+        if group is None:
+            continue
+        for name, parse in (("memory", parse_quantity), ("cpu", parse_cpu_quantity)):
+            text = group.get(name, str, "")
+            if text:
+                try:
+                    parse(text)
+                except ValueError as exc:
+                    raise InvalidSpec(group.at(name), str(exc)) from None
+                groups[index][name] = text
+        group.done()
+    resources.done()
+    return groups[0], groups[1]
+
+
+def _parse_memory(domain: Node, requests: dict[str, str], limits: dict[str, str]) -> int:
+    memory_node = domain.child("memory")
+    guest = quantity(memory_node, "guest") if memory_node else None
+    if memory_node:
+        memory_node.done()
+    requested = parse_quantity(requests["memory"]) if "memory" in requests else None
+    memory = guest or requested
+    field = "memory.guest" if guest else "resources.requests.memory"
+    if memory is None:
+        raise InvalidSpec(
+            f"{domain.path}.memory.guest", "is required (or resources.requests.memory)"
+        )
+    if memory < _MIN_MEMORY:
+        raise InvalidSpec(f"{domain.path}.{field}", "must be at least 16Mi")
+    if "memory" in limits and parse_quantity(limits["memory"]) < memory:
+        raise InvalidSpec(
+            f"{domain.path}.resources.limits.memory",
+            f"is less than the guest's {format_bytes(memory)}",
+        )
+    return memory
+
+
+def _parse_firmware(node: Node | None) -> Firmware:
+    if node is None:
+        return Firmware()
+    bootloader, secure = "bios", False
+    loader = node.child("bootloader")
+    if loader is not None:
+        kind = one_of(
+            loader,
+            {
+                "bios": lambda n: ("bios", False),
+                "efi": lambda n: ("efi", n.get("secureBoot", bool, False)),
+            },
+        )
+        if kind is not None:
+            bootloader, secure = kind
+        loader.done()
+    kernel_boot = None
+    kb = node.child("kernelBoot")
+    if kb is not None:
+        container = kb.child("container") or Node(kb.at("container"), {})
+        if container.get("image", str, ""):
+            raise InvalidSpec(
+                container.at("image"),
+                "kernels from container images are not supported; leave image empty and "
+                "give kernelPath/initrdPath under an image root",
+            )
+        container.allowed.add("imagePullPolicy")
+        kernel_boot = KernelBoot(
+            kernel_path=relative_path(container, "kernelPath"),
+            initrd_path=relative_path(container, "initrdPath", required=False),
+            kernel_args=kb.get("kernelArgs", str, ""),
+        )
+        container.done()
+        kb.done()
+    node.done()
+    return Firmware(bootloader=bootloader, kernel_boot=kernel_boot, secure_boot=secure)

@@ -1,0 +1,126 @@
+"""Reading KubeVirt-shaped dicts at a known path: typed fields, one-ofs, unknown keys refused."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from agent.errors import InvalidSpec
+from agent.quantity import parse_quantity
+
+__all__ = [
+    "DNS1123_LABEL",
+    "Node",
+    "choice",
+    "one_of",
+    "quantity",
+    "relative_path",
+    "validate_name",
+]
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+T = TypeVar("T")
+
+
+def validate_name(field: str, value: str) -> str:
+    """Check a Kubernetes object name (DNS-1123 label, at most 63 characters)."""
+    if not value:
+        raise InvalidSpec(field, "is required")
+    if len(value) > 63 or not DNS1123_LABEL.match(value):
+        raise InvalidSpec(
+            field,
+            f"{value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters)",
+        )
+    return value
+
+
+class Node:
+    """A dict being read at a known path; remembers which keys were used."""
+
+    def __init__(self, path: str, data: Any) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise InvalidSpec(path, f"must be an object, not {type(data).__name__}")
+        self.path = path
+        self.data: Mapping[str, Any] = data
+        self.allowed: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self.allowed.add(key)
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if kind is int and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+            value = int(value)  # the protobuf JSON mapping writes int64 as a string
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise InvalidSpec(self.at(key), f"must be {kind.__name__}, not {value!r}")
+        return value
+
+    def child(self, key: str) -> Node | None:
+        self.allowed.add(key)
+        if key not in self.data:
+            return None
+        return Node(self.at(key), self.data[key])
+
+    def items(self, key: str) -> list[Node]:
+        self.allowed.add(key)
+        value = self.data.get(key) or []
+        if not isinstance(value, list):
+            raise InvalidSpec(self.at(key), "must be a list")
+        return [Node(f"{self.at(key)}[{i}]", item) for i, item in enumerate(value)]
+
+    def done(self) -> None:
+        """Reject every key that was not read: unsupported fields are errors, not no-ops."""
+        for key in self.data:
+            if key not in self.allowed:
+                raise InvalidSpec(self.at(key), "is not supported by this agent")
+
+
+def one_of(node: Node, choices: Mapping[str, Callable[[Node], T]]) -> T | None:
+    present = [key for key in choices if key in node.data]
+    node.allowed.update(choices)
+    if len(present) > 1:
+        raise InvalidSpec(node.path, f"set only one of {', '.join(present)}")
+    if not present:
+        return None
+    child = node.child(present[0])
+    assert child is not None
+    result = choices[present[0]](child)
+    child.done()
+    return result
+
+
+def quantity(node: Node, key: str) -> int | None:
+    text = node.get(key, str, "")
+    if not text:
+        return None
+    try:
+        return parse_quantity(text)
+    except ValueError as exc:
+        raise InvalidSpec(node.at(key), str(exc)) from None
+
+
+def choice(node: Node, key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = node.get(key, str, "") or default
+    if value not in allowed:
+        raise InvalidSpec(node.at(key), f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def relative_path(node: Node, key: str, *, required: bool = True) -> str:
+    """A path under an image root: relative, no '..'; symlinks are checked when resolved."""
+    value = node.get(key, str, "")
+    if not value:
+        if required:
+            raise InvalidSpec(node.at(key), "is required")
+        return ""
+    parts = value.split("/")
+    if ".." in parts or "\x00" in value:
+        raise InvalidSpec(node.at(key), f"{value!r} must not contain '..'")
+    return value
