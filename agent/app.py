@@ -9,15 +9,29 @@ import threading
 
 import grpc
 
+from agent.adapters.conntrack import ConntrackCli
 from agent.adapters.host import PsutilHostProbe
+from agent.adapters.iso import PycdlibIso
 from agent.adapters.libvirt import LibvirtHypervisor
+from agent.adapters.netlink import PyRoute2Links
+from agent.adapters.nft import NftCli
 from agent.adapters.qemuimg import QemuImg
+from agent.adapters.registry import HttpxRegistry
 from agent.api.server import Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.config import Settings
-from agent.domain.files import VMFiles
+from agent.disks.auth import Credentials, load_credentials
+from agent.disks.cache import ImageCache
+from agent.disks.containerdisk import ContainerDisks
+from agent.domain.files import VMFiles, VolumeSupport
 from agent.domain.lifecycle import VMService
+from agent.domain.pullstatus import PullStatusPublisher
 from agent.domain.registry import Registry
+from agent.network.dhcpd import DhcpServer
+from agent.network.ipam import parse_cidr, parse_port_range
+from agent.network.plan import NetworkConfig, resolv_conf_nameservers
+from agent.network.ports import NetworkError
+from agent.network.service import RoutedNetwork
 from agent.ports import DomainEvent
 from agent.quantity import parse_quantity
 
@@ -51,6 +65,59 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
+    """The node's VM network (taps, nftables, DHCP), or None with ``--no-vm-network``."""
+    if not settings.vm_network:
+        return None
+    links = PyRoute2Links()
+    uplink = settings.uplink or links.default_route_interface()
+    if not uplink:
+        raise NetworkError("uplink: there is no default route; name the uplink with --uplink")
+    dns = tuple(settings.dns)
+    if not dns:
+        try:
+            with open("/etc/resolv.conf") as handle:
+                dns = resolv_conf_nameservers(handle.read())
+        except OSError:
+            dns = ()
+    config = NetworkConfig(
+        cidr=parse_cidr(settings.vm_cidr),
+        node_ports=parse_port_range(settings.node_port_range),
+        uplink=uplink,
+        dns=dns,
+    )
+    dhcp = DhcpServer()
+    network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)
+    log.info(
+        "VM network %s via %s (gateway %s, node ports %s, dns %s)",
+        config.cidr, uplink, config.gateway, settings.node_port_range, ",".join(dns) or "none",
+    )  # fmt: skip
+    return network, dhcp
+
+
+def _vm_files(settings: Settings, image_roots: list[str], registry: Registry) -> VMFiles:
+    """Per-VM files with every volume kind: container disks, NoCloud seeds, host disks."""
+    credentials = Credentials()
+    if settings.registry_config:
+        with open(settings.registry_config) as handle:
+            credentials = load_credentials(handle.read())
+    client = HttpxRegistry(
+        insecure=settings.insecure_registry, ca_bundle=settings.registry_ca, credentials=credentials
+    )
+    files = VMFiles(settings.state_dir, image_roots, QemuImg())
+    cache_dir = settings.image_cache_dir or os.path.join(settings.state_dir, "containerdisks")
+    disks = ContainerDisks(client, ImageCache(cache_dir, vm_exists=files.vm_exists), QemuImg())
+    files.support = VolumeSupport(
+        container_disks=disks,
+        iso=PycdlibIso(),
+        host_disk_roots=tuple(os.path.abspath(root) for root in settings.host_disk_root),
+        secrets_dir=settings.secrets_dir or os.path.join(settings.state_dir, "secrets"),
+        pulls=PullStatusPublisher(registry, node_name=settings.node_name),
+    )
+    disks.gc()  # entries whose VMs were deleted while the agent was down
+    return files
+
+
 def run(settings: Settings, stop: threading.Event | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT (or ``stop``); VMs keep running after it exits."""
     stop = stop or threading.Event()
@@ -58,12 +125,17 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     os.makedirs(settings.state_dir, exist_ok=True)
     hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
     registry = Registry()
+    networking = _network(settings)
+    if networking is not None:
+        networking[1].start()
+        networking[0].start()
     service = VMService(
         hv,
-        VMFiles(settings.state_dir, image_roots, QemuImg()),
+        _vm_files(settings, image_roots, registry),
         registry,
         node_name=settings.node_name,
         virt_type=_virt_type(settings.virt_type),
+        network=networking[0] if networking else None,
     )
     server = create_server(
         VirtualMachineServicer(service),
@@ -90,6 +162,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     server.set_serving(False)
     server.grpc_server.stop(settings.shutdown_grace_seconds).wait()
     hv.close()
+    if networking is not None:  # taps and nft stay: running VMs keep their network
+        networking[0].stop()
+        networking[1].stop()
     return 0
 
 

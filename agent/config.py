@@ -7,12 +7,16 @@ file is YAML with the flags' long names as keys (``libvirt-uri: qemu:///system``
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from agent.disks.auth import CredentialsError, load_credentials
+from agent.network.ipam import parse_cidr, parse_port_range
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -42,10 +46,22 @@ class Settings:
     qemu_run_dir: str = "/run/libvirt/qemu"
     reserved_memory: str = "1Gi"
     shutdown_grace_seconds: float = 30.0
+    vm_network: bool = True
+    vm_cidr: str = "10.250.0.0/16"
+    node_port_range: str = "30000-32767"
+    uplink: str = ""  # empty: the link of the default route
+    dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback
+    # Disks and images (see agent.domain.files).
+    host_disk_root: list[str] = field(default_factory=list)  # empty: no hostDisk volumes
+    image_cache_dir: str = ""  # empty: <state-dir>/containerdisks
+    secrets_dir: str = ""  # empty: <state-dir>/secrets
+    registry_config: str = ""  # docker config.json with registry credentials
+    registry_ca: str = ""  # CA bundle for HTTPS registries (default: the system's)
+    insecure_registry: list[str] = field(default_factory=list)  # host:port over plain HTTP
 
 
-_LISTS = {"listen", "image_root"}
-_BOOLS = {"reflection", "insecure"}
+_LISTS = {"listen", "image_root", "dns", "host_disk_root", "insecure_registry"}
+_BOOLS = {"reflection", "insecure", "vm_network"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +113,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--qemu-run-dir", help="where libvirt keeps QEMU pid files (default /run/libvirt/qemu)")
     add("--reserved-memory", help="memory kept back from VMs in allocatable (default 1Gi)")
+    add(
+        "--no-vm-network",
+        dest="vm_network",
+        action="store_const",
+        const=False,
+        help="no VM networking (taps, NAT, DHCP): VMs with interfaces are refused",
+    )
+    add("--vm-cidr", help="IPv4 network guest addresses come from (default 10.250.0.0/16)")
+    add("--node-port-range", help="node ports for published guest ports (default 30000-32767)")
+    add("--uplink", help="the node's outside link (default: the link of the default route)")
+    add(
+        "--dns",
+        action="append",
+        help="DNS server for guests (repeatable; default: /etc/resolv.conf's, not loopback)",
+    )
+    _disk_flags(add)
     return parser
+
+
+def _disk_flags(add: Any) -> None:
+    add(
+        "--host-disk-root",
+        action="append",
+        help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",
+    )
+    add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
+    add(
+        "--secrets-dir",
+        help="cloud-init secretRef files: <dir>/<namespace>/<name>/userdata "
+        "(default <state-dir>/secrets)",
+    )
+    add("--registry-config", help="registry credentials, docker config.json format")
+    add("--registry-ca", help="CA bundle (PEM) for HTTPS registries (default: the system's)")
+    add(
+        "--insecure-registry",
+        action="append",
+        help="registry host:port reached over plain HTTP (repeatable)",
+    )
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -157,7 +210,35 @@ def _validate(settings: Settings) -> None:
         )
     if not settings.listen and not settings.unix_socket:
         raise ConfigError("listen/unix-socket: give at least one address to serve on")
+    _validate_network(settings)
+    if settings.registry_config:
+        try:
+            with open(settings.registry_config) as handle:
+                load_credentials(handle.read())
+        except (OSError, CredentialsError) as exc:
+            raise ConfigError(f"registry-config: {settings.registry_config}: {exc}") from None
+    for registry in settings.insecure_registry:
+        if not registry or "/" in registry or registry != registry.strip():
+            raise ConfigError(f"insecure-registry: {registry!r} is not host[:port]")
     for address in settings.listen:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"listen: {address!r} is not host:port")
+
+
+def _validate_network(settings: Settings) -> None:
+    try:
+        parse_cidr(settings.vm_cidr)
+    except ValueError as exc:
+        raise ConfigError(f"vm-cidr: {exc}") from None
+    try:
+        parse_port_range(settings.node_port_range)
+    except ValueError as exc:
+        raise ConfigError(f"node-port-range: {exc}") from None
+    for server in settings.dns:
+        try:
+            ipaddress.IPv4Address(server)
+        except ValueError:
+            raise ConfigError(f"dns: {server!r} is not an IPv4 address") from None
+    if len(settings.uplink) > 15:
+        raise ConfigError(f"uplink: {settings.uplink!r} is longer than an interface name")

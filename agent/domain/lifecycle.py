@@ -125,7 +125,11 @@ class VMService:
         spec = dataclasses.replace(spec, uid=spec.uid or str(uuid.uuid4()))
         books = Bookkeeping(generation=1, created_at=self.clock(), node_name=self.node_name)
         books = self.network.allocate(domain, spec, books)
-        self._define(domain, spec, books, new=True)
+        try:
+            self._define(domain, spec, books, new=True)
+        except Exception:
+            self.network.unplug(domain, spec, books)  # gives back what allocate took
+            raise
         if spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE):
             try:
                 self._start(domain)

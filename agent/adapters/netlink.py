@@ -1,0 +1,220 @@
+"""PyRoute2Links: the node's links through pyroute2 (the only module importing it).
+
+One ``IPRoute`` per operation, opened and closed in the calling thread: pyroute2 keeps
+per-thread sockets and event loops, so one shared across gRPC worker threads would leak them
+(pyroute2 docs, threading.rst). Per-interface sysctls (proxy ARP, IPv6 off) are written to
+``/proc/sys``, which shows the agent's own network namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute, NetlinkError
+
+from agent.network.names import ALIAS_PREFIX
+from agent.network.plan import TapPlan
+from agent.network.ports import NetworkError, TapInfo
+
+__all__ = ["PyRoute2Links"]
+
+
+_SCOPE_LINK = 253
+_PROTO_STATIC = 4
+_MAIN_TABLE = 254
+_NUD_PERMANENT = 0x80
+
+
+@contextlib.contextmanager
+def _netlink(action: str) -> Iterator[Any]:
+    """An IPRoute for one operation; NetlinkError becomes NetworkError naming ``action``."""
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise NetworkError(f"{action}: {exc.args[-1] if exc.args else exc}") from exc
+
+
+class PyRoute2Links:
+    """Links of the network namespace the agent runs in."""
+
+    def __init__(self, proc_sys: str = "/proc/sys") -> None:
+        self.proc_sys = Path(proc_sys)
+        # pyroute2 logs every netlink message at DEBUG: thousands of lines per VM.
+        logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+    # -- taps -----------------------------------------------------------------------------
+
+    def ensure_tap(self, plan: TapPlan, *, replace: bool) -> bool:
+        """Create the tap or bring an existing one in line; True if it was created.
+
+        An existing link of that name that is not a tap of the right queue mode is replaced
+        when ``replace`` (its VM is not running), else reported.
+        """
+        created = False
+        with _netlink(f"creating tap {plan.name}") as ipr:
+            index = _index(ipr, plan.name)
+            if index is not None and not _matches(ipr, index, plan):
+                if not replace:
+                    raise NetworkError(f"link {plan.name} exists but is not a matching tap")
+                ipr.link("del", index=index)
+                index = None
+            if index is None:
+                flags = {"no_pi": 1, "vnet_hdr": 1, "multi_queue": int(plan.multi_queue)}
+                ipr.link("add", ifname=plan.name, kind="tuntap", mode="tap", ifr=flags)
+                index = _index(ipr, plan.name)
+                if index is None:
+                    raise NetworkError(f"tap {plan.name} did not appear after creation")
+                created = True
+        with _netlink(f"configuring tap {plan.name}") as ipr:
+            self._configure(ipr, index, plan)
+        return created
+
+    def _configure(self, ipr: Any, index: int, plan: TapPlan) -> None:
+        link = ipr.link("get", index=index)[0]
+        changes: dict[str, Any] = {}
+        if plan.mtu and link.get("mtu") != plan.mtu:
+            changes["mtu"] = plan.mtu
+        if link.get("address") != plan.mac:
+            changes["address"] = plan.mac
+        if link.get("ifalias") != plan.alias:
+            changes["ifalias"] = plan.alias
+        if link.get("group") != plan.group:
+            changes["group"] = plan.group
+        if plan.bridge:
+            bridge = _index(ipr, plan.bridge)
+            if bridge is None:
+                raise NetworkError(f"host bridge {plan.bridge} does not exist")
+            if link.get("master") != bridge:
+                changes["master"] = bridge
+        if changes:
+            ipr.link("set", index=index, **changes)
+        self._sysctl(f"net/ipv6/conf/{plan.name}/disable_ipv6", "1", optional=True)
+        if plan.gateway:
+            self._sysctl(f"net/ipv4/conf/{plan.name}/proxy_arp", "1")
+        if link.get("state") != "up":
+            ipr.link("set", index=index, state="up")
+        if plan.gateway:
+            addresses = {
+                a.get("address") for a in ipr.addr("dump", index=index, family=socket.AF_INET)
+            }
+            if plan.gateway not in addresses:
+                _ignoring(
+                    errno.EEXIST, ipr.addr, "add", index=index, address=plan.gateway, prefixlen=32
+                )
+            ipr.route(
+                "replace", dst=plan.guest_ip, dst_len=32, oif=index, scope=_SCOPE_LINK,
+                proto=_PROTO_STATIC, table=_MAIN_TABLE,
+            )  # fmt: skip
+            if plan.guest_mac:
+                # Permanent: a guest forging ARP (another MAC for its address) cannot change
+                # where the node sends its traffic; no ARP round trip before the first reply.
+                ipr.neigh(
+                    "replace", dst=plan.guest_ip, lladdr=plan.guest_mac, ifindex=index,
+                    state=_NUD_PERMANENT,
+                )  # fmt: skip
+
+    def delete_tap(self, name: str) -> None:
+        """Delete the link (its routes and addresses go with it); a missing one is fine."""
+        with _netlink(f"deleting tap {name}") as ipr:
+            index = _index(ipr, name)
+            if index is not None:
+                _ignoring(errno.ENODEV, ipr.link, "del", index=index)
+
+    def taps(self) -> dict[str, TapInfo]:
+        """The links marked as the agent's (by alias), with the /32 routes through them."""
+        with _netlink("listing links") as ipr:
+            ours = {}
+            for link in ipr.link("dump"):
+                alias = link.get("ifalias") or ""
+                if alias.startswith(ALIAS_PREFIX):
+                    ours[link["index"]] = (link.get("ifname"), alias)
+            routes: dict[int, list[str]] = {}
+            if ours:
+                for route in ipr.route("dump", family=socket.AF_INET, table=_MAIN_TABLE):
+                    oif = route.get("oif")
+                    if oif in ours and route["dst_len"] == 32 and route.get("dst"):
+                        routes.setdefault(oif, []).append(route.get("dst"))
+        return {
+            name: TapInfo(name, alias, tuple(sorted(routes.get(index, []))))
+            for index, (name, alias) in ours.items()
+        }
+
+    # -- facts ----------------------------------------------------------------------------
+
+    def mtu(self, name: str) -> int | None:
+        with _netlink(f"reading link {name}") as ipr:
+            index = _index(ipr, name)
+            if index is None:
+                return None
+            value = ipr.link("get", index=index)[0].get("mtu")
+            return int(value) if value else None
+
+    def kind(self, name: str) -> str | None:
+        """ "bridge", "tun", "veth", ... ; "device" for links without a kind; None if absent."""
+        with _netlink(f"reading link {name}") as ipr:
+            index = _index(ipr, name)
+            if index is None:
+                return None
+            kind = ipr.link("get", index=index)[0].get(("linkinfo", "kind"))
+            return str(kind) if kind else "device"
+
+    def default_route_interface(self) -> str | None:
+        """The link of the IPv4 default route with the lowest metric."""
+        with _netlink("reading the default route") as ipr:
+            best: tuple[int, int] | None = None
+            for route in ipr.route("dump", family=socket.AF_INET, table=_MAIN_TABLE):
+                if route["dst_len"] == 0 and route.get("oif"):
+                    candidate = (route.get("priority") or 0, route.get("oif"))
+                    best = candidate if best is None or candidate < best else best
+            if best is None:
+                return None
+            name = ipr.link("get", index=best[1])[0].get("ifname")
+            return str(name) if name else None
+
+    def enable_forwarding(self) -> None:
+        self._sysctl("net/ipv4/ip_forward", "1")
+
+    def _sysctl(self, key: str, value: str, *, optional: bool = False) -> None:
+        path = self.proc_sys / key
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value)
+        except FileNotFoundError:
+            if not optional:
+                raise NetworkError(f"sysctl {key.replace('/', '.')} does not exist") from None
+        except OSError as exc:
+            raise NetworkError(f"setting sysctl {key.replace('/', '.')}: {exc}") from exc
+
+
+def _ignoring(code: int, call: Any, *args: Any, **kwargs: Any) -> None:
+    """Call; an error ``code`` means the state is already as wanted (EEXIST, ENODEV)."""
+    try:
+        call(*args, **kwargs)
+    except NetlinkError as exc:
+        if exc.code != code:
+            raise
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _matches(ipr: Any, index: int, plan: TapPlan) -> bool:
+    """True if the link is a tap in the queue mode the plan asks for."""
+    link = ipr.link("get", index=index)[0]
+    if link.get(("linkinfo", "kind")) != "tun":
+        return False
+    data = link.get(("linkinfo", "data"))
+    if data is None:
+        return False
+    is_tap = data.get("IFLA_TUN_TYPE") == 2
+    multi_queue = bool(data.get("IFLA_TUN_MULTI_QUEUE"))
+    return is_tap and multi_queue == plan.multi_queue

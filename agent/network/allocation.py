@@ -1,0 +1,237 @@
+"""What a VM holds on the node's network (tap names, MACs, guest IP, node ports), and how
+it gets it.
+
+The allocation is stored in the VM's bookkeeping (``Bookkeeping.extra["network"]``), that is
+in the domain's metadata in libvirt: a restarted agent reads every allocation back before it
+hands out anything (see ``Ledger.reset``), so nothing is given out twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import InvalidSpec
+from agent.models import Network, VMSpec
+from agent.network import names
+from agent.network.ipam import Ledger
+
+__all__ = [
+    "BOOKS_KEY",
+    "NicAllocation",
+    "PortAllocation",
+    "VMAllocation",
+    "allocate_vm",
+]
+
+BOOKS_KEY = "network"
+MASQUERADE = "masquerade"
+BRIDGE = "bridge"
+_DEVICES = "spec.template.spec.domain.devices"
+_TAP_ATTEMPTS = 16
+_MAC_ATTEMPTS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PortAllocation:
+    """A guest port published on the node: ``protocol node_port`` → ``guest_ip:port``."""
+
+    protocol: str  # "TCP" or "UDP"
+    port: int
+    node_port: int
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NicAllocation:
+    """One NIC: its tap and MAC; a guest IP and ports (masquerade) or a host bridge."""
+
+    name: str
+    binding: str
+    tap: str
+    mac: str
+    ip: str = ""
+    bridge: str = ""
+    ports: tuple[PortAllocation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VMAllocation:
+    """Everything one VM holds; ``group`` is its namespace's isolation group."""
+
+    namespace: str
+    group: int
+    nics: tuple[NicAllocation, ...] = ()
+
+    def nic(self, name: str) -> NicAllocation | None:
+        return next((n for n in self.nics if n.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "group": self.group,
+            "nics": [
+                {
+                    "name": n.name,
+                    "binding": n.binding,
+                    "tap": n.tap,
+                    "mac": n.mac,
+                    "ip": n.ip,
+                    "bridge": n.bridge,
+                    "ports": [[p.protocol, p.port, p.node_port, p.name] for p in n.ports],
+                }
+                for n in self.nics
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VMAllocation:
+        """Read what ``to_json`` wrote; raises ValueError on anything else."""
+        try:
+            nics = tuple(
+                NicAllocation(
+                    name=str(n["name"]),
+                    binding=str(n["binding"]),
+                    tap=str(n["tap"]),
+                    mac=str(n["mac"]),
+                    ip=str(n.get("ip", "")),
+                    bridge=str(n.get("bridge", "")),
+                    ports=tuple(
+                        PortAllocation(str(p[0]), int(p[1]), int(p[2]), str(p[3]))
+                        for p in n.get("ports", [])
+                    ),
+                )
+                for n in data["nics"]
+            )
+            return cls(namespace=str(data["namespace"]), group=int(data["group"]), nics=nics)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"network allocation unreadable: {exc!r}") from exc
+
+    @classmethod
+    def from_books(cls, extra: dict[str, Any]) -> VMAllocation | None:
+        data = extra.get(BOOKS_KEY)
+        return cls.from_json(data) if isinstance(data, dict) else None
+
+
+def allocate_vm(
+    domain: str, spec: VMSpec, previous: VMAllocation | None, ledger: Ledger
+) -> VMAllocation:
+    """The allocation for ``spec``: what ``previous`` held is kept, the rest is new.
+
+    Raises InvalidSpec naming the field when the spec asks for something another VM holds
+    (a MAC, a node port) or a node port outside the node's range. Does not claim anything:
+    the caller claims the result in the ledger (under the same lock).
+    """
+    if previous is not None and previous.namespace != spec.namespace:
+        previous = None
+    group = previous.group if previous else ledger.group_for(spec.namespace)
+    networks = {n.name: n for n in spec.networks}
+    picked = _Picked()
+    nics = []
+    for index, iface in enumerate(spec.interfaces):
+        before = previous.nic(iface.name) if previous else None
+        if before is not None and before.binding != iface.binding:
+            before = None
+        field = f"{_DEVICES}.interfaces[{index}]"
+        tap = before.tap if before else _free_tap(domain, iface.name, ledger, picked)
+        mac = _mac(domain, spec.uid, iface.name, iface.mac_address, before, ledger, picked, field)
+        network = networks.get(iface.name, Network(iface.name))
+        if iface.binding == BRIDGE:
+            nics.append(NicAllocation(iface.name, BRIDGE, tap, mac, bridge=network.network_name))
+            continue
+        ip = before.ip if before and before.ip else ledger.free_ip(exclude=picked.ips)
+        picked.ips.add(ip)
+        ports = []
+        for j, port in enumerate(iface.ports):
+            node_port = _node_port(
+                domain, port.protocol, port.port, port.node_port, before, ledger, picked,
+                f"{field}.ports[{j}].nodePort",
+            )  # fmt: skip
+            ports.append(PortAllocation(port.protocol, port.port, node_port, port.name))
+        nics.append(NicAllocation(iface.name, MASQUERADE, tap, mac, ip=ip, ports=tuple(ports)))
+    return VMAllocation(spec.namespace, group, tuple(nics))
+
+
+class _Picked:
+    """What one allocation took so far (the ledger only knows earlier claims)."""
+
+    def __init__(self) -> None:
+        self.ips: set[str] = set()
+        self.macs: set[str] = set()
+        self.taps: set[str] = set()
+        self.ports: set[tuple[str, int]] = set()
+
+
+def _free_tap(domain: str, iface: str, ledger: Ledger, picked: _Picked) -> str:
+    for attempt in range(_TAP_ATTEMPTS):
+        name = names.tap_name(domain, iface, attempt)
+        if ledger.holder("tap", name) in (None, domain) and name not in picked.taps:
+            picked.taps.add(name)
+            return name
+    raise RuntimeError(f"no free tap name for {domain}/{iface}")  # needs 16 hash collisions
+
+
+def _mac(
+    domain: str,
+    uid: str,
+    iface: str,
+    requested: str,
+    before: NicAllocation | None,
+    ledger: Ledger,
+    picked: _Picked,
+    field: str,
+) -> str:
+    if requested:
+        holder = ledger.holder("mac", requested)
+        if holder not in (None, domain) or requested in picked.macs:
+            raise InvalidSpec(f"{field}.macAddress", f"{requested} is used by vm {_vm(holder)}")
+        picked.macs.add(requested)
+        return requested
+    if before is not None:
+        picked.macs.add(before.mac)
+        return before.mac
+    for attempt in range(_MAC_ATTEMPTS):
+        mac = names.guest_mac(uid, iface, attempt)
+        if ledger.holder("mac", mac) in (None, domain) and mac not in picked.macs:
+            picked.macs.add(mac)
+            return mac
+    raise RuntimeError(f"no free MAC address for {domain}/{iface}")
+
+
+def _node_port(
+    domain: str,
+    protocol: str,
+    port: int,
+    requested: int,
+    before: NicAllocation | None,
+    ledger: Ledger,
+    picked: _Picked,
+    field: str,
+) -> int:
+    if requested:
+        low, high = ledger.node_ports
+        if not low <= requested <= high:
+            raise InvalidSpec(field, f"{requested} is outside the node-port range {low}-{high}")
+        holder = ledger.holder("port", f"{protocol}/{requested}")
+        if holder not in (None, domain) or (protocol, requested) in picked.ports:
+            raise InvalidSpec(field, f"{protocol} {requested} is published by vm {_vm(holder)}")
+        picked.ports.add((protocol, requested))
+        return requested
+    ports = before.ports if before else ()
+    earlier = [p.node_port for p in ports if (p.protocol, p.port) == (protocol, port)]
+    previous = earlier[0] if earlier else 0
+    if previous and (protocol, previous) not in picked.ports:
+        picked.ports.add((protocol, previous))
+        return previous
+    chosen = ledger.free_node_port(
+        protocol, exclude={p for proto, p in picked.ports if proto == protocol}
+    )
+    picked.ports.add((protocol, chosen))
+    return chosen
+
+
+def _vm(domain: str | None) -> str:
+    if domain is None:
+        return "(this vm)"
+    namespace, _, name = domain.partition("_")
+    return f"{namespace}/{name}"

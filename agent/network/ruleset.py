@@ -1,0 +1,279 @@
+"""The agent's nftables table as data: a fixed set of rules, and per-VM sets and maps.
+
+Everything is built as libnftables JSON (``nft -j -f -``) from typed values, never by
+formatting user input into rule text. The table ``inet virt_agent`` is the only one the
+agent touches. Its rules never change; a VM only adds elements:
+
+    taps            ifname                                  the routed (masquerade) taps
+    guest_sources   ifname . ipv4_addr . ether_addr         what each tap may send as
+    same_namespace  devgroup . devgroup                     (g . g) per namespace group
+    fwd_addr        inet_proto . inet_service : ipv4_addr     node port -> guest address
+    fwd_port        inet_proto . inet_service : inet_service  node port -> guest port
+
+so the number of rules is the same with 1 VM and with 1,000. The rules (chain: what):
+
+    guard (prerouting, raw)   from a tap: IPv6 dropped; DHCP from 0.0.0.0 passes; the
+                              source (tap, IP, MAC) must be the tap's guest, else drop.
+                              Before conntrack, so spoofed packets leave no entry.
+    input (filter)            from a tap to the node itself: replies, DHCP and ping only.
+    forward (filter)          replies pass; DNAT-ed (published) connections pass; tap to
+                              tap only within one namespace (the taps' interface groups,
+                              one per namespace, must form a (g . g) pair); nothing else
+                              reaches a tap.
+    nat_prerouting/output     to a node address (not loopback) on a published port: DNAT
+                              to the guest; output too, so clients on the node work.
+    nat_postrouting           from a tap out of any other link: masquerade (egress);
+                              from a tap and DNAT-ed: masquerade (hairpin: a guest using a
+                              published port, even its own, gets the replies back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "FAMILY",
+    "FirewallState",
+    "Forward",
+    "chain_rule_counts",
+    "element_commands",
+    "listing_summary",
+    "rebuild_commands",
+    "summary",
+]
+
+FAMILY = "inet"
+Json = dict[str, Any]
+
+_L4_KEY: Json = {
+    "concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
+}
+_SETS: tuple[tuple[str, str | list[str], str | None], ...] = (
+    ("taps", "ifname", None),
+    ("guest_sources", ["ifname", "ipv4_addr", "ether_addr"], None),
+    ("same_namespace", ["devgroup", "devgroup"], None),
+    ("fwd_addr", ["inet_proto", "inet_service"], "ipv4_addr"),
+    ("fwd_port", ["inet_proto", "inet_service"], "inet_service"),
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Forward:
+    """One published port: ``protocol node_port`` on the node → ``ip:port`` in a guest."""
+
+    protocol: str  # "tcp" or "udp"
+    node_port: int
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallState:
+    """The elements of the agent's sets and maps (for one VM, or the union of all)."""
+
+    taps: frozenset[str] = frozenset()
+    sources: frozenset[tuple[str, str, str]] = frozenset()  # (tap, ip, mac)
+    groups: frozenset[int] = frozenset()
+    forwards: frozenset[Forward] = frozenset()
+
+    def __or__(self, other: FirewallState) -> FirewallState:
+        return FirewallState(
+            self.taps | other.taps,
+            self.sources | other.sources,
+            self.groups | other.groups,
+            self.forwards | other.forwards,
+        )
+
+    @staticmethod
+    def union(states: Iterable[FirewallState]) -> FirewallState:
+        total = FirewallState()
+        for state in states:
+            total = total | state
+        return total
+
+    def elements(self) -> dict[str, list[Any]]:
+        """Set/map name → JSON elements, each list sorted so that output is stable."""
+        forwards = sorted(self.forwards)
+        return {
+            "taps": sorted(self.taps),
+            "guest_sources": [{"concat": list(s)} for s in sorted(self.sources)],
+            "same_namespace": [{"concat": [g, g]} for g in sorted(self.groups)],
+            "fwd_addr": [[{"concat": [f.protocol, f.node_port]}, f.ip] for f in forwards],
+            "fwd_port": [[{"concat": [f.protocol, f.node_port]}, f.port] for f in forwards],
+        }
+
+
+# -- whole-table transactions ---------------------------------------------------------------
+
+
+def rebuild_commands(table: str, state: FirewallState) -> list[Json]:
+    """One transaction that (re)creates the table from scratch with ``state``'s elements.
+
+    ``add table`` + ``delete table`` first: the delete then never fails, whether or not the
+    table existed, and the whole swap is atomic (no moment without the rules).
+    """
+    ref = {"family": FAMILY, "name": table}
+    commands: list[Json] = [{"add": {"table": ref}}, {"delete": {"table": ref}}]
+    commands.append({"add": {"table": ref}})
+    for name, key_type, data_type in _SETS:
+        kind = "map" if data_type else "set"
+        body: Json = {"family": FAMILY, "table": table, "name": name, "type": key_type}
+        if data_type:
+            body["map"] = data_type
+        commands.append({"add": {kind: body}})
+    for chain, hook in _CHAINS:
+        body = {"family": FAMILY, "table": table, "name": chain}
+        if hook is not None:
+            body.update(hook)
+        commands.append({"add": {"chain": body}})
+    for chain, expr in _rules():
+        commands.append(
+            {"add": {"rule": {"family": FAMILY, "table": table, "chain": chain, "expr": expr}}}
+        )
+    commands += element_commands(table, FirewallState(), state)
+    return commands
+
+
+def element_commands(table: str, old: FirewallState, new: FirewallState) -> list[Json]:
+    """Delete what ``old`` has and ``new`` has not, then add what is new; one transaction.
+
+    A map element whose value changed is deleted and added again.
+    """
+    before, after = old.elements(), new.elements()
+    deletes: list[Json] = []
+    adds: list[Json] = []
+    for name, _, _ in _SETS:
+        gone = [e for e in before[name] if e not in after[name]]
+        added = [e for e in after[name] if e not in before[name]]
+        ref = {"family": FAMILY, "table": table, "name": name}
+        if gone:
+            deletes.append({"delete": {"element": {**ref, "elem": gone}}})
+        if added:
+            adds.append({"add": {"element": {**ref, "elem": added}}})
+    return deletes + adds
+
+
+# -- checking a listing ----------------------------------------------------------------------
+
+
+def summary(state: FirewallState) -> dict[str, int]:
+    """What a healthy table looks like, in counts: rules per chain, elements per set."""
+    counts = dict(chain_rule_counts())
+    counts.update({f"set:{name}": len(elements) for name, elements in state.elements().items()})
+    return counts
+
+
+def listing_summary(listing: list[Json]) -> dict[str, int]:
+    """The same counts read from ``nft -j list table`` output."""
+    counts: dict[str, int] = {}
+    for item in listing:
+        if "chain" in item:
+            counts.setdefault(item["chain"]["name"], 0)
+        elif "rule" in item:
+            chain = item["rule"]["chain"]
+            counts[chain] = counts.get(chain, 0) + 1
+        for kind in ("set", "map"):
+            if kind in item:
+                counts[f"set:{item[kind]['name']}"] = len(item[kind].get("elem", []))
+    return counts
+
+
+def chain_rule_counts() -> dict[str, int]:
+    counts = {chain: 0 for chain, _ in _CHAINS}
+    for chain, _ in _rules():
+        counts[chain] += 1
+    return counts
+
+
+# -- the fixed part --------------------------------------------------------------------------
+
+
+def _hook(kind: str, hook: str, priority: int) -> Json:
+    return {"type": kind, "hook": hook, "prio": priority, "policy": "accept"}
+
+
+_CHAINS: tuple[tuple[str, Json | None], ...] = (
+    ("guard", _hook("filter", "prerouting", -300)),  # raw: before conntrack
+    ("from_guest", None),
+    ("input", _hook("filter", "input", 0)),
+    ("guest_input", None),
+    ("forward", _hook("filter", "forward", 0)),
+    ("nat_prerouting", _hook("nat", "prerouting", -100)),
+    ("nat_output", _hook("nat", "output", -100)),
+    ("nat_postrouting", _hook("nat", "postrouting", 100)),
+)
+
+
+def _match(left: Json, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> Json:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, field: str) -> Json:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _ct(key: str) -> Json:
+    return {"ct": {"key": key}}
+
+
+_FROM_TAP = _match(_meta("iifname"), "@taps")
+_TO_TAP = _match(_meta("oifname"), "@taps")
+_COUNTED_DROP: list[Json] = [{"counter": None}, {"drop": None}]
+
+
+def _dnat_published() -> list[Json]:
+    return [
+        _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+        # loopback would need route_localnet and an SNAT; node clients use a node address
+        _match(_payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
+        {
+            "dnat": {
+                "family": "ip",
+                "addr": {"map": {"key": _L4_KEY, "data": "@fwd_addr"}},
+                "port": {"map": {"key": _L4_KEY, "data": "@fwd_port"}},
+            }
+        },
+    ]
+
+
+def _rules() -> list[tuple[str, list[Json]]]:
+    source = {"concat": [_meta("iifname"), _payload("ip", "saddr"), _payload("ether", "saddr")]}
+    groups = {"concat": [_meta("iifgroup"), _meta("oifgroup")]}
+    established = _match(_ct("state"), ["established", "related"], "in")
+    return [
+        ("guard", [_FROM_TAP, {"jump": {"target": "from_guest"}}]),
+        ("from_guest", [_match(_meta("nfproto"), "ipv6"), *_COUNTED_DROP]),
+        (
+            "from_guest",
+            [
+                _match(_payload("ip", "saddr"), "0.0.0.0"),
+                _match(_payload("udp", "sport"), 68),
+                _match(_payload("udp", "dport"), 67),
+                {"return": None},
+            ],
+        ),
+        ("from_guest", [_match(source, "@guest_sources"), {"return": None}]),
+        ("from_guest", list(_COUNTED_DROP)),
+        ("input", [_FROM_TAP, {"jump": {"target": "guest_input"}}]),
+        ("guest_input", [established, {"accept": None}]),
+        ("guest_input", [_match(_payload("udp", "dport"), 67), {"accept": None}]),
+        ("guest_input", [_match(_payload("icmp", "type"), "echo-request"), {"accept": None}]),
+        ("guest_input", list(_COUNTED_DROP)),
+        ("forward", [established, {"accept": None}]),
+        ("forward", [_TO_TAP, _match(_ct("status"), "dnat", "in"), {"accept": None}]),
+        ("forward", [_FROM_TAP, _TO_TAP, _match(groups, "@same_namespace"), {"accept": None}]),
+        ("forward", [_TO_TAP, *_COUNTED_DROP]),
+        ("nat_prerouting", _dnat_published()),
+        ("nat_output", _dnat_published()),
+        (
+            "nat_postrouting",
+            [_FROM_TAP, _match(_meta("oifname"), "@taps", "!="), {"masquerade": None}],
+        ),
+        ("nat_postrouting", [_FROM_TAP, _match(_ct("status"), "dnat", "in"), {"masquerade": None}]),
+    ]

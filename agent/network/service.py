@@ -1,0 +1,399 @@
+"""RoutedNetwork: the VMNetwork of a node (masquerade and bridge bindings).
+
+Measure, then act: every method can run again with the same arguments and changes nothing
+the second time. The nftables table is a function of the VMs that are plugged: each change is
+the difference between the elements before and after, in one transaction; when that fails,
+or the table looks wrong (deleted or edited by hand, seen by ``check``), the whole table is
+built again from the plugged VMs, atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agent.domain.metadata import Bookkeeping
+from agent.domain.plan import NicBacking
+from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
+from agent.models import InterfaceStatus, VMSpec
+from agent.network import names, ruleset
+from agent.network.allocation import BOOKS_KEY, BRIDGE, VMAllocation, allocate_vm
+from agent.network.dhcp import Lease
+from agent.network.ipam import Ledger
+from agent.network.plan import (
+    NetworkConfig,
+    Plumbing,
+    interface_statuses,
+    nic_backings,
+    plumbing,
+)
+from agent.network.ports import ConnTracker, DhcpService, Firewall, Links, NetworkError
+from agent.network.ruleset import FirewallState
+
+__all__ = ["RoutedNetwork"]
+
+log = logging.getLogger(__name__)
+
+# A VM allocated or plugged this recently is being created or started: a reconcile working
+# from an older list of domains must not take its addresses or plumbing away.
+_BUSY_SECONDS = 120.0
+_NETWORKS = "spec.template.spec.networks"
+
+
+class RoutedNetwork:
+    """Taps, routes, nftables and DHCP for the VMs of one node.
+
+    Usage::
+
+        network = RoutedNetwork(config, links, firewall, conntrack, dhcp)
+        network.start()                      # forwarding on, the checker thread
+        network.reconcile(all_domains)       # before the first allocation
+        books = network.allocate(domain, spec, books)
+        network.plug(domain, spec, books)    # before the domain starts
+        network.unplug(domain, spec, books)  # after it is undefined
+    """
+
+    def __init__(
+        self,
+        config: NetworkConfig,
+        links: Links,
+        firewall: Firewall,
+        conntrack: ConnTracker,
+        dhcp: DhcpService,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        check_interval: float = 5.0,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.links = links
+        self.firewall = firewall
+        self.conntrack = conntrack
+        self.dhcp = dhcp
+        self.ledger = Ledger(config.cidr, config.node_ports)
+        self._clock = clock
+        self._check_interval = check_interval
+        self._ready_timeout = ready_timeout
+        self._lock = threading.RLock()
+        self._live: dict[str, tuple[VMAllocation, Plumbing]] = {}
+        self._applied: FirewallState | None = None  # None: unknown, rebuild next time
+        self._touched: dict[str, float] = {}
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._checker: threading.Thread | None = None
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Turn forwarding on and start checking the table and taps periodically."""
+        if self.links.mtu(self.config.uplink) is None:
+            raise NetworkError(f"uplink {self.config.uplink!r} does not exist")
+        self.links.enable_forwarding()
+        if self._checker is None and self._check_interval > 0:
+            self._checker = threading.Thread(target=self._check_loop, name="net-check", daemon=True)
+            self._checker.start()
+
+    def stop(self) -> None:
+        """Stop checking; the plumbing stays (running VMs keep their network)."""
+        self._stopping.set()
+        if self._checker is not None:
+            self._checker.join(timeout=10)
+            self._checker = None
+
+    # -- VMNetwork ------------------------------------------------------------------------
+
+    def allocate(self, domain: str, spec: VMSpec, books: Bookkeeping) -> Bookkeeping:
+        if not self._ready.wait(self._ready_timeout):
+            raise Unavailable("the VM network is not reconciled with libvirt yet; retry")
+        with self._lock:
+            previous = _allocation(domain, books)
+            new = allocate_vm(domain, spec, previous, self.ledger) if spec.interfaces else None
+            if new is not None:
+                self._check_bridges(spec, new, InvalidSpec)
+            live = self._live.get(domain)
+            held = _holding(new, live[0] if live else None)
+            if held is None:
+                self.ledger.release(domain)
+            else:
+                self.ledger.claim(domain, held)
+            self._touched[domain] = self._clock()
+        extra = dict(books.extra)
+        if new is None:
+            extra.pop(BOOKS_KEY, None)
+        else:
+            extra[BOOKS_KEY] = new.to_json()
+        return dataclasses.replace(books, extra=extra)
+
+    def nics(self, domain: str, spec: VMSpec, books: Bookkeeping) -> tuple[NicBacking, ...]:
+        allocation = self._require(domain, spec, books)
+        if allocation is None:
+            return ()
+        return nic_backings(spec, allocation, self._mtus(spec, allocation), self.config.uplink)
+
+    def plug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+        allocation = self._require(domain, spec, books)
+        if allocation is None:
+            return
+        self._check_bridges(spec, allocation, _precondition)
+        plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
+        created: list[str] = []
+        served: list[str] = []
+        try:
+            for tap in plan.taps:
+                if self.links.ensure_tap(tap, replace=True):
+                    created.append(tap.name)
+            for tap_name, lease in plan.leases:
+                if tap_name not in self.dhcp.serving():
+                    served.append(tap_name)
+                self._serve(tap_name, lease, fresh=tap_name in created)
+            with self._lock:
+                live = dict(self._live)
+                old = live.get(domain)
+                live[domain] = (allocation, plan)
+                self._sync_firewall(live)
+                self._live = live
+                self.ledger.claim(domain, allocation)
+                self._touched[domain] = self._clock()
+        except Exception:
+            for tap_name in served:
+                self.dhcp.stop_serving(tap_name)
+            for tap_name in created:
+                with contextlib.suppress(Exception):
+                    self.links.delete_tap(tap_name)
+            raise
+        if old is not None:  # taps of NICs the new spec no longer has
+            self._remove_taps(domain, {t.name for t in old[1].taps} - {t.name for t in plan.taps})
+        log.info("plugged %s: %s", spec.key, _describe(plan), extra={"vm": spec.key})
+
+    def unplug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+        with self._lock:
+            old = self._live.pop(domain, None)
+            self.ledger.release(domain)
+            self._touched.pop(domain, None)
+            try:
+                self._sync_firewall(self._live)
+            except NetworkError as exc:  # the VM is gone already: ``check`` converges later
+                log.error("removing %s from nft failed: %s", spec.key, exc)
+        taps = {t.name for t in old[1].taps} if old else set()
+        addresses = set(old[1].addresses) if old else set()
+        allocation = _allocation(domain, books)
+        if allocation is not None:
+            taps |= {n.tap for n in allocation.nics}
+            addresses |= {n.ip for n in allocation.nics if n.ip}
+        for name, info in self.links.taps().items():
+            owner = names.alias_owner(info.alias)
+            if owner is not None and owner[0] == domain:
+                taps.add(name)
+                addresses |= set(info.routes)
+        self._remove_taps(domain, taps)
+        self._forget(addresses)
+        log.info("unplugged %s", spec.key, extra={"vm": spec.key})
+
+    def interfaces(
+        self, domain: str, spec: VMSpec, books: Bookkeeping
+    ) -> tuple[InterfaceStatus, ...]:
+        allocation = _allocation(domain, books)
+        if allocation is None:
+            return tuple(InterfaceStatus(name=i.name) for i in spec.interfaces)
+        return interface_statuses(spec, allocation)
+
+    def reconcile(self, vms: dict[str, tuple[VMSpec, Bookkeeping, bool]]) -> None:
+        """Make the node match the VMs: plumbing for the running ones, none for the rest.
+
+        Missing taps of running VMs are made again and the nft table is built again from
+        scratch (so a table deleted by hand comes back); taps the agent made for VMs that
+        are gone or stopped are removed, with their conntrack entries.
+        """
+        with self._lock:
+            now = self._clock()
+            busy = {d for d, t in self._touched.items() if now - t < _BUSY_SECONDS}
+            self._touched = {d: self._touched[d] for d in busy}
+            allocations = {d: a for d, (_, b, _) in vms.items() if (a := _allocation(d, b))}
+            claims = self.ledger.claims()
+            kept = {d: claims[d] for d in busy if d not in allocations and d in claims}
+            for conflict in self.ledger.reset({**allocations, **kept}):
+                log.error("network allocations overlap: %s", conflict)
+            live = {d: self._live[d] for d in busy if d in self._live}
+            for domain, (spec, _, active) in sorted(vms.items()):
+                if active and domain in allocations and domain not in live:
+                    plan = self._repair(domain, spec, allocations[domain])
+                    if plan is not None:
+                        live[domain] = (allocations[domain], plan)
+            self._applied = None
+            self._sync_firewall(live)
+            self._live = live
+            stale = self._stale_taps()
+            self._ready.set()
+        for domain, taps, addresses in stale:
+            log.info("removing network leftovers of %s: %s", domain, ", ".join(sorted(taps)))
+            self._remove_taps(domain, taps)
+            self._forget(addresses)
+
+    # -- checking -------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Repair what changed behind the agent's back: the nft table and running VMs' taps."""
+        with self._lock:
+            desired = FirewallState.union(p.firewall for _, p in self._live.values())
+            listing = self.firewall.list_table(ruleset.FAMILY, self.config.table)
+            found = ruleset.listing_summary(listing) if listing is not None else None
+            if found != ruleset.summary(desired):
+                what = "is missing" if listing is None else "was changed"
+                log.warning("nft table %s %s; building it again", self.config.table, what)
+                self._applied = None
+                self._sync_firewall(self._live)
+            present = self.links.taps()
+            for domain, (_, plan) in sorted(self._live.items()):
+                leases = dict(plan.leases)
+                for tap in plan.taps:
+                    if tap.name not in present:
+                        # The guest's NIC stays detached until it is plugged again (restart).
+                        log.warning("tap %s of %s was deleted; making it again", tap.name, domain)
+                        self.links.ensure_tap(tap, replace=False)
+                        if tap.name in leases:
+                            self._serve(tap.name, leases[tap.name], fresh=True)
+
+    def _check_loop(self) -> None:
+        while not self._stopping.wait(self._check_interval):
+            if not self._ready.is_set():
+                continue
+            try:
+                self.check()
+            except Exception:
+                log.exception("checking the VM network failed")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _sync_firewall(self, live: dict[str, tuple[VMAllocation, Plumbing]]) -> None:
+        """Bring nft to the union of ``live``'s elements; rebuild the table when needed."""
+        desired = FirewallState.union(plan.firewall for _, plan in live.values())
+        table = self.config.table
+        if self._applied is not None:
+            commands = ruleset.element_commands(table, self._applied, desired)
+            if not commands:
+                return
+            try:
+                self.firewall.apply(commands)
+                self._applied = desired
+                return
+            except NetworkError as exc:
+                log.warning("updating nft table %s failed (%s); building it again", table, exc)
+        self._applied = None
+        self.firewall.apply(ruleset.rebuild_commands(table, desired))
+        self._applied = desired
+
+    def _repair(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> Plumbing | None:
+        try:
+            plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
+            made = set()
+            for tap in plan.taps:
+                if self.links.ensure_tap(tap, replace=False):
+                    log.warning("tap %s of running %s was missing; made it again", tap.name, domain)
+                    made.add(tap.name)
+            for tap_name, lease in plan.leases:
+                self._serve(tap_name, lease, fresh=tap_name in made)
+        except Exception:
+            log.exception("repairing the network of %s failed", domain, extra={"vm": spec.key})
+            return None
+        return plan
+
+    def _stale_taps(self) -> list[tuple[str, set[str], set[str]]]:
+        wanted = {t.name for _, plan in self._live.values() for t in plan.taps}
+        stale: dict[str, tuple[set[str], set[str]]] = {}
+        for name, info in self.links.taps().items():
+            owner = names.alias_owner(info.alias)
+            if owner is not None and name not in wanted:
+                taps, addresses = stale.setdefault(owner[0], (set(), set()))
+                taps.add(name)
+                addresses |= set(info.routes)
+        for name in set(self.dhcp.serving()) - wanted:
+            self.dhcp.stop_serving(name)
+        return [(d, taps, addresses) for d, (taps, addresses) in sorted(stale.items())]
+
+    def _serve(self, tap: str, lease: Lease, *, fresh: bool) -> None:
+        """Answer DHCP on ``tap``; ``fresh`` (a new link): a new socket, as the old one is
+        bound to the old link's index."""
+        if fresh:
+            self.dhcp.stop_serving(tap)
+        try:
+            self.dhcp.serve(tap, lease)
+        except OSError as exc:  # e.g. another DHCP server holds port 67 for all links
+            raise NetworkError(f"answering DHCP on {tap}: {exc}") from exc
+
+    def _remove_taps(self, domain: str, taps: set[str]) -> None:
+        for name in sorted(taps):
+            self.dhcp.stop_serving(name)
+            self.links.delete_tap(name)
+
+    def _forget(self, addresses: set[str]) -> None:
+        for address in sorted(addresses):
+            try:
+                self.conntrack.forget(address)
+            except Exception as exc:  # never fail a delete over it
+                log.warning("forgetting connections of %s: %s", address, exc)
+
+    def _require(self, domain: str, spec: VMSpec, books: Bookkeeping) -> VMAllocation | None:
+        allocation = _allocation(domain, books)
+        if allocation is None and spec.interfaces:
+            raise FailedPrecondition(
+                f"vm {spec.key} has interfaces but no network allocation; apply it again"
+            )
+        return allocation
+
+    def _mtus(self, spec: VMSpec, allocation: VMAllocation) -> dict[str, int]:
+        mtus = {}
+        uplink_mtu = self.links.mtu(self.config.uplink)
+        if uplink_mtu is None:
+            raise NetworkError(f"the uplink {self.config.uplink!r} does not exist")
+        mtus[self.config.uplink] = uplink_mtu
+        for nic in allocation.nics:
+            if nic.binding == BRIDGE:
+                mtus[nic.bridge] = self.links.mtu(nic.bridge) or 0
+        return mtus
+
+    def _check_bridges(
+        self, spec: VMSpec, allocation: VMAllocation, error: Callable[[str, str], Exception]
+    ) -> None:
+        for index, network in enumerate(spec.networks):
+            nic = allocation.nic(network.name)
+            if nic is None or nic.binding != BRIDGE:
+                continue
+            kind = self.links.kind(nic.bridge)
+            if kind != "bridge":
+                found = "does not exist" if kind is None else f"is a {kind}, not a bridge"
+                raise error(
+                    f"{_NETWORKS}[{index}].multus.networkName",
+                    f"host bridge {nic.bridge!r} {found} on this node",
+                )
+
+
+def _precondition(field: str, problem: str) -> Exception:
+    return FailedPrecondition(f"{field}: {problem}")
+
+
+def _allocation(domain: str, books: Bookkeeping) -> VMAllocation | None:
+    try:
+        return VMAllocation.from_books(books.extra)
+    except ValueError as exc:
+        log.error("%s: ignoring its network allocation: %s", domain, exc)
+        return None
+
+
+def _holding(new: VMAllocation | None, live: VMAllocation | None) -> VMAllocation | None:
+    """What a VM holds: its new allocation plus what its running plumbing still uses."""
+    if new is None or live is None:
+        return new or live
+    extra = tuple(nic for nic in live.nics if nic not in new.nics)
+    return dataclasses.replace(new, nics=new.nics + extra)
+
+
+def _describe(plan: Plumbing) -> str:
+    parts = []
+    for tap in plan.taps:
+        where = f"bridge {tap.bridge}" if tap.bridge else f"{tap.guest_ip} via {tap.gateway}"
+        parts.append(f"{tap.name} ({where}, mtu {tap.mtu})")
+    return ", ".join(parts) or "no NICs"

@@ -1,0 +1,184 @@
+"""Stateful fakes of the VM network's ports: links, nftables, conntrack and DHCP.
+
+They keep state like the real thing (an nft transaction is all-or-nothing, deleting a
+missing element fails, a tap has the attributes it was given) and record what was asked,
+so tests assert on outcomes. Errors are injected through attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.network.dhcp import Lease
+from agent.network.names import ALIAS_PREFIX
+from agent.network.plan import TapPlan
+from agent.network.ports import NetworkError, TapInfo
+
+
+@dataclass
+class FakeLinks:
+    """Links by name: the uplink and bridges as given, taps as ensured."""
+
+    links: dict[str, tuple[str, int]] = field(
+        default_factory=lambda: {"eth0": ("device", 1450), "br0": ("bridge", 9000)}
+    )
+    taps_made: dict[str, TapPlan] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    forwarding: bool = False
+    ensure_error: Exception | None = None
+    default_route: str | None = "eth0"
+
+    def ensure_tap(self, plan: TapPlan, *, replace: bool) -> bool:
+        if self.ensure_error is not None:
+            raise self.ensure_error
+        if plan.bridge and self.links.get(plan.bridge, ("", 0))[0] != "bridge":
+            raise NetworkError(f"host bridge {plan.bridge} does not exist")
+        old = self.taps_made.get(plan.name)
+        mismatched = old is not None and old.multi_queue != plan.multi_queue
+        if mismatched and not replace:
+            raise NetworkError(f"link {plan.name} exists but is not a matching tap")
+        self.taps_made[plan.name] = plan
+        if old is None or mismatched:
+            self.created.append(plan.name)
+            return True
+        return False
+
+    def delete_tap(self, name: str) -> None:
+        if self.taps_made.pop(name, None) is not None:
+            self.deleted.append(name)
+
+    def taps(self) -> dict[str, TapInfo]:
+        return {
+            name: TapInfo(name, plan.alias, (plan.guest_ip,) if plan.guest_ip else ())
+            for name, plan in self.taps_made.items()
+            if plan.alias.startswith(ALIAS_PREFIX)
+        }
+
+    def mtu(self, name: str) -> int | None:
+        if name in self.taps_made:
+            return self.taps_made[name].mtu
+        return self.links[name][1] if name in self.links else None
+
+    def kind(self, name: str) -> str | None:
+        if name in self.taps_made:
+            return "tun"
+        return self.links[name][0] if name in self.links else None
+
+    def default_route_interface(self) -> str | None:
+        return self.default_route
+
+    def enable_forwarding(self) -> None:
+        self.forwarding = True
+
+
+@dataclass
+class _Table:
+    chains: dict[str, int] = field(default_factory=dict)  # chain -> rules
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {kind, elems}
+
+
+class FakeFirewall:
+    """nftables tables in memory; ``apply`` is one all-or-nothing transaction."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, str], _Table] = {}
+        self.transactions: list[list[dict[str, Any]]] = []
+        self.fail_next: int = 0  # make the next N transactions fail
+
+    def apply(self, commands: list[dict[str, Any]]) -> None:
+        self.transactions.append(commands)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise NetworkError("nft transaction failed: injected")
+        saved = copy.deepcopy(self.tables)
+        try:
+            for command in commands:
+                self._one(command)
+        except KeyError as exc:
+            self.tables = saved
+            raise NetworkError(f"nft transaction failed: No such file or directory {exc}") from None
+
+    def _one(self, command: dict[str, Any]) -> None:
+        ((verb, body),) = command.items()
+        ((kind, spec),) = body.items()
+        if kind == "table":
+            key = (spec["family"], spec["name"])
+            if verb == "add":
+                self.tables.setdefault(key, _Table())
+            else:
+                del self.tables[key]
+            return
+        table = self.tables[(spec["family"], spec["table"])]
+        if kind == "chain" and verb == "add":
+            table.chains.setdefault(spec["name"], 0)
+        elif kind == "rule" and verb == "add":
+            table.chains[spec["chain"]] += 1
+        elif kind in ("set", "map") and verb == "add":
+            table.sets.setdefault(spec["name"], {"kind": kind, "elems": []})
+        elif kind == "element":
+            elems = table.sets[spec["name"]]["elems"]
+            for elem in spec["elem"]:
+                text = json.dumps(elem, sort_keys=True)
+                if verb == "add":
+                    if text not in elems:
+                        elems.append(text)
+                elif text in elems:
+                    elems.remove(text)
+                else:
+                    raise KeyError(text)
+        else:
+            raise AssertionError(f"unexpected nft command {command}")
+
+    def list_table(self, family: str, name: str) -> list[dict[str, Any]] | None:
+        table = self.tables.get((family, name))
+        if table is None:
+            return None
+        listing: list[dict[str, Any]] = [{"table": {"family": family, "name": name}}]
+        for set_name, data in table.sets.items():
+            item = {"name": set_name, "elem": [json.loads(e) for e in data["elems"]]}
+            if not item["elem"]:
+                del item["elem"]
+            listing.append({data["kind"]: item})
+        for chain, rules in table.chains.items():
+            listing.append({"chain": {"name": chain}})
+            listing += [{"rule": {"chain": chain}} for _ in range(rules)]
+        return listing
+
+    def elements(self, family: str, name: str, set_name: str) -> list[Any]:
+        return [json.loads(e) for e in self.tables[(family, name)].sets[set_name]["elems"]]
+
+    def rule_count(self, family: str, name: str) -> int:
+        return sum(self.tables[(family, name)].chains.values())
+
+
+@dataclass
+class FakeConntrack:
+    forgotten: list[str] = field(default_factory=list)
+    error: Exception | None = None
+
+    def forget(self, address: str) -> int:
+        if self.error is not None:
+            raise self.error
+        self.forgotten.append(address)
+        return 1
+
+
+@dataclass
+class FakeDhcp:
+    leases: dict[str, Lease] = field(default_factory=dict)
+    opened: list[str] = field(default_factory=list)  # taps a socket was opened for
+
+    def serve(self, tap: str, lease: Lease) -> None:
+        if tap not in self.leases:
+            self.opened.append(tap)
+        self.leases[tap] = lease
+
+    def stop_serving(self, tap: str) -> None:
+        self.leases.pop(tap, None)
+
+    def serving(self) -> dict[str, Lease]:
+        return dict(self.leases)

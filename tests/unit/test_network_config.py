@@ -1,0 +1,52 @@
+"""The networking flags: defaults, parsing and the errors that name the flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import ConfigError, load_settings
+
+
+def test_defaults_turn_networking_on() -> None:
+    settings = load_settings([], environ={})
+    assert settings.vm_network is True
+    assert (settings.vm_cidr, settings.node_port_range) == ("10.250.0.0/16", "30000-32767")
+    assert settings.uplink == "" and settings.dns == []
+
+
+def test_flags_and_environment() -> None:
+    settings = load_settings(
+        [
+            "--vm-cidr",
+            "10.9.0.0/24",
+            "--dns",
+            "192.0.2.53",
+            "--dns",
+            "192.0.2.54",
+            "--uplink",
+            "br-ex",
+        ],
+        environ={"VIRT_AGENT_NODE_PORT_RANGE": "31000-31999"},
+    )
+    assert settings.vm_cidr == "10.9.0.0/24" and settings.node_port_range == "31000-31999"
+    assert settings.dns == ["192.0.2.53", "192.0.2.54"] and settings.uplink == "br-ex"
+    assert load_settings(["--no-vm-network"], environ={}).vm_network is False
+    assert load_settings([], environ={"VIRT_AGENT_DNS": "192.0.2.1,192.0.2.2"}).dns == [
+        "192.0.2.1",
+        "192.0.2.2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--vm-cidr", "10.9.0.1/24"], "vm-cidr"),
+        (["--vm-cidr", "10.9.0.0/31"], "vm-cidr"),
+        (["--node-port-range", "32767-30000"], "node-port-range"),
+        (["--dns", "dns.example"], "dns"),
+        (["--uplink", "a-very-long-interface"], "uplink"),
+    ],
+)
+def test_bad_values_name_the_flag(argv: list[str], flag: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{flag}:"):
+        load_settings(argv, environ={})

@@ -1,0 +1,159 @@
+"""Addresses, MACs, taps and node ports: never handed out twice, also after a restart."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from agent.errors import FailedPrecondition, InvalidSpec
+from agent.models import VMSpec
+from agent.network.allocation import VMAllocation, allocate_vm
+from agent.network.ipam import Ledger, parse_cidr, parse_port_range
+from agent.spec import parse_vm
+
+
+def spec(name: str, namespace: str = "default", **iface: Any) -> VMSpec:
+    interface = {"name": "default", "masquerade": {}, **iface}
+    return parse_vm(
+        {
+            "metadata": {
+                "namespace": namespace,
+                "name": name,
+                "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
+            },
+            "spec": {
+                "template": {
+                    "spec": {
+                        "domain": {
+                            "memory": {"guest": "64Mi"},
+                            "devices": {"interfaces": [interface]},
+                        },
+                        "networks": [{"name": "default", "pod": {}}],
+                    }
+                }
+            },
+        }
+    )
+
+
+def ledger(cidr: str = "10.250.0.0/16", ports: str = "30000-30009") -> Ledger:
+    return Ledger(parse_cidr(cidr), parse_port_range(ports))
+
+
+def allocate(book: Ledger, vm: VMSpec, previous: VMAllocation | None = None) -> VMAllocation:
+    domain = f"{vm.namespace}_{vm.name}"
+    allocation = allocate_vm(domain, vm, previous, book)
+    assert book.claim(domain, allocation) == []
+    return allocation
+
+
+def test_the_gateway_is_the_first_host_and_guests_follow() -> None:
+    book = ledger()
+    assert book.gateway == "10.250.0.1"
+    first = allocate(book, spec("a", ports=[{"port": 80}]))
+    second = allocate(book, spec("b", ports=[{"port": 80}, {"port": 53, "protocol": "UDP"}]))
+    assert first.nics[0].ip == "10.250.0.2" and second.nics[0].ip == "10.250.0.3"
+    assert [p.node_port for p in first.nics[0].ports] == [30000]
+    # TCP and UDP node ports are separate spaces
+    assert [(p.protocol, p.node_port) for p in second.nics[0].ports] == [
+        ("TCP", 30001),
+        ("UDP", 30000),
+    ]
+    assert first.nics[0].mac != second.nics[0].mac and first.nics[0].tap != second.nics[0].tap
+
+
+def test_a_released_address_is_reused_lowest_first() -> None:
+    book = ledger()
+    for name in "abc":
+        allocate(book, spec(name))
+    book.release("default_b")
+    assert allocate(book, spec("d")).nics[0].ip == "10.250.0.3"
+
+
+def test_nothing_is_handed_out_twice_after_a_restart() -> None:
+    before = ledger()
+    held = {f"default_{n}": allocate(before, spec(n, ports=[{"port": 80}])) for n in "abc"}
+    stored = {domain: VMAllocation.from_json(a.to_json()) for domain, a in held.items()}
+    after = ledger()  # a new agent: only what the VMs' books say
+    assert after.reset(stored) == []
+    new = allocate(after, spec("d", ports=[{"port": 80}]))
+    assert new.nics[0].ip not in {a.nics[0].ip for a in held.values()}
+    assert new.nics[0].ports[0].node_port == 30003
+
+
+def test_reallocating_keeps_what_the_vm_had() -> None:
+    book = ledger()
+    vm = spec("a", ports=[{"port": 80}])
+    first = allocate(book, vm)
+    allocate(book, spec("b", ports=[{"port": 80}]))
+    again = allocate(book, spec("a", ports=[{"port": 80}, {"port": 443}]), previous=first)
+    assert again.nics[0].ip == first.nics[0].ip and again.nics[0].mac == first.nics[0].mac
+    assert [p.node_port for p in again.nics[0].ports] == [30000, 30002]
+
+
+def test_vms_of_one_namespace_share_a_group_others_do_not() -> None:
+    book = ledger()
+    a1 = allocate(book, spec("a1", namespace="team-a"))
+    a2 = allocate(book, spec("a2", namespace="team-a"))
+    b = allocate(book, spec("b", namespace="team-b"))
+    assert a1.group == a2.group != b.group
+
+
+def test_explicit_node_port_conflicts_name_the_field_and_the_holder() -> None:
+    book = ledger()
+    allocate(book, spec("a", ports=[{"port": 80, "nodePort": 30005}]))
+    with pytest.raises(InvalidSpec) as info:
+        allocate(book, spec("b", namespace="x", ports=[{"port": 80, "nodePort": 30005}]))
+    assert info.value.field.endswith("interfaces[0].ports[0].nodePort")
+    assert "default/a" in info.value.problem
+    with pytest.raises(InvalidSpec, match="outside the node-port range"):
+        allocate(book, spec("c", ports=[{"port": 80, "nodePort": 8080}]))
+
+
+def test_explicit_mac_conflict_is_refused() -> None:
+    book = ledger()
+    allocate(book, spec("a", macAddress="52:54:00:00:00:42"))
+    with pytest.raises(InvalidSpec, match="macAddress"):
+        allocate(book, spec("b", macAddress="52:54:00:00:00:42"))
+
+
+def test_exhaustion_is_a_clear_error() -> None:
+    book = ledger("10.250.0.0/30", "30000-30000")
+    allocate(book, spec("a", ports=[{"port": 80}]))  # the only guest address of a /30
+    with pytest.raises(FailedPrecondition, match="no free address"):
+        allocate(book, spec("b"))
+    with pytest.raises(FailedPrecondition, match="no free TCP node port"):
+        book.free_node_port("TCP")
+
+
+def test_reset_reports_overlapping_records() -> None:
+    book = ledger()
+    a = allocate(book, spec("a"))
+    conflicts = ledger().reset({"default_a": a, "default_copy": a})
+    assert conflicts and "held by default_a" in conflicts[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("10.0.0.0/31", "too small"), ("10.0.0.1/16", "host bits"), ("fd00::/64", "4 octets")],
+)
+def test_bad_cidrs(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_cidr(text)
+
+
+@pytest.mark.parametrize("text", ["30000", "a-b", "0-10", "200-100", "1-70000"])
+def test_bad_port_ranges(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_port_range(text)
+
+
+def test_allocation_json_round_trip_and_damage() -> None:
+    allocation = allocate(ledger(), spec("a", ports=[{"port": 80, "name": "http"}]))
+    assert VMAllocation.from_json(allocation.to_json()) == allocation
+    assert VMAllocation.from_books({"network": allocation.to_json()}) == allocation
+    assert VMAllocation.from_books({}) is None
+    with pytest.raises(ValueError):
+        VMAllocation.from_json({"nics": [{"name": "x"}]})
