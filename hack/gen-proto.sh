@@ -12,7 +12,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$PY" -m grpc_tools.protoc -I proto \
   --python_out="$tmp" --grpc_python_out="$tmp" --mypy_out="$tmp" --mypy_grpc_out="$tmp" \
-  proto/virtagent/v1/*.proto
+  proto/virtagent/v1/*.proto 2> >(grep -v '^Writing mypy to' >&2)
 # grpc_tools writes "from virtagent.v1 import x_pb2": make the imports package-relative.
 find "$tmp" -name '*.py' -o -name '*.pyi' | while read -r f; do
   sed -i -E 's/^from virtagent\.v1 import /from agent.api._gen.virtagent.v1 import /' "$f"
