@@ -53,14 +53,20 @@ up() {
     "${VMCTL[@]}" console demo 2>/dev/null | grep -q VIRT-AGENT-READY && break
     sleep 0.2
   done
+  node_port=$("${VMCTL[@]}" get demo -o json | .venv/bin/python -c \
+    "import json,sys; print(json.load(sys.stdin)['status']['interfaces'][0]['publishedPorts'][0]['nodePort'])")
   echo
   "${VMCTL[@]}" get
   echo
+  echo "--- the guest's web page, fetched from the outside world through the node ---"
+  ip netns exec "$world_ns" python3 -c \
+    "import urllib.request; print(urllib.request.urlopen('http://$node_ip:$node_port/', timeout=10).read().decode())"
   echo "--- console of default/demo (vmctl console demo) ---"
   "${VMCTL[@]}" console demo --tail 12 | tr -d '\r'
   cat <<INFO
 
 The agent runs in a node in a box (node-a, $node_ip; the outside world is netns $world_ns).
+  reach it:   ip netns exec $world_ns curl http://$node_ip:$node_port/
   vmctl:      ${VMCTL[*]} get|describe demo|console demo -f|stop demo --wait
   node shell: nsenter --target $keeper --net --mount bash
   agent log:  $DIR/agent/agent.log

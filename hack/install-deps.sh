@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   libvirt-daemon-system libvirt-dev qemu-system-x86 qemu-utils
   nftables libnftables1 python3-nftables dnsmasq-base conntrack
-  busybox-static cpio iproute2 socat pkg-config gcc python3-venv python3-dev
+  busybox-static cpio iproute2 socat curl pkg-config gcc python3-venv python3-dev
   syslinux-common extlinux mtools dosfstools fdisk e2fsprogs
   docker-registry skopeo umoci openssl
 )
