@@ -5,7 +5,10 @@ from __future__ import annotations
 from agent.models import Condition, Phase, VMStatus
 from agent.ports import DomainInfo, DomainState
 
-__all__ = ["derive_status"]
+__all__ = ["ACTIVE_PHASES", "derive_status"]
+
+# Phases in which a QEMU process exists for the VM.
+ACTIVE_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.PENDING, Phase.MIGRATING})
 
 # libvirt shut-off reasons → (phase, reason shown to users).
 _SHUTOFF = {

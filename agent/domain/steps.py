@@ -1,0 +1,231 @@
+"""DomainSteps: the measure-then-act building blocks of the VM verbs (read, define, start, stop).
+
+Each step reads libvirt first and acts only when needed, so any of them can be repeated.
+``refresh`` is the single place a VM's status is derived and published to the registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agent.domain.files import VMFiles
+from agent.domain.metadata import (
+    Bookkeeping,
+    CorruptMetadata,
+    metadata_element,
+    metadata_payload,
+    read_metadata,
+)
+from agent.domain.plan import HostPlan
+from agent.domain.registry import Registry, VMRecord
+from agent.domain.status import ACTIVE_PHASES, derive_status
+from agent.domain.xml import domain_xml
+from agent.errors import AlreadyExists, FailedPrecondition, NotFound
+from agent.models import VMSpec
+from agent.ports import DomainInfo, DomainState, Hypervisor, VMNetwork
+
+__all__ = ["Current", "DomainSteps", "vm_key"]
+
+log = logging.getLogger(__name__)
+
+_SHUTDOWN_RESEND_SECONDS = 5.0  # a booting guest can miss an ACPI event (KubeVirt, Nova)
+_DESTROY_WAIT_SECONDS = 30.0
+
+Current = tuple[DomainInfo, VMSpec, Bookkeeping]
+
+
+def vm_key(domain: str) -> str:
+    """``namespace/name`` of a domain name, for messages."""
+    namespace, _, name = domain.partition("_")
+    return f"{namespace}/{name}"
+
+
+class DomainSteps:
+    """Idempotent steps on one domain each; callers hold the VM's operation lock."""
+
+    def __init__(
+        self,
+        hv: Hypervisor,
+        files: VMFiles,
+        network: VMNetwork,
+        registry: Registry,
+        *,
+        node_name: str,
+        virt_type: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.hv = hv
+        self.files = files
+        self.network = network
+        self.registry = registry
+        self.node_name = node_name
+        self.virt_type = virt_type
+        self.clock = clock
+        self._starting: set[str] = set()
+        self._refresh_lock = threading.Lock()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read(self, domain: str) -> Current | None:
+        """The domain with its spec and books; None when it does not exist."""
+        info = self.hv.lookup(domain)
+        if info is None:
+            return None
+        try:
+            parsed = read_metadata(info.config_xml)
+        except CorruptMetadata as exc:
+            raise FailedPrecondition(
+                f"domain {domain}: unreadable virt-agent metadata: {exc}"
+            ) from exc
+        if parsed is None:
+            raise AlreadyExists(f"domain {domain} exists and is not managed by virt-agent")
+        return info, parsed[0], parsed[1]
+
+    def require(self, domain: str) -> Current:
+        current = self.read(domain)
+        if current is None:
+            raise NotFound(f"vm {vm_key(domain)} not found")
+        return current
+
+    def record(self, domain: str) -> VMRecord:
+        """The registry's record of the VM (no libvirt call)."""
+        record = self.registry.get(domain)
+        if record is None:
+            raise NotFound(f"vm {vm_key(domain)} not found")
+        return record
+
+    def refresh(self, domain: str, info: DomainInfo | None = None) -> VMRecord | None:
+        """Read one domain (or use ``info`` just read) into the registry; return its record."""
+        # One refresh at a time: a slow read finishing after a newer one would store the past.
+        with self._refresh_lock:
+            if info is None:
+                info = self.hv.lookup(domain)
+            parsed = read_metadata(info.config_xml) if info else None
+            if info is None or parsed is None:
+                self.registry.remove(domain)
+                return None
+            spec, books = parsed
+            live = read_metadata(info.live_xml) if info.live_xml else None
+            status = derive_status(
+                info,
+                generation=books.generation,
+                running_generation=live[1].generation if live else 0,
+                node_name=self.node_name,
+                started_at=books.started_at,
+                stopped_at=books.stopped_at,
+                never_started=not books.started_at,
+                starting=domain in self._starting,
+            )
+            interfaces = self.network.interfaces(domain, spec, books)
+            status = dataclasses.replace(status, interfaces=interfaces)
+            record = VMRecord(spec=spec, books=books, status=status)
+            self.registry.put(domain, record)
+            return record
+
+    def refreshed(self, domain: str) -> VMRecord:
+        return self.refresh(domain) or self.record(domain)
+
+    # -- acting -------------------------------------------------------------------------
+
+    def define(self, domain: str, spec: VMSpec, books: Bookkeeping, *, new: bool) -> None:
+        """Resolve the VM's files and (re)define its domain; a new VM's files go on failure."""
+        try:
+            prepared = self.files.prepare(spec, domain)
+            plan = HostPlan(
+                domain_name=domain,
+                uuid=spec.uid,
+                virt_type=self.virt_type,
+                kernel=prepared.kernel,
+                initrd=prepared.initrd,
+                console_log=prepared.console_log,
+                disks=prepared.disks,
+                nics=self.network.nics(domain, spec, books),
+                metadata=metadata_element(spec, books),
+            )
+            self.hv.define(domain_xml(spec, plan))
+        except Exception:
+            if new:
+                self.files.remove(domain)
+            raise
+
+    def start(self, domain: str) -> None:
+        """Boot the domain paused, plumb it, then let it run; undo on failure."""
+        info, spec, books = self.require(domain)
+        if info.state != DomainState.SHUTOFF:
+            return  # running or paused: started already (resume is its own verb)
+        books = dataclasses.replace(books, started_at=self.clock(), halted=False)
+        self.save_books(domain, spec, books)
+        self._starting.add(domain)
+        try:
+            # Taps must exist before QEMU opens them (managed='no'); NAT and DHCP are ready
+            # before the guest runs, so its first DHCP request is answered.
+            self.network.plug(domain, spec, books)
+            self.hv.start(domain, paused=True)
+            try:
+                self.hv.resume(domain)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self.hv.destroy(domain)
+                raise
+        finally:
+            self._starting.discard(domain)
+
+    def stop(self, domain: str, grace: int, *, force: bool) -> None:
+        """ACPI shutdown re-sent every few seconds, destroy when the grace period runs out.
+
+        The VM is marked halted first, so its run strategy does not start it again.
+        """
+        info, spec, books = self.require(domain)
+        if not books.halted:
+            self.save_books(domain, spec, dataclasses.replace(books, halted=True))
+        if info.state == DomainState.SHUTOFF:
+            return
+        if force or grace <= 0:
+            self.destroy(domain)
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if info.state in (DomainState.PAUSED, DomainState.PMSUSPENDED):
+                self.hv.resume(domain)  # a paused guest cannot react to the power button
+            with contextlib.suppress(FailedPrecondition):
+                self.hv.shutdown(domain)
+            wait = min(_SHUTDOWN_RESEND_SECONDS, max(0.0, deadline - time.monotonic()))
+            if self.wait_for_shutoff(domain, wait):
+                return
+            current = self.hv.lookup(domain)
+            if current is None or current.state == DomainState.SHUTOFF:
+                return
+            info = current
+        log.info("grace period of %ss over for %s; destroying", grace, domain)
+        self.destroy(domain)
+
+    def destroy(self, domain: str) -> None:
+        with contextlib.suppress(FailedPrecondition):  # already off
+            self.hv.destroy(domain)
+        self.wait_for_shutoff(domain, _DESTROY_WAIT_SECONDS)
+
+    def wait_for_shutoff(self, domain: str, timeout: float) -> bool:
+        def stopped(record: VMRecord | None) -> bool:
+            return record is None or record.status.phase not in ACTIVE_PHASES
+
+        if self.registry.wait_until(domain, stopped, timeout):
+            return True
+        info = self.hv.lookup(domain)  # an event may have been missed: ask libvirt directly
+        return info is None or info.state == DomainState.SHUTOFF
+
+    def remove(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+        """Undefine a stopped domain and remove everything made for it."""
+        with contextlib.suppress(FailedPrecondition):
+            self.hv.destroy(domain)  # normally already off; a failed start may leave it paused
+        self.hv.undefine(domain)
+        self.network.unplug(domain, spec, books)
+        self.files.remove(domain)
+        self.registry.remove(domain)
+
+    def save_books(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+        self.hv.set_metadata(domain, metadata_payload(spec, books), live=False)
