@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -48,33 +49,35 @@ def _code_for(exc: AgentError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def grpc_errors(method: F) -> F:
+@contextlib.contextmanager
+def _status_of_errors(context: grpc.ServicerContext, method: str) -> Iterator[None]:
     """Abort the call with the mapped status; anything unexpected is INTERNAL, logged once."""
+    try:
+        yield
+    except AgentError as exc:
+        context.abort(_code_for(exc), str(exc))
+    except Exception:
+        log.exception("unexpected error in %s", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+
+def grpc_errors(method: F) -> F:
+    """Unary servicer methods: errors become gRPC statuses through STATUS_CODES."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
+        with _status_of_errors(context, method.__name__):
             return method(self, request, context)
-        except AgentError as exc:
-            context.abort(_code_for(exc), str(exc))
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 
     return wrapper  # type: ignore[return-value]
 
 
 def grpc_stream_errors(method: F) -> F:
-    """grpc_errors for server-streaming methods (generators)."""
+    """Server-streaming servicer methods (generators): the same, for errors mid-stream too."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
+        with _status_of_errors(context, method.__name__):
             yield from method(self, request, context)
-        except AgentError as exc:
-            context.abort(_code_for(exc), str(exc))
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 
     return wrapper  # type: ignore[return-value]
