@@ -28,8 +28,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  # pip's build warnings are noise on success; shown in full when the install fails.
+  pip_log=$(mktemp)
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } \
+      >"$pip_log" 2>&1; then
+    cat "$pip_log" >&2
+    rm -f "$pip_log"
+    echo "install-deps: pip install failed" >&2
+    exit 1
+  fi
+  rm -f "$pip_log"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
