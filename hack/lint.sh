@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-"$BIN/ruff" format --check agent tests hack bench
-"$BIN/ruff" check agent tests hack bench
+PY_DIRS=(agent tests hack)
+[ -d bench ] && PY_DIRS+=(bench)
+"$BIN/ruff" format --check "${PY_DIRS[@]}"
+"$BIN/ruff" check "${PY_DIRS[@]}"
 "$BIN/mypy" --strict agent
 PY="$BIN/python" hack/gen-proto.sh --check
 if [ -x .cache/node/node_modules/.bin/buf ]; then
