@@ -35,6 +35,7 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 API_VERSION = "kubevirt.io/v1"
+# v1alpha3 manifests (older KubeVirt examples) have the same shape for every field we map.
+API_VERSIONS = (API_VERSION, "kubevirt.io/v1alpha3")
 KINDS = ("VirtualMachine", "VirtualMachineInstance")
 UNSUPPORTED = "field is not supported by virt-agent"
 _IGNORED_METADATA = frozenset(
@@ -136,8 +139,10 @@ def map_document(document: Any, *, default_namespace: str) -> Manifest:
             "kind",
             f"{kind!r} (apiVersion {api!r}) is not supported: want {' or '.join(KINDS)}",
         )
-    if root.get("apiVersion") != API_VERSION:
-        raise ManifestError("apiVersion", f"{root.get('apiVersion')!r} is not {API_VERSION}")
+    if root.get("apiVersion") not in API_VERSIONS:
+        raise ManifestError(
+            "apiVersion", f"{root.get('apiVersion')!r} is not one of {', '.join(API_VERSIONS)}"
+        )
     metadata, labels = _metadata(root.get("metadata"), "metadata", default_namespace)
     spec = _mapping(root.get("spec"), "spec")
     if kind == "VirtualMachine":
@@ -150,6 +155,7 @@ def map_document(document: Any, *, default_namespace: str) -> Manifest:
         instance_path, instance = "spec.template.spec", template.get("spec")
     else:
         run_strategy, instance_path, instance = "Manual", "spec", spec
+    instance = _autoattach_pod_interface(_mapping(instance, instance_path), instance_path)
     instance_spec = _message(instance, vm_pb2.VirtualMachineInstanceSpec.DESCRIPTOR, instance_path)
     if labels:
         metadata["labels"] = labels
@@ -158,6 +164,24 @@ def map_document(document: Any, *, default_namespace: str) -> Manifest:
         vm_spec["runStrategy"] = run_strategy
     vm = json_format.ParseDict({"metadata": metadata, "spec": vm_spec}, vm_pb2.VirtualMachine())
     return Manifest(kind, vm, start_after_apply=kind == "VirtualMachineInstance")
+
+
+def _autoattach_pod_interface(instance: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """KubeVirt's default NIC: with no interfaces and no networks, the VM joins the pod
+    network (here: masquerade on the node's VM network), unless autoattachPodInterface is
+    false. Like KubeVirt's admission webhook, this fills the spec before it is sent."""
+    out = copy.deepcopy(dict(instance))
+    domain = _mapping(out.get("domain"), _join(path, "domain"))
+    devices = dict(_mapping(domain.get("devices"), _join(path, "domain.devices")))
+    attach = devices.pop("autoattachPodInterface", None)
+    if attach is not None:
+        attach = _bool(attach, _join(path, "domain.devices.autoattachPodInterface"))
+    if attach is not False and not devices.get("interfaces") and not out.get("networks"):
+        devices["interfaces"] = [{"name": "default", "masquerade": {}}]
+        out["networks"] = [{"name": "default", "pod": {}}]
+    if devices or "devices" in domain:
+        out["domain"] = {**domain, "devices": devices}
+    return out
 
 
 def _metadata(

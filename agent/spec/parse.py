@@ -133,6 +133,9 @@ def _parse_domain(node: Node) -> dict[str, Any]:
         machine_node.done()
     firmware = _parse_firmware(node.child("firmware"))
     devices = node.child("devices") or Node(node.at("devices"), {})
+    rng = devices.child("rng")  # every guest gets a virtio RNG: asking for one is fine
+    if rng is not None:
+        rng.done()
     disks = tuple(parse_disk(d) for d in devices.items("disks"))
     interfaces = tuple(parse_interface(i) for i in devices.items("interfaces"))
     devices.done()

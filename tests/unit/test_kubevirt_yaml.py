@@ -269,11 +269,7 @@ def running(value: Any) -> dict[str, Any]:
             "spec.template.spec.domain.devices.disks[0].disk: must be a mapping",
         ),
         (vm_with("kind", "Pod"), "kind: 'Pod' (apiVersion 'kubevirt.io/v1') is not supported"),
-        (vm_with("apiVersion", "kubevirt.io/v1alpha3"), "apiVersion: 'kubevirt.io/v1alpha3'"),
-        (
-            vm_with("spec.template.spec.domain.devices.rng", {}),
-            "spec.template.spec.domain.devices.rng: field is not supported",
-        ),
+        (vm_with("apiVersion", "kubevirt.io/v2"), "apiVersion: 'kubevirt.io/v2'"),
     ],
     ids=[
         "gpus",
@@ -294,8 +290,7 @@ def running(value: Any) -> dict[str, Any]:
         "not-a-list",
         "not-a-mapping",
         "unknown-kind",
-        "old-api-version",
-        "rng",
+        "unknown-api-version",
     ],
 )
 def test_unsupported_input_is_named_by_path(document: dict[str, Any], message: str) -> None:
@@ -348,3 +343,67 @@ def test_the_same_vm_twice_in_a_stream_is_an_error() -> None:
 def test_unreadable_streams(text: str, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         load_manifests(text, default_namespace="default")
+
+
+def test_v1alpha3_manifests_and_rng_devices_are_accepted() -> None:
+    document = vm_with("apiVersion", "kubevirt.io/v1alpha3")
+    document["spec"]["template"]["spec"]["domain"]["devices"]["rng"] = {}
+    vm = map_document(document, default_namespace="default").vm
+    assert vm.spec.template.spec.domain.devices.HasField("rng")
+    parse_vm(json_format.MessageToDict(vm))  # and the agent takes it
+
+
+UPSTREAM_STYLE_VMI = """\
+apiVersion: kubevirt.io/v1alpha3
+kind: VirtualMachineInstance
+metadata:
+  name: vmi-web
+  labels: {special: vmi-web}
+spec:
+  domain:
+    devices:
+      disks:
+      - disk: {bus: virtio}
+        name: containerdisk
+      - disk: {bus: virtio}
+        name: cloudinitdisk
+      - disk: {bus: virtio}
+        name: scratch
+      rng: {}
+    machine:
+      type: ""
+    resources:
+      requests:
+        memory: 1024M
+  terminationGracePeriodSeconds: 0
+  volumes:
+  - containerDisk:
+      image: registry:5000/kubevirt/fedora-cloud-container-disk-demo:devel
+    name: containerdisk
+  - cloudInitNoCloud:
+      userData: |-
+        #cloud-config
+        password: fedora
+    name: cloudinitdisk
+  - emptyDisk:
+      capacity: 2Gi
+    name: scratch
+"""
+
+
+def test_an_upstream_style_vmi_without_nics_gets_kubevirts_default_pod_nic() -> None:
+    (manifest,) = load_manifests(UPSTREAM_STYLE_VMI, default_namespace="default")
+    instance = manifest.vm.spec.template.spec
+    assert [i.name for i in instance.domain.devices.interfaces] == ["default"]
+    assert instance.domain.devices.interfaces[0].HasField("masquerade")
+    assert instance.networks[0].HasField("pod")
+    spec = parse_vm(json_format.MessageToDict(manifest.vm))
+    assert spec.memory_bytes == 1024 * 1000**2 and len(spec.volumes) == 3
+
+
+def test_autoattach_pod_interface_false_means_no_nic() -> None:
+    document = yaml.safe_load(UPSTREAM_STYLE_VMI)
+    document["spec"]["domain"]["devices"]["autoattachPodInterface"] = False
+    manifest = map_document(document, default_namespace="default")
+    assert not manifest.vm.spec.template.spec.domain.devices.interfaces
+    assert not manifest.vm.spec.template.spec.networks

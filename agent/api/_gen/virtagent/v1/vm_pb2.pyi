@@ -578,23 +578,48 @@ class Devices(_message.Message):
 
     DISKS_FIELD_NUMBER: _builtins.int
     INTERFACES_FIELD_NUMBER: _builtins.int
+    RNG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Disk]: ...
     @_builtins.property
     def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interface]: ...
+    @_builtins.property
+    def rng(self) -> Global___Rng:
+        """A virtio entropy device. The agent attaches one to every guest, so this is accepted
+        for KubeVirt manifests that ask for it.
+        """
+
     def __init__(
         self,
         *,
         disks: _abc.Iterable[Global___Disk] | None = ...,
         interfaces: _abc.Iterable[Global___Interface] | None = ...,
+        rng: Global___Rng | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rng", b"rng"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disks", b"disks", "interfaces", b"interfaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disks", b"disks", "interfaces", b"interfaces", "rng", b"rng"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Devices: _TypeAlias = Devices  # noqa: Y015
+
+@_typing.final
+class Rng(_message.Message):
+    """Rng is a virtio random number generator fed from the host's /dev/urandom."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rng: _TypeAlias = Rng  # noqa: Y015
 
 @_typing.final
 class Disk(_message.Message):
