@@ -35,7 +35,7 @@ from agent.network.service import RoutedNetwork
 from agent.ports import DomainEvent
 from agent.quantity import parse_quantity
 
-__all__ = ["run"]
+__all__ = ["run", "server_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def _virt_type(setting: str) -> str:
         return "qemu"
 
 
-def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS for --listen from the settings; with a client CA, clients must present a certificate."""
     if not settings.tls_cert:
         return None
     with open(settings.tls_cert, "rb") as cert, open(settings.tls_key, "rb") as key:
@@ -144,7 +145,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         ),
         listen=settings.listen,
         unix_socket=settings.unix_socket,
-        credentials=_credentials(settings),
+        credentials=server_credentials(settings),
         reflection_enabled=settings.reflection,
     )
     _follow_health(hv, registry, server, service)

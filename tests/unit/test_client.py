@@ -23,7 +23,9 @@ from agent.api._gen.virtagent.v1 import (
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
+from agent.app import server_credentials
 from agent.client import AgentCallError, AgentClient, TLSOptions
+from agent.config import Settings
 
 
 class FakeAgent(
@@ -370,15 +372,13 @@ def make_certificates(directory: Path) -> None:
 def test_mutual_tls(fake: FakeAgent, tmp_path: Path) -> None:
     make_certificates(tmp_path)
 
-    def read(name: str) -> bytes:
-        return (tmp_path / name).read_bytes()
-
-    credentials = grpc.ssl_server_credentials(
-        [(read("server.key"), read("server.pem"))],
-        root_certificates=read("ca.pem"),
-        require_client_auth=True,
+    # The agent's own TLS setup (--tls-cert, --tls-key, --tls-client-ca), as virt-agent builds it.
+    settings = Settings(
+        tls_cert=str(tmp_path / "server.pem"),
+        tls_key=str(tmp_path / "server.key"),
+        tls_client_ca=str(tmp_path / "ca.pem"),
     )
-    server, port = serve(fake, "127.0.0.1:0", credentials)
+    server, port = serve(fake, "127.0.0.1:0", server_credentials(settings))
     tls = TLSOptions(
         ca_file=str(tmp_path / "ca.pem"),
         cert_file=str(tmp_path / "client.pem"),
