@@ -90,7 +90,6 @@ _CONNECTION_ERRORS = {
     libvirt.VIR_ERR_AUTH_FAILED,
 }
 _NOT_FOUND = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_METADATA}
-_WRONG_STATE = {libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED}
 _BAD_CONFIG = {
     libvirt.VIR_ERR_XML_ERROR,
     libvirt.VIR_ERR_XML_DETAIL,
@@ -147,6 +146,8 @@ class LibvirtHypervisor:
         self._handlers: list[Callable[[DomainEvent], None]] = []
         self._events: queue.SimpleQueue[DomainEvent | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._callback_ids: dict[int, int] = {}
+        self._dead: list[Any] = []
 
     # -- connection -------------------------------------------------------------------
 
@@ -171,8 +172,7 @@ class LibvirtHypervisor:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
+            self._forget(conn)
 
     def connected(self) -> bool:
         return self._conn is not None
@@ -183,7 +183,7 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as exc:
             raise Unavailable(f"connecting to libvirt at {self.uri}: {exc}") from exc
         conn.registerCloseCallback(self._on_close, None)
-        conn.domainEventRegisterAny(
+        self._callback_ids[id(conn)] = conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
         )
         with self._lock:
@@ -192,10 +192,24 @@ class LibvirtHypervisor:
         self._events.put(DomainEvent(name="", event="connected", detail=""))
 
     def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
-        # Runs on the event loop thread: only flag it; the keeper thread reconnects.
+        # Runs on the event loop thread (or a caller that saw the connection die): only
+        # flag it; the keeper reconnects. A late report about an older connection that was
+        # already replaced must not drop the live one.
         with self._lock:
+            if conn is not self._conn:
+                return
             self._conn = None
-        self._lost.set()
+            self._dead.append(conn)  # closed by the keeper: not from inside libvirt's callback
+            self._lost.set()
+
+    def _forget(self, conn: Any) -> None:
+        """Drop a dead connection's callbacks and close it, so no event arrives twice."""
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(self._callback_ids.pop(id(conn), -1))
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
 
     def _keep(self) -> None:
         """Reconnect with capped exponential backoff whenever the connection is lost."""
@@ -205,10 +219,14 @@ class LibvirtHypervisor:
                 return
             self._events.put(DomainEvent(name="", event="disconnected", detail=""))
             delay = 0.2
+            with self._lock:
+                dead, self._dead = self._dead, []
+            for conn in dead:
+                self._forget(conn)
+            self._lost.clear()  # before connecting: a close during the connect is not lost
             while not self._closed.is_set():
                 try:
                     self._connect()
-                    self._lost.clear()
                     break
                 except Unavailable as exc:
                     log.warning("libvirt unavailable, retrying in %.1fs: %s", delay, exc)
@@ -247,15 +265,14 @@ class LibvirtHypervisor:
             message = f"{what}: {exc.get_error_message()}"
             if code in _NOT_FOUND:
                 raise NotFound(message) from exc
-            if code in _CONNECTION_ERRORS:
-                if not conn.isAlive():
-                    self._on_close(conn, 0, None)
+            if code in _CONNECTION_ERRORS and not _alive(conn):
+                self._on_close(conn, 0, None)
                 raise Unavailable(message) from exc
             if code in _BAD_CONFIG:
                 raise InvalidSpec("spec", message) from exc
-            if code in _WRONG_STATE:
-                raise FailedPrecondition(message) from exc
-            raise
+            # Everything else (QEMU failing to start, a tap or file QEMU cannot open, an
+            # operation the domain's state forbids) is the node refusing: keep libvirt's words.
+            raise FailedPrecondition(message) from exc
 
     # -- catalog ----------------------------------------------------------------------
 
@@ -376,6 +393,13 @@ class LibvirtHypervisor:
     def versions(self) -> tuple[str, str]:
         with self._call("reading versions") as conn:
             return _version(conn.getLibVersion()), _version(conn.getVersion())
+
+
+def _alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
 
 
 def _flag_unsupported(exc: Any) -> bool:

@@ -57,6 +57,8 @@ def _status_of_errors(context: grpc.ServicerContext, method: str) -> Iterator[No
     except AgentError as exc:
         context.abort(_code_for(exc), str(exc))
     except Exception:
+        if context.code() not in (None, grpc.StatusCode.OK):
+            raise  # grpc's own abort: the status is set already
         log.exception("unexpected error in %s", method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 

@@ -33,7 +33,7 @@ from agent.api._gen.virtagent.v1 import (
 from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
 from agent.domain.lifecycle import VMService
-from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
+from agent.errors import Conflict, InvalidSpec, ResourceExhausted, Unsupported
 from agent.labels import matches_selector, parse_selector
 from agent.ports import HostProbe
 from agent.spec import validate_name
@@ -128,10 +128,7 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
                 if event is None:
                     continue
                 if event.record is None:
-                    context.abort(
-                        grpc.StatusCode.ABORTED, "watch fell behind; list and watch again"
-                    )
-                    return
+                    raise Conflict("the watch fell behind the node's changes; list and watch again")
                 if wanted(event.record.spec):
                     yield pb.WatchVirtualMachinesResponse(
                         type=_EVENT_TYPES[event.type],
@@ -196,8 +193,8 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         namespace, name = request.namespace, request.name
         offset = _tail_offset(path, request.tail_lines)
         while True:
-            offset, chunks = _read_from(path, offset)
-            for chunk in chunks:
+            start = offset
+            for offset, chunk in _read_from(path, start):  # noqa: B007 - offset is the resume point
                 yield pb.GetConsoleLogResponse(data=chunk)
             if not request.follow or not context.is_active():
                 return
@@ -228,19 +225,20 @@ def _tail_offset(path: str, lines: int) -> int:
     return 0
 
 
-def _read_from(path: str, offset: int) -> tuple[int, list[bytes]]:
+def _read_from(path: str, offset: int) -> Iterator[tuple[int, bytes]]:
+    """Chunks of the log from ``offset``, each with the offset after it; read as they are sent."""
     try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size < offset:
-                offset = 0  # the log was truncated (new boot): start over
-            handle.seek(offset)
-            chunks = []
-            while chunk := handle.read(_CONSOLE_CHUNK):
-                chunks.append(chunk)
-                offset += len(chunk)
-            return offset, chunks
-    except FileNotFoundError:
-        return offset, []
+        # O_NOFOLLOW: the log lives in a folder QEMU's user can write; never follow a swap.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < offset:
+            offset = 0  # the log was truncated (new boot): start over
+        handle.seek(offset)
+        while chunk := handle.read(_CONSOLE_CHUNK):
+            offset += len(chunk)
+            yield offset, chunk
 
 
 class NodeServicer(node_grpc.NodeServiceServicer):

@@ -141,7 +141,11 @@ class VMService:
             )
         spec = dataclasses.replace(spec, uid=stored.uid)
         if spec == stored:
-            return self.steps.refreshed(domain), False
+            record = self.steps.refreshed(domain)
+            if should_restart(record):  # e.g. created, but the agent died before starting it
+                self.steps.start(domain)
+                record = self.steps.refreshed(domain)
+            return record, False
         books = dataclasses.replace(books, generation=books.generation + 1)
         books = self.network.allocate(domain, spec, books)
         self.steps.define(domain, spec, books, new=False)
@@ -275,7 +279,12 @@ class VMService:
             if parsed is None:
                 continue  # not ours: never touched
             ours[info.name] = (parsed[0], parsed[1], info.state != DomainState.SHUTOFF)
-            record = self.steps.refresh(info.name, info)
+            try:
+                # A fresh read: a verb may have changed the domain since the list was taken.
+                record = self.steps.refresh(info.name)
+            except CorruptMetadata:
+                log.exception("domain %s has unreadable live metadata", info.name)
+                continue
             if record is not None and should_restart(record):
                 self._restart_later(info.name, delay=0.0)
         for stale in self.registry.names() - set(ours):
@@ -304,10 +313,16 @@ class VMService:
                 self._restart_later(event.name, delay=delay)
 
     def _safe_resync(self) -> None:
-        try:
-            self.resync()
-        except Exception:
-            log.exception("resync failed")
+        """Resync until it succeeds (health stays NOT_SERVING until then), with backoff."""
+        delay = 1.0
+        while self.hv.connected():
+            try:
+                self.resync()
+                return
+            except Exception:
+                log.exception("resync failed; retrying in %.0fs", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     def _restart_later(self, domain: str, *, delay: float) -> None:
         def run() -> None:

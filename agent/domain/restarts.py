@@ -12,13 +12,15 @@ __all__ = ["CrashBackoff", "should_restart"]
 def should_restart(record: VMRecord, *, detail: str = "") -> bool:
     """Always restarts any stop it did not ask for; RerunOnFailure only a failure.
 
-    A VM stopped on purpose (Stop verb, Halted) is ``halted`` and stays down; a VM never
-    started is left alone; ``detail`` is libvirt's reason from the stop event, if any.
+    A VM stopped on purpose (Stop verb, Halted) is ``halted`` and stays down; ``detail`` is
+    libvirt's reason from the stop event, if any.
     """
     if record.books.halted or record.status.phase in ACTIVE_PHASES:
         return False
     if not record.books.started_at:
-        return False
+        # Created but never started (the agent stopped between define and start): both
+        # strategies that start a VM on creation start it now.
+        return record.spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE)
     if record.spec.run_strategy == RunStrategy.ALWAYS:
         return True
     failed = record.status.phase == Phase.FAILED or detail in ("crashed", "failed")

@@ -27,6 +27,7 @@ def derive_status(
     *,
     generation: int,
     running_generation: int,
+    spec_pending: bool = False,
     node_name: str,
     started_at: float = 0.0,
     stopped_at: float = 0.0,
@@ -44,7 +45,7 @@ def derive_status(
             "Paused", phase == Phase.PAUSED, reason="PausedByUser" if phase == Phase.PAUSED else ""
         ),
     ]
-    if running and running_generation and running_generation != generation:
+    if running and spec_pending:
         conditions.append(
             Condition(
                 "RestartRequired",

@@ -26,7 +26,7 @@ from agent.domain.registry import Registry, VMRecord
 from agent.domain.status import ACTIVE_PHASES, derive_status
 from agent.domain.xml import domain_xml
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound
-from agent.models import VMSpec
+from agent.models import RunStrategy, VMSpec
 from agent.ports import DomainInfo, DomainState, Hypervisor, VMNetwork
 
 __all__ = ["Current", "DomainSteps", "vm_key"]
@@ -37,6 +37,21 @@ _SHUTDOWN_RESEND_SECONDS = 5.0  # a booting guest can miss an ACPI event (KubeVi
 _DESTROY_WAIT_SECONDS = 30.0
 
 Current = tuple[DomainInfo, VMSpec, Bookkeeping]
+
+
+def _needs_restart(running: VMSpec, stored: VMSpec) -> bool:
+    """Whether the guest runs hardware other than the stored spec describes.
+
+    Labels, the run strategy and the grace period apply at once; everything else (CPU,
+    memory, disks, NICs, firmware...) only when the guest is started again.
+    """
+
+    def hardware(spec: VMSpec) -> VMSpec:
+        return dataclasses.replace(
+            spec, labels={}, run_strategy=RunStrategy.ALWAYS, termination_grace_period_seconds=0
+        )
+
+    return hardware(running) != hardware(stored)
 
 
 def vm_key(domain: str) -> str:
@@ -115,6 +130,7 @@ class DomainSteps:
                 info,
                 generation=books.generation,
                 running_generation=live[1].generation if live else 0,
+                spec_pending=live is not None and _needs_restart(live[0], spec),
                 node_name=self.node_name,
                 started_at=books.started_at,
                 stopped_at=books.stopped_at,
@@ -190,8 +206,11 @@ class DomainSteps:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if info.state in (DomainState.PAUSED, DomainState.PMSUSPENDED):
-                self.hv.resume(domain)  # a paused guest cannot react to the power button
+            if info.state == DomainState.PAUSED:
+                # A paused guest cannot react to the power button. (A guest suspended to RAM
+                # cannot be resumed this way: it gets the button, then the destroy.)
+                with contextlib.suppress(FailedPrecondition):
+                    self.hv.resume(domain)
             with contextlib.suppress(FailedPrecondition):
                 self.hv.shutdown(domain)
             wait = min(_SHUTDOWN_RESEND_SECONDS, max(0.0, deadline - time.monotonic()))
@@ -223,9 +242,17 @@ class DomainSteps:
         with contextlib.suppress(FailedPrecondition):
             self.hv.destroy(domain)  # normally already off; a failed start may leave it paused
         self.hv.undefine(domain)
-        self.network.unplug(domain, spec, books)
-        self.files.remove(domain)
-        self.registry.remove(domain)
+        # The VM is gone now: every cleanup runs even if one fails (a leftover tap or nft
+        # element is removed by the next reconcile; files and the record go regardless).
+        try:
+            self.network.unplug(domain, spec, books)
+        except Exception:
+            log.exception(
+                "unplugging %s failed; the network reconcile removes what is left", domain
+            )
+        finally:
+            self.files.remove(domain)
+            self.registry.remove(domain)
 
     def save_books(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         self.hv.set_metadata(domain, metadata_payload(spec, books), live=False)

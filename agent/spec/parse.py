@@ -112,6 +112,12 @@ def _parse_domain(node: Node) -> dict[str, Any]:
     if cpus_requested:
         # No topology given: KubeVirt sizes the guest from the CPU limit or request.
         cpu = CPU(sockets=max(1, math.ceil(parse_cpu_quantity(cpus_requested))))
+        if cpu.vcpus > _MAX_VCPUS:
+            which = "limits" if "cpu" in limits else "requests"
+            raise InvalidSpec(
+                f"{node.at('resources')}.{which}.cpu",
+                f"{cpu.vcpus} vCPUs is more than {_MAX_VCPUS}",
+            )
     cpu_node = node.child("cpu")
     if cpu_node is not None:
         counts = {}

@@ -401,3 +401,54 @@ def test_open_streams_are_capped_so_unary_calls_keep_working(agent: Agent) -> No
     finally:
         for stream in streams:
             stream.cancel()
+
+
+def test_a_label_change_applies_at_once_without_a_restart(agent: Agent) -> None:
+    apply(agent, vm_doc())
+    relabelled = apply(
+        agent, vm_doc(labels={"tier": "web"}, instance={"terminationGracePeriodSeconds": 9})
+    )
+    assert relabelled.changed and relabelled.vm.metadata.generation == 2
+    assert dict(relabelled.vm.metadata.labels) == {"tier": "web"}
+    assert condition(relabelled.vm, "RestartRequired") == ""
+
+
+def test_an_always_vm_left_unstarted_is_started_by_the_next_apply(agent: Agent) -> None:
+    import dataclasses
+
+    from agent.models import RunStrategy
+
+    apply(agent, vm_doc(run_strategy="Manual"))
+    _, spec, books = agent.service.steps.require("default_web")
+    # Stored as Always but never started: as if the agent died between define and start.
+    always = dataclasses.replace(spec, run_strategy=RunStrategy.ALWAYS)
+    agent.service.steps.define("default_web", always, books, new=False)
+    again = apply(agent, vm_doc(run_strategy="Always"))
+    assert not again.changed
+    assert again.vm.status.phase == vm_pb2.PHASE_RUNNING
+    agent.vms.StopVirtualMachine(pb.StopVirtualMachineRequest(namespace="default", name="web"))
+    stopped = apply(agent, vm_doc(run_strategy="Always"))  # stopped on purpose: stays stopped
+    assert stopped.vm.status.phase != vm_pb2.PHASE_RUNNING
+
+
+def test_a_resource_cpu_count_over_the_limit_is_refused_by_name(agent: Agent) -> None:
+    doc = vm_doc(instance={"domain": {"resources": {"requests": {"memory": "64Mi", "cpu": "300"}}}})
+    code, details = code_of(lambda: apply(agent, doc))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("spec.template.spec.domain.resources.requests.cpu")
+    assert agent.hv.list_domains() == []
+
+
+def test_a_watcher_that_falls_behind_is_told_to_list_again(agent: Agent) -> None:
+    from agent.domain.registry import WatchEvent
+
+    stream = agent.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest())
+    assert next(stream).type == pb.EVENT_TYPE_SYNCED
+    # What the registry hands a watcher whose buffer overflowed (injected: filling 10,000
+    # events through gRPC's own buffers takes long and depends on flow control).
+    (watch,) = agent.service.registry._watches
+    watch.queue.put(WatchEvent("OVERFLOW", None, 0))
+    with pytest.raises(grpc.RpcError) as info:
+        next(stream)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "list and watch again" in info.value.details()
