@@ -82,6 +82,7 @@ class RoutedNetwork:
         self._live: dict[str, tuple[VMAllocation, Plumbing]] = {}
         self._applied: FirewallState | None = None  # None: unknown, rebuild next time
         self._touched: dict[str, float] = {}
+        self._plugging: set[str] = set()  # domains whose taps plug() is making right now
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._checker: threading.Thread | None = None
@@ -142,6 +143,9 @@ class RoutedNetwork:
         plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
         created: list[str] = []
         served: list[str] = []
+        with self._lock:
+            # A reconcile running meanwhile must not take the new taps for leftovers.
+            self._plugging.add(domain)
         try:
             for tap in plan.taps:
                 if self.links.ensure_tap(tap, replace=True):
@@ -165,6 +169,9 @@ class RoutedNetwork:
                 with contextlib.suppress(Exception):
                     self.links.delete_tap(tap_name)
             raise
+        finally:
+            with self._lock:
+                self._plugging.discard(domain)
         if old is not None:  # taps of NICs the new spec no longer has
             self._remove_taps(domain, {t.name for t in old[1].taps} - {t.name for t in plan.taps})
         log.info("plugged %s: %s", spec.key, _describe(plan), extra={"vm": spec.key})
@@ -306,7 +313,7 @@ class RoutedNetwork:
         stale: dict[str, tuple[set[str], set[str]]] = {}
         for name, info in self.links.taps().items():
             owner = names.alias_owner(info.alias)
-            if owner is not None and name not in wanted:
+            if owner is not None and name not in wanted and owner[0] not in self._plugging:
                 taps, addresses = stale.setdefault(owner[0], (set(), set()))
                 taps.add(name)
                 addresses |= set(info.routes)
