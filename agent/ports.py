@@ -90,7 +90,6 @@ class DomainPower(Protocol):
     def suspend(self, name: str) -> None: ...
     def resume(self, name: str) -> None: ...
     def reboot(self, name: str) -> None: ...
-    def reset(self, name: str) -> None: ...
 
 
 class HypervisorLink(Protocol):
@@ -125,10 +124,9 @@ class HostFacts:
 
 
 class HostProbe(Protocol):
-    """Reads facts about the node and its processes."""
+    """Reads facts about the node."""
 
     def facts(self) -> HostFacts: ...
-    def process_start_time(self, pid: int) -> float: ...
 
 
 class ImageTool(Protocol):

@@ -23,12 +23,6 @@ class PsutilHostProbe:
             cpu_model=_cpu_model(),
         )
 
-    def process_start_time(self, pid: int) -> float:
-        try:
-            return float(psutil.Process(pid).create_time())
-        except psutil.Error:
-            return 0.0
-
 
 def _cpu_model() -> str:
     try:

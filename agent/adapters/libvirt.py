@@ -387,9 +387,6 @@ class LibvirtHypervisor:
     def reboot(self, name: str) -> None:
         self._domain_call(name, "rebooting", lambda dom: dom.reboot(0))
 
-    def reset(self, name: str) -> None:
-        self._domain_call(name, "resetting", lambda dom: dom.reset(0))
-
     def versions(self) -> tuple[str, str]:
         with self._call("reading versions") as conn:
             return _version(conn.getLibVersion()), _version(conn.getVersion())

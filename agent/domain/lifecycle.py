@@ -160,7 +160,7 @@ class VMService:
     # -- imperative verbs ---------------------------------------------------------------
 
     def start(self, namespace: str, name: str, request_id: str = "") -> VMRecord:
-        return self._verb("start", namespace, name, request_id, self.steps.start)
+        return self._verb("start", namespace, name, request_id, lambda d, _: self.steps.start(d))
 
     def stop(
         self,
@@ -171,10 +171,10 @@ class VMService:
         force: bool = False,
         request_id: str = "",
     ) -> VMRecord:
-        def stop(domain: str) -> None:
+        def stop(domain: str, current: Current) -> None:
             grace = grace_period
             if grace is None:
-                grace = self.steps.record(domain).spec.termination_grace_period_seconds
+                grace = current[1].termination_grace_period_seconds
             self.steps.stop(domain, grace, force=force)
 
         return self._verb("stop", namespace, name, request_id, stop)
@@ -182,8 +182,8 @@ class VMService:
     def restart(self, namespace: str, name: str, *, hard: bool, request_id: str = "") -> VMRecord:
         """Soft: the guest reboots (ACPI). Hard: power-cycle, which applies a pending spec."""
 
-        def restart(domain: str) -> None:
-            info = self.steps.require(domain)[0]
+        def restart(domain: str, current: Current) -> None:
+            info = current[0]
             if hard:
                 if info.state != DomainState.SHUTOFF:
                     self.hv.destroy(domain)
@@ -199,8 +199,8 @@ class VMService:
         return self._verb(verb, namespace, name, request_id, restart)
 
     def pause(self, namespace: str, name: str, request_id: str = "") -> VMRecord:
-        def pause(domain: str) -> None:
-            state = self.steps.require(domain)[0].state
+        def pause(domain: str, current: Current) -> None:
+            state = current[0].state
             if state == DomainState.PAUSED:
                 return
             if state not in _RUNNING:
@@ -210,8 +210,8 @@ class VMService:
         return self._verb("pause", namespace, name, request_id, pause)
 
     def resume(self, namespace: str, name: str, request_id: str = "") -> VMRecord:
-        def resume(domain: str) -> None:
-            state = self.steps.require(domain)[0].state
+        def resume(domain: str, current: Current) -> None:
+            state = current[0].state
             if state in _RUNNING:
                 return
             if state != DomainState.PAUSED:
@@ -232,6 +232,9 @@ class VMService:
             grace = spec.termination_grace_period_seconds if grace_period is None else grace_period
             self.steps.stop(domain, grace, force=False)
             self.steps.remove(domain, spec, books)
+        self._backoff.forget(domain)
+        with self._guard:
+            self._locks.pop(domain, None)  # a later VM of that name starts afresh
         self.requests.remember(request_id, "delete", domain, True)
 
     def _verb(
@@ -240,14 +243,13 @@ class VMService:
         namespace: str,
         name: str,
         request_id: str,
-        action: Callable[[str], None],
+        action: Callable[[str, Current], None],
     ) -> VMRecord:
         domain = domain_name(namespace, name)
         if not RequestLog.missing(self.requests.recall(request_id, verb, domain)):
             return self.get(namespace, name)
         with self._operation(domain, verb):
-            self.steps.require(domain)
-            action(domain)
+            action(domain, self.steps.require(domain))
             record = self.steps.refreshed(domain)
         self.requests.remember(request_id, verb, domain, True)
         return record
