@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.config import ConfigError, load_settings
+from agent.config import ConfigError, check_files, load_settings
 from agent.logs import setup_logging
 
 
@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse settings and run the agent; configuration errors exit 2 with the setting named."""
     try:
         settings = load_settings(argv)
+        check_files(settings)
     except ConfigError as exc:
         print(f"virt-agent: {exc}", file=sys.stderr)
         return 2

@@ -1,24 +1,38 @@
 """Settings of the virt-agent daemon from flags, environment (VIRT_AGENT_*) and a config file.
 
 Precedence: command-line flag > environment variable > config file > default. The config
-file is YAML with the flags' long names as keys (``libvirt-uri: qemu:///system``).
+file is YAML with the flags' long names as keys (``libvirt-uri: qemu:///system``); a key
+without a value keeps the default.
+
+Every value is converted to the type of its ``Settings`` field and checked where it is read,
+so a wrong one stops the daemon at startup naming the setting and its source
+(``vm-network: 'ture' is not one of true/false/1/0/yes/no/on/off (from VIRT_AGENT_VM_NETWORK)``)
+instead of failing later inside grpc or silently meaning something else. ``check_files``
+then opens the files the settings name; it is separate because a configuration can be valid
+for a node other than the one reading it (the DaemonSet's ConfigMap, for one).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
 from agent.disks.auth import CredentialsError, load_credentials
+from agent.logs import FORMATS, LEVELS
 from agent.network.ipam import parse_cidr, parse_port_range
+from agent.quantity import parse_quantity
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "check_files", "load_settings"]
+
+_VIRT_TYPES = ("auto", "kvm", "qemu")
 
 
 class ConfigError(Exception):
@@ -60,8 +74,8 @@ class Settings:
     insecure_registry: list[str] = field(default_factory=list)  # host:port over plain HTTP
 
 
-_LISTS = {"listen", "image_root", "dns", "host_disk_root", "insecure_registry"}
-_BOOLS = {"reflection", "insecure", "vm_network"}
+# Settings naming files the daemon reads at startup (see check_files).
+_FILES = ("tls_cert", "tls_key", "tls_client_ca", "registry_ca", "registry_config")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--state-dir", help="folder for per-VM files (default /var/lib/virt-agent)")
     add(
         "--virt-type",
-        choices=["auto", "kvm", "qemu"],
+        choices=_VIRT_TYPES,
         help="kvm, qemu (software emulation) or auto",
     )
     add(
@@ -92,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="folder client image paths may point into (repeatable)",
     )
-    add("--log-format", choices=["json", "text"], help="log line format (default json)")
-    add("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    add("--log-format", choices=FORMATS, help="log line format (default json)")
+    add("--log-level", choices=LEVELS, help="default info")
     add("--node-name", help="name of this node (default: host name)")
     add(
         "--no-reflection",
@@ -153,54 +167,202 @@ def _disk_flags(add: Any) -> None:
     )
 
 
-def _coerce(name: str, value: Any) -> Any:
-    if name in _LISTS:
-        if isinstance(value, str):
-            return [item for item in value.split(",") if item]
-        if not isinstance(value, list):
-            raise ConfigError(f"{name.replace('_', '-')}: must be a list")
-        return [str(item) for item in value]
-    if name in _BOOLS and isinstance(value, str):
-        return value.lower() in ("1", "true", "yes", "on")
+# -- converting one value to its setting's type ---------------------------------------------
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_BOOLEANS = "true/false/1/0/yes/no/on/off"
+
+
+def _to_str(value: object) -> str:
+    # YAML reads `1Gi` as text but `1073741824` as a number: say so rather than guess.
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not text (quote it in YAML)")
     return value
 
 
+def _to_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a whole number")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+
+
+def _to_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+def _to_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    # Only the usual spellings: anything else (a typo such as "ture") is an error, not False.
+    text = str(value).lower() if isinstance(value, (str, int)) else ""
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{value!r} is not one of {_BOOLEANS}")
+
+
+def _to_list(value: object) -> list[str]:
+    if isinstance(value, str):  # environment variables: comma-separated
+        return [item for item in value.split(",") if item]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ValueError(f"{value!r} is not a list of text")
+
+
+_CONVERTERS: dict[object, Callable[[object], Any]] = {
+    str: _to_str,
+    int: _to_int,
+    float: _to_float,
+    bool: _to_bool,
+    list[str]: _to_list,
+}
+# By field type; a field of a type with no converter fails here, at import.
+_CONVERT = {name: _CONVERTERS[hint] for name, hint in get_type_hints(Settings).items()}
+
+
+# -- checking one setting's value ---------------------------------------------------------
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+
+    return check
+
+
+def _each(check: Callable[[str], object]) -> Callable[[list[str]], None]:
+    def check_all(values: list[str]) -> None:
+        for value in values:
+            check(value)
+
+    return check_all
+
+
+def _not_negative(value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+
+
+def _ipv4(value: str) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
+def _interface_name(value: str) -> None:
+    if len(value) > 15:
+        raise ValueError(f"{value!r} is longer than an interface name")
+
+
+def _host_port(value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{value!r} is not host:port")
+
+
+def _registry(value: str) -> None:
+    if not value or "/" in value or value != value.strip():
+        raise ValueError(f"{value!r} is not host[:port]")
+
+
+# Each raises ValueError saying what is wrong with the value.
+_CHECKS: dict[str, Callable[[Any], object]] = {
+    "virt_type": _one_of(_VIRT_TYPES),
+    "log_format": _one_of(FORMATS),
+    "log_level": _one_of(LEVELS),
+    "reserved_memory": parse_quantity,
+    "shutdown_grace_seconds": _not_negative,
+    "vm_cidr": parse_cidr,
+    "node_port_range": parse_port_range,
+    "dns": _each(_ipv4),
+    "uplink": _interface_name,
+    "listen": _each(_host_port),
+    "insecure_registry": _each(_registry),
+}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _setting(name: str, value: object, source: str) -> Any:
+    """``value`` as the type of setting ``name``, checked; ConfigError names both."""
+    try:
+        converted = _CONVERT[name](value)
+        if name in _CHECKS:
+            _CHECKS[name](converted)
+    except ValueError as exc:
+        raise ConfigError(f"{_flag(name)}: {exc} (from {source})") from None
+    return converted
+
+
+# -- sources ------------------------------------------------------------------------------
+
+
 def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Parse flags, environment and config file into validated Settings."""
+    """Parse flags, environment and config file into checked Settings (files: check_files)."""
     environ = dict(os.environ if environ is None else environ)
     args = vars(_parser().parse_args(argv))
-    values: dict[str, Any] = {}
     config_path = args.pop("config") or environ.get("VIRT_AGENT_CONFIG")
-    if config_path:
-        try:
-            with open(config_path) as handle:
-                loaded = yaml.safe_load(handle) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config file {config_path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {config_path}: must be a mapping of settings")
-        for key, value in loaded.items():
-            name = str(key).replace("-", "_")
-            if name not in Settings.__dataclass_fields__:
-                raise ConfigError(f"config file {config_path}: unknown setting {key!r}")
-            values[name] = _coerce(name, value)
-    for name in Settings.__dataclass_fields__:
-        env_value = environ.get(f"VIRT_AGENT_{name.upper()}")
-        if env_value is not None:
-            values[name] = _coerce(name, env_value)
-    for name, value in args.items():
-        if value is not None:
-            values[name] = value
+    values = _from_file(config_path) if config_path else {}
+    values.update(_from_environment(environ))
+    values.update(_from_flags(args))
     settings = Settings(**values)
     _validate(settings)
     return settings
 
 
+def _from_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of settings")
+    values: dict[str, Any] = {}
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        if name not in _CONVERT:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        if value is not None:
+            values[name] = _setting(name, value, f"config file {path}")
+    return values
+
+
+def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
+    variables = {name: f"VIRT_AGENT_{name.upper()}" for name in _CONVERT}
+    return {
+        name: _setting(name, environ[variable], variable)
+        for name, variable in variables.items()
+        if variable in environ
+    }
+
+
+def _from_flags(args: dict[str, Any]) -> dict[str, Any]:
+    # argparse leaves flags that were not given as None.
+    return {
+        name: _setting(name, value, f"--{_flag(name)}")
+        for name, value in args.items()
+        if value is not None
+    }
+
+
 def _validate(settings: Settings) -> None:
-    if settings.virt_type not in ("auto", "kvm", "qemu"):
-        raise ConfigError(f"virt-type: {settings.virt_type!r} is not auto, kvm or qemu")
-    if settings.log_format not in ("json", "text"):
-        raise ConfigError(f"log-format: {settings.log_format!r} is not json or text")
+    """Rules joining several settings (each value alone was checked where it was read)."""
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls-cert and tls-key: give both or neither")
     if settings.listen and not settings.tls_cert and not settings.insecure:
@@ -210,35 +372,27 @@ def _validate(settings: Settings) -> None:
         )
     if not settings.listen and not settings.unix_socket:
         raise ConfigError("listen/unix-socket: give at least one address to serve on")
-    _validate_network(settings)
+
+
+def check_files(settings: Settings) -> None:
+    """Raise ConfigError unless every file the settings name can be read on this node, and
+    ``registry-config`` holds credentials."""
+    for name in _FILES:
+        path = getattr(settings, name)
+        if path:
+            _readable(name, path)
     if settings.registry_config:
         try:
             with open(settings.registry_config) as handle:
                 load_credentials(handle.read())
-        except (OSError, CredentialsError) as exc:
+        except (OSError, UnicodeDecodeError, CredentialsError) as exc:
             raise ConfigError(f"registry-config: {settings.registry_config}: {exc}") from None
-    for registry in settings.insecure_registry:
-        if not registry or "/" in registry or registry != registry.strip():
-            raise ConfigError(f"insecure-registry: {registry!r} is not host[:port]")
-    for address in settings.listen:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"listen: {address!r} is not host:port")
 
 
-def _validate_network(settings: Settings) -> None:
+def _readable(name: str, path: str) -> None:
+    # Opening is what the daemon does later; os.access() would pass a folder, for one.
     try:
-        parse_cidr(settings.vm_cidr)
-    except ValueError as exc:
-        raise ConfigError(f"vm-cidr: {exc}") from None
-    try:
-        parse_port_range(settings.node_port_range)
-    except ValueError as exc:
-        raise ConfigError(f"node-port-range: {exc}") from None
-    for server in settings.dns:
-        try:
-            ipaddress.IPv4Address(server)
-        except ValueError:
-            raise ConfigError(f"dns: {server!r} is not an IPv4 address") from None
-    if len(settings.uplink) > 15:
-        raise ConfigError(f"uplink: {settings.uplink!r} is longer than an interface name")
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{_flag(name)}: cannot read {path}: {exc.strerror}") from None

@@ -7,7 +7,10 @@ import logging
 import sys
 import time
 
-__all__ = ["setup_logging"]
+__all__ = ["FORMATS", "LEVELS", "setup_logging"]
+
+FORMATS = ("json", "text")
+LEVELS = ("debug", "info", "warning", "error")
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -32,6 +35,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str, level: str) -> None:
+    """Log to stderr in ``fmt`` (one of FORMATS) from ``level`` (one of LEVELS) up."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -6,7 +6,7 @@ when a volume names one). Layout under the cache folder::
     entries/sha256-<hex>/disk.img        the disk (0444; QEMU opens it as a read-only backing)
     entries/sha256-<hex>/entry.json      image, digest, format, size, pull time
     entries/sha256-<hex>/users/<domain>  one empty file per VM using the entry
-    tags/<hash of the reference>.json    last digest a tag resolved to (IfNotPresent, Never)
+    tags/<hash of the reference>.json    last digest a tag (or an index digest) resolved to
     tmp/<random>/                        pulls in flight; an entry appears by one rename
 
 An entry only ever appears whole (built in ``tmp/``, renamed into ``entries/``), so a failed
@@ -90,7 +90,8 @@ class ImageCache:
         return self._path("tags", hashlib.sha256(image.encode()).hexdigest()[:32] + ".json")
 
     def tagged(self, image: str) -> str:
-        """The digest ``image`` (a tag reference) last resolved to; "" if not known."""
+        """The digest ``image`` (a tag reference, or an index's digest) last resolved to; ""
+        if not known."""
         try:
             with open(self._tag_file(image)) as handle:
                 return str(json.load(handle).get("digest", ""))

@@ -8,7 +8,8 @@ against its digest while it streams, take the disk file from ``/disk/``, check i
 Pull policy (Kubernetes' rules): ``Always`` asks the registry for the manifest each time (blobs
 are still reused by digest); ``IfNotPresent`` uses what a tag last resolved to when that is
 cached; ``Never`` only uses the cache. Unset means ``Always`` for ``:latest``, else
-``IfNotPresent``. A reference by digest never needs the registry once cached.
+``IfNotPresent``. A reference by digest never needs the registry once cached, including the
+digest of an index (the cache records which of its manifests was pulled).
 
 Errors: ``FailedPrecondition`` when the registry answers that the image cannot be had (not
 found, denied, tampered content, not a containerdisk), ``Unavailable`` when it cannot be
@@ -124,18 +125,32 @@ class ContainerDisks:
     # -- manifests ------------------------------------------------------------------------
 
     def _resolve(self, image: ImageRef, policy: str, path: str) -> _Resolved:
-        if image.digest and self.cache.has(cache_key(image.digest, path)):
-            return _Resolved(image.digest, None)
-        if policy != "Always" and not image.digest:
-            cached = self.cache.tagged(str(image))
-            if cached and self.cache.has(cache_key(cached, path)):
-                return _Resolved(cached, None)
+        cached = self._cached_digest(image, policy, path)
+        if cached:
+            return _Resolved(cached, None)
         if policy == "Never":
             raise FailedPrecondition(f"{image} is not cached and imagePullPolicy is Never")
         digest, manifest = self._fetch_top(image)
         if not image.digest:
             self.cache.remember_tag(str(image), digest)
+        elif digest != image.digest:
+            # An index: entries are keyed by its linux/amd64 manifest, so record which one
+            # (that never changes, unlike what a tag names).
+            self.cache.remember_tag(image.digest, digest)
         return _Resolved(digest, manifest)
+
+    def _cached_digest(self, image: ImageRef, policy: str, path: str) -> str:
+        """The manifest digest of a cached entry ``image`` may use without the registry."""
+        if image.digest:
+            candidates = [image.digest, self.cache.tagged(image.digest)]
+        elif policy != "Always":
+            candidates = [self.cache.tagged(str(image))]
+        else:
+            return ""
+        for digest in candidates:
+            if digest and self.cache.has(cache_key(digest, path)):
+                return digest
+        return ""
 
     def _fetch_top(self, image: ImageRef) -> tuple[str, Manifest]:
         """Fetch what the reference names; follow an index to its linux/amd64 manifest."""

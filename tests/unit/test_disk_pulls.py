@@ -109,6 +109,22 @@ def test_an_index_gives_its_linux_amd64_manifest(tmp_path: Path, reg: FakeRegist
     assert entry.digest == amd64 and Path(entry.path).read_bytes() == DISK
 
 
+def test_an_index_pinned_by_digest_is_served_from_the_cache(
+    tmp_path: Path, reg: FakeRegistry
+) -> None:
+    amd64 = next(k for k in reg.manifests if k.startswith("sha256:"))
+    index = reg.add_index({"linux/amd64": amd64}, tag="multi")
+    pinned = parse_reference(f"reg.test:5000/disks/guest@{index}")
+    disks, _, _ = make(tmp_path, reg)
+    first = disks.ensure(pinned, "", "default_a")
+    assert first.digest == amd64
+    pulled = list(reg.calls)
+    reg.manifests.clear()  # the registry has nothing to give any more
+    for policy in ("", "IfNotPresent", "Never", "Always"):
+        assert disks.ensure(pinned, policy, "default_b") == first
+    assert reg.calls == pulled
+
+
 def test_pull_policies(tmp_path: Path, reg: FakeRegistry) -> None:
     assert effective_policy(parse_reference("r.io/a"), "") == "Always"
     assert effective_policy(parse_reference("r.io/a:1"), "") == "IfNotPresent"

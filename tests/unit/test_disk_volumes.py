@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pycdlib
@@ -145,6 +147,38 @@ def test_disk_or_create_creates_a_sparse_raw_file_once(tmp_path: Path) -> None:
     bigger = HostDisk("vm/data.img", "DiskOrCreate", 16 * 1024 * 1024)  # relative to the root
     assert host_disk_path([str(root)], bigger, HFIELD) == path
     assert Path(path).read_bytes() == b"DATA" and os.stat(path).st_ino == info.st_ino
+
+
+def _refuse_large_files(fd: int, length: int) -> None:
+    """ftruncate of a filesystem whose largest file is smaller (ext4: 16Ti)."""
+    raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+
+@pytest.mark.parametrize(
+    ("capacity", "limit", "shown"),
+    [(2**63, None, "8388608Ti"), (1000 * 1024**4, _refuse_large_files, "1000Ti")],
+    ids=["beyond-any-file", "beyond-this-filesystem"],
+)
+def test_a_capacity_no_file_can_have_is_refused_and_leaves_no_disk(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capacity: int,
+    limit: Callable[[int, int], None] | None,
+    shown: str,
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    if limit is not None:
+        monkeypatch.setattr(os, "ftruncate", limit)
+    huge = HostDisk(str(root / "data.img"), "DiskOrCreate", capacity)
+    with pytest.raises(InvalidSpec, match=f"{shown} is larger than a file") as caught:
+        host_disk_path([str(root)], huge, HFIELD)
+    assert caught.value.field == "spec.template.spec.volumes[0].hostDisk.capacity"
+    assert list(root.iterdir()) == []  # no empty disk for the next apply to boot from
+    monkeypatch.undo()
+    fixed = HostDisk(str(root / "data.img"), "DiskOrCreate", 1024 * 1024)
+    path = host_disk_path([str(root)], fixed, HFIELD)
+    assert os.stat(path).st_size == 1024 * 1024 and os.listdir(root) == ["data.img"]
 
 
 @pytest.mark.parametrize(
