@@ -27,6 +27,7 @@ from agent.spec.reader import Node, choice, one_of, quantity, relative_path, val
 
 __all__ = ["check_references", "parse_disk", "parse_interface", "parse_network", "parse_volume"]
 
+_MAX_DISK_BYTES = 1024**5
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
@@ -131,8 +132,16 @@ def _cloud_init(node: Node) -> CloudInitNoCloud:
     return source
 
 
+def _capacity(node: Node) -> int:
+    """A disk size: at most 1 PiB (qemu-img and most filesystems stop well before 2**63)."""
+    capacity = quantity(node, "capacity") or 0
+    if capacity > _MAX_DISK_BYTES:
+        raise InvalidSpec(node.at("capacity"), "is more than 1Pi")
+    return capacity
+
+
 def _empty_disk(node: Node) -> EmptyDisk:
-    capacity = quantity(node, "capacity")
+    capacity = _capacity(node)
     if not capacity:
         raise InvalidSpec(node.at("capacity"), "is required, such as 1Gi")
     return EmptyDisk(capacity)
@@ -140,7 +149,7 @@ def _empty_disk(node: Node) -> EmptyDisk:
 
 def _host_disk(node: Node) -> HostDisk:
     kind = choice(node, "type", ("Disk", "DiskOrCreate"), "")
-    capacity = quantity(node, "capacity") or 0
+    capacity = _capacity(node)
     if kind == "DiskOrCreate" and not capacity:
         raise InvalidSpec(node.at("capacity"), "is required with type DiskOrCreate")
     path = node.get("path", str, "")

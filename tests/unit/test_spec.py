@@ -650,3 +650,18 @@ def test_duplicate_boot_order_is_rejected() -> None:
     _set(f"{_DISK0}.bootOrder", 1)(doc)
     with pytest.raises(InvalidSpec):
         parse_vm(doc)
+
+
+@pytest.mark.parametrize("kind", ["emptyDisk", "hostDisk"])
+def test_disk_capacities_are_bounded(kind: str) -> None:
+    doc = _doc()
+    source = (
+        {"capacity": "2Pi"}
+        if kind == "emptyDisk"
+        else {"path": "d.img", "type": "DiskOrCreate", "capacity": "2Pi"}
+    )
+    _append(f"{DOMAIN}.devices.disks", {"name": "big", "disk": {}})(doc)
+    _append(f"{INSTANCE}.volumes", {"name": "big", kind: source})(doc)
+    with pytest.raises(InvalidSpec) as info:
+        parse_vm(doc)
+    assert info.value.field.endswith(f"{kind}.capacity")
