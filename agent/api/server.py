@@ -56,7 +56,7 @@ def create_server(
     unix_socket: str = "",
     credentials: grpc.ServerCredentials | None = None,
     reflection_enabled: bool = True,
-    max_workers: int = 48,
+    max_workers: int = 64,  # > streams (16) + slow calls (32): room for quick calls
 ) -> Server:
     """Bind every address (``host:port``, port 0 picks one) and the unix socket; not started."""
     server = grpc.server(

@@ -61,30 +61,42 @@ def _grace(request: Any) -> int | None:
     return int(request.grace_period_seconds)
 
 
-class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
-    """virtagent.v1.VirtualMachineService over a VMService."""
+class _Slots:
+    """At most ``limit`` calls of a kind at once; one more is refused, not queued.
 
-    def __init__(self, service: VMService, *, max_streams: int = 16) -> None:
-        self.service = service
-        # Each open stream holds a server thread: cap them so unary calls always have room.
-        self._streams = threading.BoundedSemaphore(max_streams)
-        self._max_streams = max_streams
+    Every call holds a server thread while it runs: streams for as long as they are open,
+    Stop and Delete for a grace period, Apply for an image pull. Capping them keeps threads
+    free for quick calls and health checks (a starved liveness probe restarts the agent).
+    """
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self._what = what
+        self._free = threading.BoundedSemaphore(limit)
 
     @contextlib.contextmanager
-    def _stream_slot(self) -> Iterator[None]:
-        if not self._streams.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"{self._max_streams} watch/console streams are open on this agent; retry later"
-            )
+    def take(self) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            raise ResourceExhausted(f"{self.limit} {self._what} are running on this agent; retry")
         try:
             yield
         finally:
-            self._streams.release()
+            self._free.release()
+
+
+class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
+    """virtagent.v1.VirtualMachineService over a VMService."""
+
+    def __init__(self, service: VMService, *, max_streams: int = 16, max_slow: int = 32) -> None:
+        self.service = service
+        self.streams = _Slots(max_streams, "watch/console streams")
+        self.slow_calls = _Slots(max_slow, "apply/start/stop/restart/delete calls")
 
     @grpc_errors
     def ApplyVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
         spec = spec_from_proto(request.vm)
-        record, changed = self.service.apply(spec, request.request_id)
+        with self.slow_calls.take():
+            record, changed = self.service.apply(spec, request.request_id)
         return pb.ApplyVirtualMachineResponse(vm=vm_to_proto(record), changed=changed)
 
     @grpc_errors
@@ -107,7 +119,7 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
             in_namespace = not request.namespace or spec.namespace == request.namespace
             return in_namespace and matches_selector(spec.labels, requirements)
 
-        with self._stream_slot():
+        with self.streams.take():
             yield from self._watch(request, context, wanted)
 
     def _watch(
@@ -140,24 +152,25 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
 
     @grpc_errors
     def StartVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
-        record = self.service.start(*_names(request), request.request_id)
+        names = _names(request)
+        with self.slow_calls.take():
+            record = self.service.start(*names, request.request_id)
         return pb.StartVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
     def StopVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
-        record = self.service.stop(
-            *_names(request),
-            grace_period=_grace(request),
-            force=request.force,
-            request_id=request.request_id,
-        )
+        names, grace = _names(request), _grace(request)
+        with self.slow_calls.take():
+            record = self.service.stop(
+                *names, grace_period=grace, force=request.force, request_id=request.request_id
+            )
         return pb.StopVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
     def RestartVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
-        record = self.service.restart(
-            *_names(request), hard=request.hard, request_id=request.request_id
-        )
+        names = _names(request)
+        with self.slow_calls.take():
+            record = self.service.restart(*names, hard=request.hard, request_id=request.request_id)
         return pb.RestartVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
@@ -172,9 +185,9 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
 
     @grpc_errors
     def DeleteVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.service.delete(
-            *_names(request), grace_period=_grace(request), request_id=request.request_id
-        )
+        names, grace = _names(request), _grace(request)
+        with self.slow_calls.take():
+            self.service.delete(*names, grace_period=grace, request_id=request.request_id)
         return pb.DeleteVirtualMachineResponse()
 
     @grpc_stream_errors
@@ -186,7 +199,7 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         if not request.follow:
             yield from self._console(request, context, path)
             return
-        with self._stream_slot():
+        with self.streams.take():
             yield from self._console(request, context, path)
 
     def _console(self, request: Any, context: grpc.ServicerContext, path: str) -> Iterator[Any]:

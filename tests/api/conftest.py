@@ -60,7 +60,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
         node_name="node-test",
         virt_type="qemu",
     )
-    vm_servicer = VirtualMachineServicer(service, max_streams=4)
+    vm_servicer = VirtualMachineServicer(service, max_streams=4, max_slow=4)
     server = create_server(
         vm_servicer,
         NodeServicer(service, PsutilHostProbe(), reserved_memory=0),

@@ -387,7 +387,7 @@ def test_a_guest_ignoring_acpi_is_destroyed_when_the_grace_period_ends(
 
 def test_open_streams_are_capped_so_unary_calls_keep_working(agent: Agent) -> None:
     servicer = agent.service_servicer
-    limit = servicer._max_streams
+    limit = servicer.streams.limit
     streams = [
         agent.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest()) for _ in range(limit)
     ]
@@ -452,3 +452,33 @@ def test_a_watcher_that_falls_behind_is_told_to_list_again(agent: Agent) -> None
         next(stream)
     assert info.value.code() == grpc.StatusCode.ABORTED
     assert "list and watch again" in info.value.details()
+
+
+def test_slow_calls_are_capped_and_quick_ones_still_answer(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply(agent, vm_doc(run_strategy="Halted"))
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    real_start = agent.service.start
+
+    def slow_start(namespace: str, name: str, request_id: str = "") -> Any:
+        started.release()
+        release.wait(10)  # a start that takes long (injected)
+        return real_start(namespace, name, request_id)
+
+    monkeypatch.setattr(agent.service, "start", slow_start)
+    limit = agent.service_servicer.slow_calls.limit
+    request = pb.StartVirtualMachineRequest(namespace="default", name="web")
+    futures = [agent.vms.StartVirtualMachine.future(request) for _ in range(limit)]
+    try:
+        for _ in range(limit):
+            assert started.acquire(timeout=10)  # every slot is taken
+        code, details = code_of(lambda: agent.vms.StartVirtualMachine(request))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in details
+        get = pb.GetVirtualMachineRequest(namespace="default", name="web")
+        assert agent.vms.GetVirtualMachine(get, timeout=5).vm.metadata.name == "web"
+    finally:
+        release.set()
+        for future in futures:
+            future.exception(timeout=30)
