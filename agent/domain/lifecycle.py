@@ -34,6 +34,8 @@ __all__ = ["VMService"]
 log = logging.getLogger(__name__)
 
 _RUNNING = (DomainState.RUNNING, DomainState.BLOCKED)
+_BACKGROUND = frozenset({"note-stop", "restart-on-failure"})
+_BACKGROUND_WAIT_SECONDS = 60.0
 
 
 class VMService:
@@ -77,6 +79,7 @@ class VMService:
         self.requests = RequestLog()
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._holders: dict[str, str] = {}  # what holds each VM's lock, for messages
         self._backoff = CrashBackoff()
 
     # -- reading ------------------------------------------------------------------------
@@ -256,15 +259,22 @@ class VMService:
 
     @contextlib.contextmanager
     def _operation(self, domain: str, verb: str, *, wait: float = 0.0) -> Iterator[None]:
-        """Hold the VM's lock: at once (Conflict when taken) or within ``wait`` seconds."""
+        """Hold the VM's lock: at once (Conflict when a client's call holds it) or within
+        ``wait`` seconds. The agent's own short background work (recording a stop,
+        restarting a crashed guest) is waited for rather than reported to clients."""
         with self._guard:
             lock = self._locks.setdefault(domain, threading.Lock())
         acquired = lock.acquire(timeout=wait) if wait else lock.acquire(blocking=False)
+        if not acquired and self._holders.get(domain) in _BACKGROUND:
+            acquired = lock.acquire(timeout=_BACKGROUND_WAIT_SECONDS)
         if not acquired:
-            raise Conflict(f"another operation on vm {vm_key(domain)} is in progress; retry")
+            holder = self._holders.get(domain, "another operation")
+            raise Conflict(f"{holder} on vm {vm_key(domain)} is in progress; retry")
+        self._holders[domain] = verb
         try:
             yield
         finally:
+            self._holders.pop(domain, None)
             lock.release()
 
     # -- keeping the node in line with the specs ------------------------------------------
@@ -308,6 +318,7 @@ class VMService:
             log.exception("refreshing %s after %s/%s", event.name, event.event, event.detail)
             return
         if record is not None and event.event == "stopped":
+            self._note_stop_later(event.name, stopped_at=self.clock())
             if should_restart(record, detail=event.detail):
                 delay = self._backoff.next_delay(
                     event.name, started_at=record.books.started_at, now=self.clock()
@@ -325,6 +336,25 @@ class VMService:
                 log.exception("resync failed; retrying in %.0fs", delay)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+    def _note_stop_later(self, domain: str, *, stopped_at: float) -> None:
+        """Record when the guest stopped, under the VM's lock (never racing a verb's books)."""
+
+        def run() -> None:
+            try:
+                with self._operation(domain, "note-stop", wait=120.0):
+                    current = self.steps.read(domain)
+                    if current is None or current[0].state != DomainState.SHUTOFF:
+                        return  # gone, or already started again
+                    _, spec, books = current
+                    if books.stopped_at < books.started_at:
+                        stopped = dataclasses.replace(books, stopped_at=stopped_at)
+                        self.steps.save_books(domain, spec, stopped)
+                        self.steps.refresh(domain)
+            except Exception:
+                log.exception("recording the stop of %s failed", domain)
+
+        threading.Thread(target=run, name=f"stopped-{domain}", daemon=True).start()
 
     def _restart_later(self, domain: str, *, delay: float) -> None:
         def run() -> None:

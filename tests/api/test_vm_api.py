@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from agent.api._gen.virtagent.v1 import node_service_pb2, vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from tests.api.conftest import Agent
+from tests.testbed.wait import wait_for
 
 
 def vm_doc(name: str = "web", namespace: str = "default", **overrides: Any) -> dict[str, Any]:
@@ -217,6 +218,14 @@ def test_graceful_stop_of_a_vm_ends_in_succeeded(agent: Agent) -> None:
         pb.StopVirtualMachineRequest(namespace="default", name="web")
     ).vm
     assert vm.status.phase == vm_pb2.PHASE_SUCCEEDED and vm.status.reason == "Shutdown"
+    get = pb.GetVirtualMachineRequest(namespace="default", name="web")
+
+    def stopped_at() -> float:
+        status = agent.vms.GetVirtualMachine(get).vm.status
+        return status.stopped_at.ToNanoseconds() / 1e9
+
+    recorded = wait_for(stopped_at, 10, message="status.stoppedAt to be recorded")
+    assert recorded >= vm.metadata.creation_timestamp.ToNanoseconds() / 1e9 > 0
 
 
 def test_delete_removes_domain_and_files(agent: Agent) -> None:
