@@ -21,8 +21,8 @@ from agent.domain.metadata import Bookkeeping, CorruptMetadata, read_metadata
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.requests import RequestLog
 from agent.domain.restarts import CrashBackoff, should_restart
-from agent.domain.steps import Current, DomainSteps, vm_key
-from agent.domain.xml import domain_name
+from agent.domain.steps import Current, DomainSteps
+from agent.domain.xml import domain_name, vm_key
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition
 from agent.labels import matches_selector, parse_selector
 from agent.models import RunStrategy, VMSpec

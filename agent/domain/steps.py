@@ -24,12 +24,12 @@ from agent.domain.metadata import (
 from agent.domain.plan import HostPlan
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.status import ACTIVE_PHASES, derive_status
-from agent.domain.xml import domain_xml
+from agent.domain.xml import domain_xml, vm_key
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound
 from agent.models import RunStrategy, VMSpec
 from agent.ports import DomainInfo, DomainState, Hypervisor, VMNetwork
 
-__all__ = ["Current", "DomainSteps", "vm_key"]
+__all__ = ["Current", "DomainSteps"]
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,6 @@ def _needs_restart(running: VMSpec, stored: VMSpec) -> bool:
         )
 
     return hardware(running) != hardware(stored)
-
-
-def vm_key(domain: str) -> str:
-    """``namespace/name`` of a domain name, for messages."""
-    namespace, _, name = domain.partition("_")
-    return f"{namespace}/{name}"
 
 
 class DomainSteps:

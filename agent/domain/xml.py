@@ -10,7 +10,7 @@ from agent.domain.plan import DiskBacking, HostPlan, NicBacking
 from agent.models import CPU, Disk, Interface, VMSpec
 from agent.spec import DNS1123_LABEL
 
-__all__ = ["build_domain", "domain_name", "domain_xml", "parse_domain_name"]
+__all__ = ["build_domain", "domain_name", "domain_xml", "parse_domain_name", "vm_key"]
 
 _DEFAULT_MACHINE = "q35"
 _BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd"}
@@ -21,6 +21,12 @@ _CPU_MODES = ("host-model", "host-passthrough")
 def domain_name(namespace: str, name: str) -> str:
     """The libvirt domain name of a VM; '_' cannot occur in DNS-1123 labels, so it splits back."""
     return f"{namespace}_{name}"
+
+
+def vm_key(domain: str) -> str:
+    """``namespace/name`` of a domain name: how people name a VM in messages."""
+    namespace, _, name = domain.partition("_")
+    return f"{namespace}/{name}"
 
 
 def parse_domain_name(text: str) -> tuple[str, str] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agent.domain.xml import vm_key
 from agent.errors import InvalidSpec
 from agent.models import Network, VMSpec
 from agent.network import names
@@ -231,7 +232,4 @@ def _node_port(
 
 
 def _vm(domain: str | None) -> str:
-    if domain is None:
-        return "(this vm)"
-    namespace, _, name = domain.partition("_")
-    return f"{namespace}/{name}"
+    return "(this vm)" if domain is None else vm_key(domain)
