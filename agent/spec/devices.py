@@ -89,9 +89,7 @@ def _container_disk(node: Node) -> ContainerDisk:
         parse_reference(image)
     except BadReference as exc:
         raise InvalidSpec(node.at("image"), f"{image!r}: {exc}") from None
-    path = node.get("path", str, "")
-    if ".." in path.split("/") or "\x00" in path:
-        raise InvalidSpec(node.at("path"), "must not contain '..'")
+    path = relative_path(node, "path", required=False)
     policy = node.get("imagePullPolicy", str, "")
     if policy and policy not in ("Always", "IfNotPresent", "Never"):
         raise InvalidSpec(node.at("imagePullPolicy"), "must be Always, IfNotPresent or Never")
@@ -152,11 +150,7 @@ def _host_disk(node: Node) -> HostDisk:
     capacity = _capacity(node)
     if kind == "DiskOrCreate" and not capacity:
         raise InvalidSpec(node.at("capacity"), "is required with type DiskOrCreate")
-    path = node.get("path", str, "")
-    if not path:
-        raise InvalidSpec(node.at("path"), "is required")
-    if ".." in path.split("/") or "\x00" in path:
-        raise InvalidSpec(node.at("path"), f"{path!r} must not contain '..'")
+    path = relative_path(node, "path")
     return HostDisk(path=path, type=kind, capacity_bytes=capacity)
 
 

@@ -114,7 +114,8 @@ def choice(node: Node, key: str, allowed: tuple[str, ...], default: str) -> str:
 
 
 def relative_path(node: Node, key: str, *, required: bool = True) -> str:
-    """A path under an image root: relative, no '..'; symlinks are checked when resolved."""
+    """A client path: no '..' and no NUL here; roots and symlinks are checked when the
+    agent resolves it on the node (``agent.paths``)."""
     value = node.get(key, str, "")
     if not value:
         if required:
