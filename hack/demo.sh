@@ -21,7 +21,8 @@ down() {
   echo "demo: stopped"
 }
 
-state() { .venv/bin/python -c "import json,sys; s=json.load(open('$DIR/nodebox-state.json')); print(eval(sys.argv[1]))" "$1"; }
+# Reads the node box's state file (written by hack/nodebox.sh up).
+state() { .venv/bin/python -c "import json; s = json.load(open('$DIR/nodebox-state.json')); $1"; }
 
 up() {
   hack/install-deps.sh
@@ -29,9 +30,9 @@ up() {
   if [ ! -f "$DIR/nodebox-state.json" ]; then
     hack/nodebox.sh up "$DIR" >/dev/null
   fi
-  keeper=$(state "s['nodes'][0]['keeper_pid']")
-  world_ns=$(state "'va'+s['world']['id']+'-world'")
-  node_ip=$(state "'192.0.2.%d' % (10+s['nodes'][0]['index'])")
+  keeper=$(state "print(s['nodes'][0]['keeper_pid'])")
+  world_ns=$(state "print('va' + s['world']['id'] + '-world')")
+  node_ip=$(state "print('192.0.2.%d' % (10 + s['nodes'][0]['index']))")
   mkdir -p "$DIR/agent"
   if [ ! -f "$DIR/agent/pid" ] || ! kill -0 "$(cat "$DIR/agent/pid")" 2>/dev/null; then
     nsenter --target "$keeper" --net --mount -- \
