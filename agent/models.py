@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "CPU",
+    "DISK_FORMATS",
+    "Bookkeeping",
+    "DiskBacking",
+    "NicAllocation",
+    "NicBacking",
+    "VMAllocation",
     "CloudInitNoCloud",
     "Condition",
     "ContainerDisk",
@@ -32,6 +38,10 @@ __all__ = [
     "Volume",
     "VolumeSource",
 ]
+
+
+# The image formats the agent hands to QEMU (anything else is refused or converted first).
+DISK_FORMATS = ("qcow2", "raw")
 
 
 class RunStrategy(enum.StrEnum):
@@ -255,3 +265,82 @@ class VMStatus:
     stopped_at: float = 0.0
     generation: int = 0
     running_generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NicAllocation:
+    """What one NIC holds on the node: its tap and MAC; a guest IP and published ports
+    (masquerade binding) or a host bridge (bridge binding)."""
+
+    name: str
+    binding: str
+    tap: str
+    mac: str
+    ip: str = ""
+    bridge: str = ""
+    ports: tuple[Port, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VMAllocation:
+    """Everything one VM holds on the node's network; ``group`` is its namespace's isolation
+    group."""
+
+    namespace: str
+    group: int
+    nics: tuple[NicAllocation, ...] = ()
+
+    def nic(self, name: str) -> NicAllocation | None:
+        return next((n for n in self.nics if n.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Bookkeeping:
+    """What the agent remembers about a VM besides its spec; times are Unix seconds.
+
+    Stored with the spec in the domain's metadata (``agent.domain.metadata`` is the codec),
+    so a restarted agent reads it back from libvirt.
+    """
+
+    generation: int
+    created_at: float
+    started_at: float = 0.0
+    stopped_at: float = 0.0
+    last_reason: str = ""
+    node_name: str = ""
+    # Stopped on purpose (Stop verb, Halted): the run strategy must not start it again.
+    halted: bool = False
+    # What the VM holds on the node's network; None for a VM without NICs.
+    network: VMAllocation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiskBacking:
+    """The host file behind the spec disk of the same name (a cdrom's ISO is ``raw``)."""
+
+    name: str
+    path: str
+    format: str = "qcow2"
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"disk {self.name!r}: backing path {self.path!r} is not absolute")
+        if self.format not in DISK_FORMATS:
+            raise ValueError(f"disk {self.name!r}: format {self.format!r} is not qcow2 or raw")
+
+
+@dataclass(frozen=True, slots=True)
+class NicBacking:
+    """The tap device (created by the agent) behind the spec interface of the same name."""
+
+    name: str
+    tap: str
+    mac: str
+    mtu: int = 0  # 0: leave the MTU to QEMU's default
+    queues: int = 1  # >1: virtio-net multiqueue; the tap must be created multi_queue
+
+    def __post_init__(self) -> None:
+        if not self.tap or len(self.tap) > 15:
+            raise ValueError(f"interface {self.name!r}: tap name {self.tap!r} is not 1-15 chars")
+        if self.queues < 1:
+            raise ValueError(f"interface {self.name!r}: queues must be at least 1")

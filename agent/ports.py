@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from agent.domain.metadata import Bookkeeping
-    from agent.domain.plan import NicBacking
-    from agent.models import InterfaceStatus, VMSpec
+    from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 
 __all__ = [
     "DomainEvent",
@@ -140,16 +138,21 @@ class ImageTool(Protocol):
 class VMNetwork(Protocol):
     """Plugs VMs into the node's network: addresses, taps, NAT, DHCP.
 
-    ``allocate`` records what a VM gets (addresses, MACs, tap names, node ports) in its
-    bookkeeping, so a restarted agent hands nothing out twice; every other method reads
-    those records and is idempotent.
+    ``allocate`` decides what a VM holds (addresses, MACs, tap names, node ports), keeping
+    what ``previous`` held; the caller stores the result in the VM's bookkeeping, so a
+    restarted agent hands nothing out twice. Every other method reads that allocation and
+    is idempotent.
     """
 
-    def allocate(self, domain: str, spec: VMSpec, books: Bookkeeping) -> Bookkeeping: ...
-    def nics(self, domain: str, spec: VMSpec, books: Bookkeeping) -> tuple[NicBacking, ...]: ...
-    def plug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None: ...
-    def unplug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None: ...
+    def allocate(
+        self, domain: str, spec: VMSpec, previous: VMAllocation | None
+    ) -> VMAllocation | None: ...
+    def nics(
+        self, domain: str, spec: VMSpec, allocation: VMAllocation | None
+    ) -> tuple[NicBacking, ...]: ...
+    def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None: ...
+    def unplug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None: ...
     def interfaces(
-        self, domain: str, spec: VMSpec, books: Bookkeeping
+        self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[InterfaceStatus, ...]: ...
-    def reconcile(self, vms: dict[str, tuple[VMSpec, Bookkeeping, bool]]) -> None: ...
+    def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None: ...

@@ -18,8 +18,8 @@ from typing import Any
 
 import libvirt
 
-from agent.domain.metadata import METADATA_KEY, METADATA_URI
 from agent.errors import FailedPrecondition, InvalidSpec, NotFound, Unavailable
+from agent.naming import METADATA_KEY, METADATA_URI
 from agent.ports import DomainEvent, DomainInfo, DomainState
 
 __all__ = ["LibvirtHypervisor"]

@@ -19,8 +19,8 @@ import httpx
 
 from agent.disks.auth import Challenge, Credentials, parse_challenge, token_params
 from agent.disks.ports import FetchedManifest
-from agent.disks.reference import ImageRef
 from agent.errors import FailedPrecondition, Unavailable
+from agent.imageref import ImageRef
 
 __all__ = ["HttpxRegistry"]
 

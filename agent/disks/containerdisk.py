@@ -39,8 +39,8 @@ from agent.disks.manifest import (
     select_platform,
 )
 from agent.disks.ports import RegistryClient
-from agent.disks.reference import ImageRef
 from agent.errors import FailedPrecondition, InvalidSpec
+from agent.imageref import ImageRef
 from agent.ports import ImageTool
 
 __all__ = ["ContainerDisks", "Progress", "cache_key", "effective_policy"]

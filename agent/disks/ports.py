@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from agent.disks.reference import ImageRef
+    from agent.imageref import ImageRef
     from agent.models import VMSpec
 
 __all__ = ["FetchedManifest", "IsoWriter", "PullObserver", "PullProgress", "RegistryClient"]

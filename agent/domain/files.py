@@ -19,12 +19,12 @@ from agent.disks.cloudinit import VOLUME_ID, nocloud_seed
 from agent.disks.containerdisk import ContainerDisks
 from agent.disks.hostdisk import host_disk_path
 from agent.disks.ports import IsoWriter, PullObserver, PullProgress
-from agent.disks.reference import BadReference, parse_reference
-from agent.domain.plan import DiskBacking
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
+from agent.imageref import BadReference, parse_reference
 from agent.models import (
     CloudInitNoCloud,
     ContainerDisk,
+    DiskBacking,
     EmptyDisk,
     HostDisk,
     ImageFile,

@@ -17,15 +17,15 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from agent.domain.files import VMFiles
-from agent.domain.metadata import Bookkeeping, CorruptMetadata, read_metadata
+from agent.domain.metadata import CorruptMetadata, read_metadata
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.requests import RequestLog
 from agent.domain.restarts import CrashBackoff, should_restart
 from agent.domain.steps import Current, DomainSteps
-from agent.domain.xml import domain_name, vm_key
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition
 from agent.labels import matches_selector, parse_selector
-from agent.models import RunStrategy, VMSpec
+from agent.models import Bookkeeping, RunStrategy, VMAllocation, VMSpec
+from agent.naming import domain_name, vm_key
 from agent.network.none import NoNetwork
 from agent.ports import DomainEvent, DomainState, Hypervisor, VMNetwork
 
@@ -120,11 +120,11 @@ class VMService:
     def _create(self, domain: str, spec: VMSpec) -> VMRecord:
         spec = dataclasses.replace(spec, uid=spec.uid or str(uuid.uuid4()))
         books = Bookkeeping(generation=1, created_at=self.clock(), node_name=self.node_name)
-        books = self.network.allocate(domain, spec, books)
+        books = dataclasses.replace(books, network=self.network.allocate(domain, spec, None))
         try:
             self.steps.define(domain, spec, books, new=True)
         except Exception:
-            self.network.unplug(domain, spec, books)  # gives back what allocate took
+            self.network.unplug(domain, spec, books.network)  # gives back what allocate took
             raise
         if spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE):
             try:
@@ -149,8 +149,11 @@ class VMService:
                 self.steps.start(domain)
                 record = self.steps.refreshed(domain)
             return record, False
-        books = dataclasses.replace(books, generation=books.generation + 1)
-        books = self.network.allocate(domain, spec, books)
+        books = dataclasses.replace(
+            books,
+            generation=books.generation + 1,
+            network=self.network.allocate(domain, spec, books.network),
+        )
         self.steps.define(domain, spec, books, new=False)
         running = info.state != DomainState.SHUTOFF
         if spec.run_strategy != stored.run_strategy:
@@ -281,7 +284,7 @@ class VMService:
 
     def resync(self) -> None:
         """Rebuild the registry from libvirt: adopt every domain the agent made, drop the rest."""
-        ours: dict[str, tuple[VMSpec, Bookkeeping, bool]] = {}
+        ours: dict[str, tuple[VMSpec, VMAllocation | None, bool]] = {}
         for info in self.hv.list_domains():
             try:
                 parsed = read_metadata(info.config_xml)
@@ -290,7 +293,7 @@ class VMService:
                 continue
             if parsed is None:
                 continue  # not ours: never touched
-            ours[info.name] = (parsed[0], parsed[1], info.state != DomainState.SHUTOFF)
+            ours[info.name] = (parsed[0], parsed[1].network, info.state != DomainState.SHUTOFF)
             try:
                 # A fresh read: a verb may have changed the domain since the list was taken.
                 record = self.steps.refresh(info.name)

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import InvalidSpec
-from agent.models import VMSpec
+from agent.models import Bookkeeping, NicAllocation, Port, VMAllocation, VMSpec
+from agent.naming import METADATA_KEY, METADATA_URI
 from agent.spec import parse_vm, render_vm
 
 __all__ = [
-    "METADATA_KEY",
-    "METADATA_URI",
-    "Bookkeeping",
     "CorruptMetadata",
     "bookkeeping_from_json",
     "bookkeeping_to_json",
@@ -37,32 +34,11 @@ __all__ = [
     "read_metadata",
 ]
 
-METADATA_URI = "https://virt-agent.io/xmlns/vm/v1"
-METADATA_KEY = "va"
 _VM = f"{{{METADATA_URI}}}vm"
 
 
 class CorruptMetadata(ValueError):
     """The domain carries the agent's namespace but its content cannot be read back."""
-
-
-@dataclass(frozen=True, slots=True)
-class Bookkeeping:
-    """What the agent remembers about a VM besides its spec; times are Unix seconds.
-
-    ``extra`` is open for the network and disk layers (allocated IP, tap names, node ports):
-    its values must be JSON-serialisable.
-    """
-
-    generation: int
-    created_at: float
-    started_at: float = 0.0
-    stopped_at: float = 0.0
-    last_reason: str = ""
-    node_name: str = ""
-    # Stopped on purpose (Stop verb, Halted): the run strategy must not start it again.
-    halted: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def canonical_spec_json(spec: VMSpec) -> str:
@@ -71,7 +47,7 @@ def canonical_spec_json(spec: VMSpec) -> str:
 
 
 def bookkeeping_to_json(bookkeeping: Bookkeeping) -> str:
-    fields = {
+    fields: dict[str, Any] = {
         "generation": bookkeeping.generation,
         "created_at": bookkeeping.created_at,
         "started_at": bookkeeping.started_at,
@@ -79,23 +55,25 @@ def bookkeeping_to_json(bookkeeping: Bookkeeping) -> str:
         "last_reason": bookkeeping.last_reason,
         "node_name": bookkeeping.node_name,
         "halted": bookkeeping.halted,
-        "extra": bookkeeping.extra,
     }
+    if bookkeeping.network is not None:
+        fields["network"] = _allocation_to_json(bookkeeping.network)
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 def bookkeeping_from_json(text: str) -> Bookkeeping:
     """Read what ``bookkeeping_to_json`` wrote; keys it does not know are ignored, so an
-    older agent can still read what a newer one stored."""
+    older agent can still read what a newer one stored. Agents before the typed allocation
+    kept it under ``extra.network``: read from there too, so their VMs keep their addresses."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CorruptMetadata(f"state is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise CorruptMetadata("state is not a JSON object")
-    extra = data.get("extra", {})
-    if not isinstance(extra, dict):
-        raise CorruptMetadata("state.extra is not a JSON object")
+    network = data.get("network")
+    if network is None and isinstance(data.get("extra"), dict):
+        network = data["extra"].get("network")
     return Bookkeeping(
         generation=_typed(data, "generation", int, None),
         created_at=float(_typed(data, "created_at", (int, float), None)),
@@ -104,7 +82,7 @@ def bookkeeping_from_json(text: str) -> Bookkeeping:
         last_reason=_typed(data, "last_reason", str, ""),
         node_name=_typed(data, "node_name", str, ""),
         halted=data.get("halted") is True,
-        extra=extra,
+        network=None if network is None else _allocation_from_json(network),
     )
 
 
@@ -114,6 +92,49 @@ def _typed(data: dict[str, Any], key: str, kind: Any, default: Any) -> Any:
     if value is None or isinstance(value, bool) or not isinstance(value, kind):
         raise CorruptMetadata(f"state.{key} is {value!r}")
     return value
+
+
+def _allocation_to_json(allocation: VMAllocation) -> dict[str, Any]:
+    return {
+        "namespace": allocation.namespace,
+        "group": allocation.group,
+        "nics": [
+            {
+                "name": n.name,
+                "binding": n.binding,
+                "tap": n.tap,
+                "mac": n.mac,
+                "ip": n.ip,
+                "bridge": n.bridge,
+                "ports": [[p.protocol, p.port, p.node_port, p.name] for p in n.ports],
+            }
+            for n in allocation.nics
+        ],
+    }
+
+
+def _allocation_from_json(data: Any) -> VMAllocation:
+    """Read what ``_allocation_to_json`` wrote; anything else is CorruptMetadata (a VM whose
+    allocation cannot be read must not have its address handed to another)."""
+    try:
+        nics = tuple(
+            NicAllocation(
+                name=str(n["name"]),
+                binding=str(n["binding"]),
+                tap=str(n["tap"]),
+                mac=str(n["mac"]),
+                ip=str(n.get("ip", "")),
+                bridge=str(n.get("bridge", "")),
+                ports=tuple(
+                    Port(protocol=str(p[0]), port=int(p[1]), node_port=int(p[2]), name=str(p[3]))
+                    for p in n.get("ports", [])
+                ),
+            )
+            for n in data["nics"]
+        )
+        return VMAllocation(namespace=str(data["namespace"]), group=int(data["group"]), nics=nics)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise CorruptMetadata(f"state.network is unreadable: {exc!r}") from None
 
 
 def metadata_element(spec: VMSpec, bookkeeping: Bookkeeping) -> ET.Element:

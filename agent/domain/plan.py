@@ -5,43 +5,12 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-__all__ = ["DISK_FORMATS", "VIRT_TYPES", "DiskBacking", "HostPlan", "NicBacking"]
+from agent.models import DiskBacking, NicBacking
 
-DISK_FORMATS = ("qcow2", "raw")
+__all__ = ["VIRT_TYPES", "HostPlan"]
+
 # "qemu" is TCG (software emulation); "kvm" needs working hardware virtualisation.
 VIRT_TYPES = ("qemu", "kvm")
-
-
-@dataclass(frozen=True, slots=True)
-class DiskBacking:
-    """The host file behind the spec disk of the same name (a cdrom's ISO is ``raw``)."""
-
-    name: str
-    path: str
-    format: str = "qcow2"
-
-    def __post_init__(self) -> None:
-        if not self.path.startswith("/"):
-            raise ValueError(f"disk {self.name!r}: backing path {self.path!r} is not absolute")
-        if self.format not in DISK_FORMATS:
-            raise ValueError(f"disk {self.name!r}: format {self.format!r} is not qcow2 or raw")
-
-
-@dataclass(frozen=True, slots=True)
-class NicBacking:
-    """The tap device (created by the agent) behind the spec interface of the same name."""
-
-    name: str
-    tap: str
-    mac: str
-    mtu: int = 0  # 0: leave the MTU to QEMU's default
-    queues: int = 1  # >1: virtio-net multiqueue; the tap must be created multi_queue
-
-    def __post_init__(self) -> None:
-        if not self.tap or len(self.tap) > 15:
-            raise ValueError(f"interface {self.name!r}: tap name {self.tap!r} is not 1-15 chars")
-        if self.queues < 1:
-            raise ValueError(f"interface {self.name!r}: queues must be at least 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,9 +17,8 @@ import time
 from collections.abc import Callable
 
 from agent.disks.ports import PullProgress
-from agent.domain.metadata import Bookkeeping
 from agent.domain.registry import Registry, VMRecord
-from agent.models import Condition, Phase, VMSpec, VMStatus
+from agent.models import Bookkeeping, Condition, Phase, VMSpec, VMStatus
 
 __all__ = ["CONDITION", "PullStatusPublisher"]
 

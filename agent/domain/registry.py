@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.domain.metadata import Bookkeeping
-from agent.models import VMSpec, VMStatus
+from agent.models import Bookkeeping, VMSpec, VMStatus
 
 __all__ = ["VMRecord", "Registry", "WatchEvent", "Watch"]
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from agent.domain.files import VMFiles
 from agent.domain.metadata import (
-    Bookkeeping,
     CorruptMetadata,
     metadata_element,
     metadata_payload,
@@ -24,9 +23,10 @@ from agent.domain.metadata import (
 from agent.domain.plan import HostPlan
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.status import ACTIVE_PHASES, derive_status
-from agent.domain.xml import domain_xml, vm_key
+from agent.domain.xml import domain_xml
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound
-from agent.models import RunStrategy, VMSpec
+from agent.models import Bookkeeping, RunStrategy, VMSpec
+from agent.naming import vm_key
 from agent.ports import DomainInfo, DomainState, Hypervisor, VMNetwork
 
 __all__ = ["Current", "DomainSteps"]
@@ -131,7 +131,7 @@ class DomainSteps:
                 never_started=not books.started_at,
                 starting=domain in self._starting,
             )
-            interfaces = self.network.interfaces(domain, spec, books)
+            interfaces = self.network.interfaces(domain, spec, books.network)
             status = dataclasses.replace(status, interfaces=interfaces)
             record = VMRecord(spec=spec, books=books, status=status)
             self.registry.put(domain, record)
@@ -154,7 +154,7 @@ class DomainSteps:
                 initrd=prepared.initrd,
                 console_log=prepared.console_log,
                 disks=prepared.disks,
-                nics=self.network.nics(domain, spec, books),
+                nics=self.network.nics(domain, spec, books.network),
                 metadata=metadata_element(spec, books),
             )
             self.hv.define(domain_xml(spec, plan))
@@ -174,7 +174,7 @@ class DomainSteps:
         try:
             # Taps must exist before QEMU opens them (managed='no'); NAT and DHCP are ready
             # before the guest runs, so its first DHCP request is answered.
-            self.network.plug(domain, spec, books)
+            self.network.plug(domain, spec, books.network)
             self.hv.start(domain, paused=True)
             try:
                 self.hv.resume(domain)
@@ -239,7 +239,7 @@ class DomainSteps:
         # The VM is gone now: every cleanup runs even if one fails (a leftover tap or nft
         # element is removed by the next reconcile; files and the record go regardless).
         try:
-            self.network.unplug(domain, spec, books)
+            self.network.unplug(domain, spec, books.network)
         except Exception:
             log.exception(
                 "unplugging %s failed; the network reconcile removes what is left", domain

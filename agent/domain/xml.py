@@ -6,35 +6,15 @@ import copy
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
-from agent.domain.plan import DiskBacking, HostPlan, NicBacking
-from agent.models import CPU, Disk, Interface, VMSpec
-from agent.spec import DNS1123_LABEL
+from agent.domain.plan import HostPlan
+from agent.models import CPU, Disk, DiskBacking, Interface, NicBacking, VMSpec
 
-__all__ = ["build_domain", "domain_name", "domain_xml", "parse_domain_name", "vm_key"]
+__all__ = ["build_domain", "domain_xml"]
 
 _DEFAULT_MACHINE = "q35"
 _BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd"}
 # KubeVirt spells these as CPU models; libvirt expresses them as CPU modes.
 _CPU_MODES = ("host-model", "host-passthrough")
-
-
-def domain_name(namespace: str, name: str) -> str:
-    """The libvirt domain name of a VM; '_' cannot occur in DNS-1123 labels, so it splits back."""
-    return f"{namespace}_{name}"
-
-
-def vm_key(domain: str) -> str:
-    """``namespace/name`` of a domain name: how people name a VM in messages."""
-    namespace, _, name = domain.partition("_")
-    return f"{namespace}/{name}"
-
-
-def parse_domain_name(text: str) -> tuple[str, str] | None:
-    """``(namespace, name)`` of a domain named by ``domain_name``; None for any other name."""
-    namespace, sep, name = text.partition("_")
-    if not sep or not all(len(p) <= 63 and DNS1123_LABEL.match(p) for p in (namespace, name)):
-        return None
-    return namespace, name
 
 
 def domain_xml(spec: VMSpec, plan: HostPlan) -> str:

@@ -1,117 +1,28 @@
 """What a VM holds on the node's network (tap names, MACs, guest IP, node ports), and how
 it gets it.
 
-The allocation is stored in the VM's bookkeeping (``Bookkeeping.extra["network"]``), that is
-in the domain's metadata in libvirt: a restarted agent reads every allocation back before it
+The allocation is stored in the VM's bookkeeping (``Bookkeeping.network``), that is in the
+domain's metadata in libvirt: a restarted agent reads every allocation back before it
 hands out anything (see ``Ledger.reset``), so nothing is given out twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
 
-from agent.domain.xml import vm_key
 from agent.errors import InvalidSpec
-from agent.models import Network, VMSpec
+from agent.models import Network, NicAllocation, VMAllocation, VMSpec
+from agent.naming import vm_key
 from agent.network import names
 from agent.network.ipam import Ledger
 
-__all__ = [
-    "BOOKS_KEY",
-    "NicAllocation",
-    "PortAllocation",
-    "VMAllocation",
-    "allocate_vm",
-]
+__all__ = ["BRIDGE", "MASQUERADE", "allocate_vm"]
 
-BOOKS_KEY = "network"
 MASQUERADE = "masquerade"
 BRIDGE = "bridge"
 _DEVICES = "spec.template.spec.domain.devices"
 _TAP_ATTEMPTS = 16
 _MAC_ATTEMPTS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class PortAllocation:
-    """A guest port published on the node: ``protocol node_port`` → ``guest_ip:port``."""
-
-    protocol: str  # "TCP" or "UDP"
-    port: int
-    node_port: int
-    name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class NicAllocation:
-    """One NIC: its tap and MAC; a guest IP and ports (masquerade) or a host bridge."""
-
-    name: str
-    binding: str
-    tap: str
-    mac: str
-    ip: str = ""
-    bridge: str = ""
-    ports: tuple[PortAllocation, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class VMAllocation:
-    """Everything one VM holds; ``group`` is its namespace's isolation group."""
-
-    namespace: str
-    group: int
-    nics: tuple[NicAllocation, ...] = ()
-
-    def nic(self, name: str) -> NicAllocation | None:
-        return next((n for n in self.nics if n.name == name), None)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "namespace": self.namespace,
-            "group": self.group,
-            "nics": [
-                {
-                    "name": n.name,
-                    "binding": n.binding,
-                    "tap": n.tap,
-                    "mac": n.mac,
-                    "ip": n.ip,
-                    "bridge": n.bridge,
-                    "ports": [[p.protocol, p.port, p.node_port, p.name] for p in n.ports],
-                }
-                for n in self.nics
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> VMAllocation:
-        """Read what ``to_json`` wrote; raises ValueError on anything else."""
-        try:
-            nics = tuple(
-                NicAllocation(
-                    name=str(n["name"]),
-                    binding=str(n["binding"]),
-                    tap=str(n["tap"]),
-                    mac=str(n["mac"]),
-                    ip=str(n.get("ip", "")),
-                    bridge=str(n.get("bridge", "")),
-                    ports=tuple(
-                        PortAllocation(str(p[0]), int(p[1]), int(p[2]), str(p[3]))
-                        for p in n.get("ports", [])
-                    ),
-                )
-                for n in data["nics"]
-            )
-            return cls(namespace=str(data["namespace"]), group=int(data["group"]), nics=nics)
-        except (KeyError, TypeError, IndexError) as exc:
-            raise ValueError(f"network allocation unreadable: {exc!r}") from exc
-
-    @classmethod
-    def from_books(cls, extra: dict[str, Any]) -> VMAllocation | None:
-        data = extra.get(BOOKS_KEY)
-        return cls.from_json(data) if isinstance(data, dict) else None
 
 
 def allocate_vm(
@@ -148,7 +59,7 @@ def allocate_vm(
                 domain, port.protocol, port.port, port.node_port, before, ledger, picked,
                 f"{field}.ports[{j}].nodePort",
             )  # fmt: skip
-            ports.append(PortAllocation(port.protocol, port.port, node_port, port.name))
+            ports.append(dataclasses.replace(port, node_port=node_port))
         nics.append(NicAllocation(iface.name, MASQUERADE, tap, mac, ip=ip, ports=tuple(ports)))
     return VMAllocation(spec.namespace, group, tuple(nics))
 

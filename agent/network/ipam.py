@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from agent.errors import FailedPrecondition
+from agent.models import VMAllocation
 from agent.network import names
-
-if TYPE_CHECKING:
-    from agent.network.allocation import VMAllocation
 
 __all__ = ["Ledger", "parse_cidr", "parse_port_range"]
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from agent.domain.metadata import Bookkeeping
-from agent.domain.plan import NicBacking
 from agent.errors import InvalidSpec
-from agent.models import InterfaceStatus, VMSpec
+from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 
 __all__ = ["NoNetwork"]
 
@@ -13,27 +11,31 @@ __all__ = ["NoNetwork"]
 class NoNetwork:
     """Accepts VMs without interfaces and refuses any with one."""
 
-    def allocate(self, domain: str, spec: VMSpec, books: Bookkeeping) -> Bookkeeping:
+    def allocate(
+        self, domain: str, spec: VMSpec, previous: VMAllocation | None
+    ) -> VMAllocation | None:
         if spec.interfaces:
             raise InvalidSpec(
                 "spec.template.spec.domain.devices.interfaces",
                 "VM networking is not enabled on this node",
             )
-        return books
-
-    def nics(self, domain: str, spec: VMSpec, books: Bookkeeping) -> tuple[NicBacking, ...]:
-        return ()
-
-    def plug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         return None
 
-    def unplug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+    def nics(
+        self, domain: str, spec: VMSpec, allocation: VMAllocation | None
+    ) -> tuple[NicBacking, ...]:
+        return ()
+
+    def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
+        return None
+
+    def unplug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         return None
 
     def interfaces(
-        self, domain: str, spec: VMSpec, books: Bookkeeping
+        self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[InterfaceStatus, ...]:
         return ()
 
-    def reconcile(self, vms: dict[str, tuple[VMSpec, Bookkeeping, bool]]) -> None:
+    def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None:
         return None

@@ -15,10 +15,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.domain.plan import NicBacking
-from agent.models import InterfaceStatus, Port, VMSpec
+from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 from agent.network import names
-from agent.network.allocation import BRIDGE, MASQUERADE, VMAllocation
+from agent.network.allocation import BRIDGE, MASQUERADE
 from agent.network.dhcp import INFINITE, Lease
 from agent.network.ruleset import FirewallState, Forward
 
@@ -199,10 +198,7 @@ def interface_statuses(spec: VMSpec, allocation: VMAllocation) -> tuple[Interfac
                 mac=nic.mac,
                 ip_addresses=(nic.ip,) if nic.ip else (),
                 tap_name=nic.tap,
-                published_ports=tuple(
-                    Port(port=p.port, protocol=p.protocol, name=p.name, node_port=p.node_port)
-                    for p in nic.ports
-                ),
+                published_ports=nic.ports,
             )
         )
     return tuple(statuses)

@@ -16,12 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent.domain.metadata import Bookkeeping
-from agent.domain.plan import NicBacking
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
-from agent.models import InterfaceStatus, VMSpec
+from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 from agent.network import names, ruleset
-from agent.network.allocation import BOOKS_KEY, BRIDGE, VMAllocation, allocate_vm
+from agent.network.allocation import BRIDGE, allocate_vm
 from agent.network.dhcp import Lease
 from agent.network.ipam import Ledger
 from agent.network.plan import (
@@ -52,9 +50,9 @@ class RoutedNetwork:
         network = RoutedNetwork(config, links, firewall, conntrack, dhcp)
         network.start()                      # forwarding on, the checker thread
         network.reconcile(all_domains)       # before the first allocation
-        books = network.allocate(domain, spec, books)
-        network.plug(domain, spec, books)    # before the domain starts
-        network.unplug(domain, spec, books)  # after it is undefined
+        allocation = network.allocate(domain, spec, previous=None)
+        network.plug(domain, spec, allocation)    # before the domain starts
+        network.unplug(domain, spec, allocation)  # after it is undefined
     """
 
     def __init__(
@@ -107,11 +105,12 @@ class RoutedNetwork:
 
     # -- VMNetwork ------------------------------------------------------------------------
 
-    def allocate(self, domain: str, spec: VMSpec, books: Bookkeeping) -> Bookkeeping:
+    def allocate(
+        self, domain: str, spec: VMSpec, previous: VMAllocation | None
+    ) -> VMAllocation | None:
         if not self._ready.wait(self._ready_timeout):
             raise Unavailable("the VM network is not reconciled with libvirt yet; retry")
         with self._lock:
-            previous = _allocation(domain, books)
             new = allocate_vm(domain, spec, previous, self.ledger) if spec.interfaces else None
             if new is not None:
                 self._check_bridges(spec, new, InvalidSpec)
@@ -122,22 +121,17 @@ class RoutedNetwork:
             else:
                 self.ledger.claim(domain, held)
             self._touched[domain] = self._clock()
-        extra = dict(books.extra)
-        if new is None:
-            extra.pop(BOOKS_KEY, None)
-        else:
-            extra[BOOKS_KEY] = new.to_json()
-        return dataclasses.replace(books, extra=extra)
+        return new
 
-    def nics(self, domain: str, spec: VMSpec, books: Bookkeeping) -> tuple[NicBacking, ...]:
-        allocation = self._require(domain, spec, books)
-        if allocation is None:
+    def nics(
+        self, domain: str, spec: VMSpec, allocation: VMAllocation | None
+    ) -> tuple[NicBacking, ...]:
+        if (allocation := self._require(spec, allocation)) is None:
             return ()
         return nic_backings(spec, allocation, self._mtus(spec, allocation), self.config.uplink)
 
-    def plug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
-        allocation = self._require(domain, spec, books)
-        if allocation is None:
+    def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
+        if (allocation := self._require(spec, allocation)) is None:
             return
         self._check_bridges(spec, allocation, _precondition)
         plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
@@ -176,7 +170,7 @@ class RoutedNetwork:
             self._remove_taps(domain, {t.name for t in old[1].taps} - {t.name for t in plan.taps})
         log.info("plugged %s: %s", spec.key, _describe(plan), extra={"vm": spec.key})
 
-    def unplug(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+    def unplug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         with self._lock:
             old = self._live.pop(domain, None)
             self.ledger.release(domain)
@@ -187,7 +181,6 @@ class RoutedNetwork:
                 log.error("removing %s from nft failed: %s", spec.key, exc)
         taps = {t.name for t in old[1].taps} if old else set()
         addresses = set(old[1].addresses) if old else set()
-        allocation = _allocation(domain, books)
         if allocation is not None:
             taps |= {n.tap for n in allocation.nics}
             addresses |= {n.ip for n in allocation.nics if n.ip}
@@ -201,14 +194,13 @@ class RoutedNetwork:
         log.info("unplugged %s", spec.key, extra={"vm": spec.key})
 
     def interfaces(
-        self, domain: str, spec: VMSpec, books: Bookkeeping
+        self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[InterfaceStatus, ...]:
-        allocation = _allocation(domain, books)
         if allocation is None:
             return tuple(InterfaceStatus(name=i.name) for i in spec.interfaces)
         return interface_statuses(spec, allocation)
 
-    def reconcile(self, vms: dict[str, tuple[VMSpec, Bookkeeping, bool]]) -> None:
+    def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None:
         """Make the node match the VMs: plumbing for the running ones, none for the rest.
 
         Missing taps of running VMs are made again and the nft table is built again from
@@ -219,7 +211,7 @@ class RoutedNetwork:
             now = self._clock()
             busy = {d for d, t in self._touched.items() if now - t < _BUSY_SECONDS}
             self._touched = {d: self._touched[d] for d in busy}
-            allocations = {d: a for d, (_, b, _) in vms.items() if (a := _allocation(d, b))}
+            allocations = {d: a for d, (_, a, _) in vms.items() if a is not None}
             claims = self.ledger.claims()
             kept = {d: claims[d] for d in busy if d not in allocations and d in claims}
             for conflict in self.ledger.reset({**allocations, **kept}):
@@ -343,8 +335,7 @@ class RoutedNetwork:
             except Exception as exc:  # never fail a delete over it
                 log.warning("forgetting connections of %s: %s", address, exc)
 
-    def _require(self, domain: str, spec: VMSpec, books: Bookkeeping) -> VMAllocation | None:
-        allocation = _allocation(domain, books)
+    def _require(self, spec: VMSpec, allocation: VMAllocation | None) -> VMAllocation | None:
         if allocation is None and spec.interfaces:
             raise FailedPrecondition(
                 f"vm {spec.key} has interfaces but no network allocation; apply it again"
@@ -380,14 +371,6 @@ class RoutedNetwork:
 
 def _precondition(field: str, problem: str) -> Exception:
     return FailedPrecondition(f"{field}: {problem}")
-
-
-def _allocation(domain: str, books: Bookkeeping) -> VMAllocation | None:
-    try:
-        return VMAllocation.from_books(books.extra)
-    except ValueError as exc:
-        log.error("%s: ignoring its network allocation: %s", domain, exc)
-        return None
 
 
 def _holding(new: VMAllocation | None, live: VMAllocation | None) -> VMAllocation | None:

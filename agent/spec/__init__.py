@@ -7,7 +7,7 @@ know are rejected by name, never dropped.
 """
 
 from agent.spec.parse import parse_vm
-from agent.spec.reader import DNS1123_LABEL, validate_name
+from agent.spec.reader import validate_name
 from agent.spec.render import render_vm
 
-__all__ = ["DNS1123_LABEL", "parse_vm", "render_vm", "validate_name"]
+__all__ = ["parse_vm", "render_vm", "validate_name"]

@@ -7,8 +7,8 @@ import binascii
 import re
 from collections.abc import Callable
 
-from agent.disks.reference import BadReference, parse_reference
 from agent.errors import InvalidSpec
+from agent.imageref import BadReference, parse_reference
 from agent.models import (
     CloudInitNoCloud,
     ContainerDisk,

@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from agent.errors import InvalidSpec
+from agent.naming import DNS1123_LABEL
 from agent.quantity import parse_quantity
 
 __all__ = [
-    "DNS1123_LABEL",
     "Node",
     "choice",
     "one_of",
@@ -19,7 +19,6 @@ __all__ = [
     "validate_name",
 ]
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 T = TypeVar("T")
 
 

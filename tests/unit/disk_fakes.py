@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from agent.disks.manifest import OCI_INDEX, OCI_MANIFEST, digest_of
 from agent.disks.ports import FetchedManifest, PullProgress
-from agent.disks.reference import ImageRef
 from agent.errors import FailedPrecondition
+from agent.imageref import ImageRef
 from agent.models import VMSpec
 
 

@@ -22,8 +22,8 @@ from agent.disks.manifest import (
     parse_manifest,
     select_platform,
 )
-from agent.disks.reference import BadReference, ImageRef, parse_reference
 from agent.errors import InvalidSpec
+from agent.imageref import BadReference, ImageRef, parse_reference
 from agent.spec import parse_vm
 from tests.unit.disk_fakes import layer
 

@@ -11,13 +11,12 @@ import pytest
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks, cache_key, effective_policy
 from agent.disks.ports import PullProgress
-from agent.disks.reference import parse_reference
 from agent.domain.files import VMFiles, VolumeSupport
-from agent.domain.metadata import Bookkeeping
 from agent.domain.pullstatus import CONDITION, PullStatusPublisher
 from agent.domain.registry import Registry, VMRecord
 from agent.errors import FailedPrecondition, InvalidSpec
-from agent.models import ContainerDisk, Disk, Phase, VMSpec, VMStatus, Volume
+from agent.imageref import parse_reference
+from agent.models import Bookkeeping, ContainerDisk, Disk, Phase, VMSpec, VMStatus, Volume
 from tests.unit.disk_fakes import FakeImages, FakeObserver, FakeRegistry, layer
 
 IMAGE = "reg.test:5000/disks/guest:v1"

@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 
 from agent.domain.metadata import (
-    METADATA_URI,
-    Bookkeeping,
     CorruptMetadata,
     bookkeeping_from_json,
     bookkeeping_to_json,
@@ -21,9 +19,18 @@ from agent.domain.metadata import (
     parse_metadata,
     read_metadata,
 )
-from agent.domain.plan import DiskBacking, HostPlan, NicBacking
-from agent.domain.xml import build_domain, domain_name, domain_xml, parse_domain_name
-from agent.models import VMSpec
+from agent.domain.plan import HostPlan
+from agent.domain.xml import build_domain, domain_xml
+from agent.models import (
+    Bookkeeping,
+    DiskBacking,
+    NicAllocation,
+    NicBacking,
+    Port,
+    VMAllocation,
+    VMSpec,
+)
+from agent.naming import METADATA_URI, domain_name, parse_domain_name
 from agent.spec import parse_vm
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -31,6 +38,20 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 UID = "6b1f7c1e-4a4e-4f5e-9a57-3a1d2f8f0c11"
 STATE = "/var/lib/virt-agent/vms/" + UID
 BOOKKEEPING = Bookkeeping(generation=3, created_at=1700000000.5, node_name="node-a")
+ALLOCATION = VMAllocation(
+    namespace="default",
+    group=7,
+    nics=(
+        NicAllocation(
+            name="default",
+            binding="masquerade",
+            tap="va0123456789ab",
+            mac="52:54:00:00:00:01",
+            ip="10.250.0.5",
+            ports=(Port(port=22, protocol="TCP", name="ssh", node_port=30022),),
+        ),
+    ),
+)
 
 
 def _vm(name: str, domain: dict[str, Any], **instance: Any) -> VMSpec:
@@ -383,7 +404,7 @@ def test_metadata_round_trip() -> None:
         last_reason="Booted",
         node_name="node-b",
         halted=True,
-        extra={"ip": "10.250.0.5", "taps": ["va-6b1f7c1e-0"], "node_ports": {"22/TCP": 30022}},
+        network=ALLOCATION,
     )
     assert read_metadata(_domain_with(metadata_element(spec, bookkeeping))) == (spec, bookkeeping)
 
@@ -417,7 +438,7 @@ def test_set_metadata_through_libvirt(test_driver: Any) -> None:
     spec, _ = _minimal_bios()
     dom = test_driver.defineXML(_domain_with(None))
     try:
-        later = Bookkeeping(generation=4, created_at=1.0, started_at=2.0, extra={"ip": "10.0.0.9"})
+        later = Bookkeeping(generation=4, created_at=1.0, started_at=2.0, network=ALLOCATION)
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         dom.setMetadata(
             libvirt.VIR_DOMAIN_METADATA_ELEMENT,
@@ -434,13 +455,27 @@ def test_set_metadata_through_libvirt(test_driver: Any) -> None:
 
 
 def test_bookkeeping_json_is_canonical() -> None:
-    bookkeeping = Bookkeeping(generation=1, created_at=2.0, extra={"b": 1, "a": 2})
+    bookkeeping = Bookkeeping(generation=1, created_at=2.0)
     text = bookkeeping_to_json(bookkeeping)
     assert text == (
-        '{"created_at":2.0,"extra":{"a":2,"b":1},"generation":1,"halted":false,'
+        '{"created_at":2.0,"generation":1,"halted":false,'
         '"last_reason":"","node_name":"","started_at":0.0,"stopped_at":0.0}'
     )
     assert bookkeeping_from_json(text) == bookkeeping
+
+
+def test_network_allocation_round_trip() -> None:
+    bookkeeping = Bookkeeping(generation=1, created_at=2.0, network=ALLOCATION)
+    assert bookkeeping_from_json(bookkeeping_to_json(bookkeeping)) == bookkeeping
+
+
+def test_allocation_stored_by_agents_before_the_typed_field_is_read() -> None:
+    text = (
+        '{"generation":1,"created_at":2.0,"extra":{"network":{"namespace":"default","group":7,'
+        '"nics":[{"name":"default","binding":"masquerade","tap":"va0123456789ab",'
+        '"mac":"52:54:00:00:00:01","ip":"10.250.0.5","bridge":"","ports":[["TCP",22,30022,"ssh"]]}]}}}'
+    )
+    assert bookkeeping_from_json(text).network == ALLOCATION
 
 
 def test_bookkeeping_ignores_unknown_keys() -> None:
@@ -456,9 +491,18 @@ def test_bookkeeping_ignores_unknown_keys() -> None:
         '{"created_at": 1}',
         '{"generation": true, "created_at": 1}',
         '{"generation": 1, "created_at": "yesterday"}',
-        '{"generation": 1, "created_at": 1, "extra": []}',
+        '{"generation": 1, "created_at": 1, "network": {"nics": [{"name": "x"}]}}',
+        '{"generation": 1, "created_at": 1, "network": []}',
     ],
-    ids=["not-json", "not-object", "no-generation", "bool-generation", "str-time", "list-extra"],
+    ids=[
+        "not-json",
+        "not-object",
+        "no-generation",
+        "bool-generation",
+        "str-time",
+        "nic-without-tap",
+        "list-network",
+    ],
 )
 def test_bookkeeping_rejects_corrupt_state(text: str) -> None:
     with pytest.raises(CorruptMetadata):

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.models import VMSpec
-from agent.network.allocation import NicAllocation, PortAllocation, VMAllocation
+from agent.models import NicAllocation, Port, VMAllocation, VMSpec
 from agent.network.plan import (
     NetworkConfig,
     interface_statuses,
@@ -89,8 +88,8 @@ WEB = VMAllocation(
             mac="52:54:00:00:00:0a",
             ip="10.250.0.2",
             ports=(
-                PortAllocation("TCP", 80, 30080, "http"),
-                PortAllocation("UDP", 53, 30053, "dns"),
+                Port(protocol="TCP", port=80, node_port=30080, name="http"),
+                Port(protocol="UDP", port=53, node_port=30053, name="dns"),
             ),
         ),
         NicAllocation(

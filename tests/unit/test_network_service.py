@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.domain.metadata import Bookkeeping
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
-from agent.models import VMSpec
+from agent.models import Port, VMAllocation, VMSpec
 from agent.network.plan import NetworkConfig
 from agent.network.ports import NetworkError
 from agent.network.service import RoutedNetwork
@@ -35,11 +34,12 @@ class Node:
             CONFIG, self.links, self.firewall, self.conntrack, self.dhcp,
             check_interval=0, ready_timeout=0.01,
         )  # fmt: skip
-        self.books: dict[str, tuple[VMSpec, Bookkeeping]] = {}
+        self.books: dict[str, tuple[VMSpec, VMAllocation | None]] = {}
 
-    def create(self, spec: VMSpec, *, plug: bool = True) -> Bookkeeping:
+    def create(self, spec: VMSpec, *, plug: bool = True) -> VMAllocation:
         domain = f"{spec.namespace}_{spec.name}"
-        books = self.network.allocate(domain, spec, Bookkeeping(generation=1, created_at=0.0))
+        books = self.network.allocate(domain, spec, None)
+        assert books is not None
         self.books[domain] = (spec, books)
         if plug:
             self.network.plug(domain, spec, books)
@@ -49,7 +49,7 @@ class Node:
         spec, books = self.books.pop(domain)
         self.network.unplug(domain, spec, books)
 
-    def vms(self, active: bool = True) -> dict[str, tuple[VMSpec, Bookkeeping, bool]]:
+    def vms(self, active: bool = True) -> dict[str, tuple[VMSpec, VMAllocation | None, bool]]:
         return {d: (s, b, active) for d, (s, b) in self.books.items()}
 
     def elements(self, name: str) -> list[Any]:
@@ -106,10 +106,10 @@ def test_start_turns_forwarding_on_and_needs_the_uplink() -> None:
         missing.network.start()
 
 
-def test_allocation_is_stored_in_the_books(node: Node) -> None:
+def test_allocation_holds_address_and_node_port(node: Node) -> None:
     books = node.create(vm("web", ports=[{"port": 80}]), plug=False)
-    nic = books.extra["network"]["nics"][0]
-    assert nic["ip"] == "10.250.0.2" and nic["ports"] == [["TCP", 80, 30000, ""]]
+    nic = books.nics[0]
+    assert nic.ip == "10.250.0.2" and nic.ports == (Port(port=80, node_port=30000),)
     (status,) = node.network.interfaces("default_web", vm("web", ports=[{"port": 80}]), books)
     assert status.ip_addresses == ("10.250.0.2",) and status.published_ports[0].node_port == 30000
 
@@ -157,7 +157,7 @@ def test_rule_count_does_not_grow_with_vms(node: Node) -> None:
 def test_a_failed_plug_rolls_back(node: Node) -> None:
     spec = vm("web")
     domain = "default_web"
-    books = node.network.allocate(domain, spec, Bookkeeping(generation=1, created_at=0.0))
+    books = node.network.allocate(domain, spec, None)
     node.firewall.fail_next = 2  # the update, then the rebuild
     with pytest.raises(NetworkError):
         node.network.plug(domain, spec, books)
@@ -177,14 +177,14 @@ def test_a_failed_update_falls_back_to_a_rebuild(node: Node) -> None:
 def test_unplug_removes_everything_and_frees_the_address(node: Node) -> None:
     spec = vm("web", ports=[{"port": 80}])
     books = node.create(spec)
-    tap = books.extra["network"]["nics"][0]["tap"]
+    tap = books.nics[0].tap
     node.delete("default_web")
     assert node.links.taps_made == {} and node.dhcp.leases == {}
     assert node.elements("taps") == [] and node.elements("fwd_addr") == []
     assert node.elements("same_namespace") == []
     assert node.conntrack.forgotten == ["10.250.0.2"]
     assert tap in node.links.deleted
-    assert node.create(vm("next")).extra["network"]["nics"][0]["ip"] == "10.250.0.2"
+    assert node.create(vm("next")).nics[0].ip == "10.250.0.2"
 
 
 def test_unplug_survives_a_conntrack_failure(node: Node) -> None:
@@ -231,8 +231,8 @@ def test_restart_reconcile_keeps_allocations_and_rebuilds_the_table(node: Node) 
     restarted.network.reconcile(restarted.vms())
     assert len(restarted.elements("taps")) == 2 and len(restarted.dhcp.leases) == 2
     books = restarted.create(vm("c", ports=[{"port": 80}]))
-    nic = books.extra["network"]["nics"][0]
-    assert nic["ip"] == "10.250.0.4" and nic["ports"][0][2] == 30002
+    nic = books.nics[0]
+    assert nic.ip == "10.250.0.4" and nic.ports[0].node_port == 30002
 
 
 def test_reconcile_removes_leftovers_of_gone_and_stopped_vms(node: Node) -> None:
@@ -244,16 +244,16 @@ def test_reconcile_removes_leftovers_of_gone_and_stopped_vms(node: Node) -> None
     vms["default_stopped"] = (stopped[0], stopped[1], False)
     node.network._touched.clear()  # noqa: SLF001 - as if they were made long ago
     node.network.reconcile(vms)
-    kept = node.books["default_keep"][1].extra["network"]["nics"][0]["tap"]
+    kept = node.books["default_keep"][1].nics[0].tap
     assert list(node.links.taps_made) == [kept] and node.elements("taps") == [kept]
-    gone_nic = gone[1].extra["network"]["nics"][0]
-    assert gone_nic["ip"] in node.conntrack.forgotten
-    assert gone_nic["tap"] in node.links.deleted
+    gone_nic = gone[1].nics[0]
+    assert gone_nic.ip in node.conntrack.forgotten
+    assert gone_nic.tap in node.links.deleted
 
 
 def test_reconcile_remakes_missing_taps_of_running_vms(node: Node) -> None:
     books = node.create(vm("web"))
-    tap = books.extra["network"]["nics"][0]["tap"]
+    tap = books.nics[0].tap
     node.links.taps_made.clear()
     restarted = Node(links=node.links, firewall=node.firewall)
     restarted.books = dict(node.books)
@@ -263,7 +263,7 @@ def test_reconcile_remakes_missing_taps_of_running_vms(node: Node) -> None:
 
 def test_check_restores_a_deleted_table_and_a_deleted_tap(node: Node) -> None:
     books = node.create(vm("web", ports=[{"port": 80}]))
-    tap = books.extra["network"]["nics"][0]["tap"]
+    tap = books.nics[0].tap
     rules = node.firewall.rule_count(*TABLE)
     del node.firewall.tables[TABLE]
     node.links.taps_made.pop(tap)
@@ -287,7 +287,7 @@ def test_check_rebuilds_a_table_edited_by_hand(node: Node) -> None:
 def test_update_of_a_running_vm_keeps_what_its_plumbing_uses(node: Node) -> None:
     spec = vm("web")
     books = node.create(spec)
-    used = books.extra["network"]["nics"][0]["ip"]
+    used = books.nics[0].ip
     bare = parse_vm(
         {
             "metadata": {"namespace": "default", "name": "web", "uid": spec.uid},
@@ -295,8 +295,8 @@ def test_update_of_a_running_vm_keeps_what_its_plumbing_uses(node: Node) -> None
         }
     )
     without = node.network.allocate("default_web", bare, books)
-    assert "network" not in without.extra
-    assert node.create(vm("other")).extra["network"]["nics"][0]["ip"] != used
+    assert without is None
+    assert node.create(vm("other")).nics[0].ip != used
 
 
 def test_a_vm_without_interfaces_needs_nothing(node: Node) -> None:
@@ -306,7 +306,7 @@ def test_a_vm_without_interfaces_needs_nothing(node: Node) -> None:
             "spec": {"template": {"spec": {"domain": {"memory": {"guest": "64Mi"}}}}},
         }
     )
-    books = node.network.allocate("default_bare", bare, Bookkeeping(generation=1, created_at=0.0))
+    books = node.network.allocate("default_bare", bare, None)
     assert node.network.nics("default_bare", bare, books) == ()
     node.network.plug("default_bare", bare, books)
     node.network.unplug("default_bare", bare, books)
@@ -316,7 +316,7 @@ def test_a_vm_without_interfaces_needs_nothing(node: Node) -> None:
 def test_interfaces_without_allocation_cannot_start(node: Node) -> None:
     spec = vm("web")
     with pytest.raises(FailedPrecondition, match="no network allocation"):
-        node.network.plug("default_web", spec, Bookkeeping(generation=1, created_at=0.0))
+        node.network.plug("default_web", spec, None)
 
 
 def test_unplug_survives_nft_failing_and_check_converges(node: Node) -> None:
@@ -324,9 +324,7 @@ def test_unplug_survives_nft_failing_and_check_converges(node: Node) -> None:
     node.create(vm("db"))
     node.firewall.fail_next = 2  # the update and the rebuild
     node.delete("default_web")  # the VM is gone: its delete must not fail over nft
-    assert node.links.taps_made.keys() == {
-        node.books["default_db"][1].extra["network"]["nics"][0]["tap"]
-    }
+    assert node.links.taps_made.keys() == {node.books["default_db"][1].nics[0].tap}
     assert len(node.elements("taps")) == 2  # stale for now
     node.network.check()
     assert len(node.elements("taps")) == 1

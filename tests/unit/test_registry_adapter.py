@@ -17,8 +17,8 @@ import pytest
 from agent.adapters.registry import HttpxRegistry
 from agent.disks.auth import Credentials
 from agent.disks.manifest import ACCEPT, digest_of
-from agent.disks.reference import parse_reference
 from agent.errors import FailedPrecondition, Unavailable
+from agent.imageref import parse_reference
 
 MANIFEST = b'{"schemaVersion": 2}'
 BLOB = b"blob-bytes" * 1000

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.domain.metadata import Bookkeeping
 from agent.domain.registry import VMRecord
 from agent.domain.restarts import CrashBackoff, should_restart
-from agent.models import Phase, RunStrategy, VMSpec, VMStatus
+from agent.models import Bookkeeping, Phase, RunStrategy, VMSpec, VMStatus
 
 
 def record(
