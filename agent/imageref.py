@@ -69,20 +69,36 @@ def parse_reference(text: str) -> ImageRef:
     rest, _, digest = text.partition("@")
     if digest and not _DIGEST.match(digest):
         raise BadReference(f"digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
+    registry, path = _split_registry(rest)
+    path, tag = _split_tag(path)
+    _check_repository(path)
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    if not tag and not digest:
+        tag = "latest"
+    return ImageRef(registry=registry, repository=path, tag=tag, digest=digest)
+
+
+def _split_registry(rest: str) -> tuple[str, str]:
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
-        registry, path = first, remainder
-        if not _HOST.match(registry):
-            raise BadReference(f"registry {registry!r} is not host[:port]")
-    else:
-        registry, path = DOCKER_HUB, rest
-    tag = ""
-    last_slash = path.rfind("/")
+        if not _HOST.match(first):
+            raise BadReference(f"registry {first!r} is not host[:port]")
+        return first, remainder
+    return DOCKER_HUB, rest
+
+
+def _split_tag(path: str) -> tuple[str, str]:
     colon = path.rfind(":")
-    if colon > last_slash:
-        path, tag = path[:colon], path[colon + 1 :]
-        if not _TAG.match(tag):
-            raise BadReference(f"tag {tag!r} is not valid (letters, digits, '_', '.', '-')")
+    if colon <= path.rfind("/"):
+        return path, ""
+    tag = path[colon + 1 :]
+    if not _TAG.match(tag):
+        raise BadReference(f"tag {tag!r} is not valid (letters, digits, '_', '.', '-')")
+    return path[:colon], tag
+
+
+def _check_repository(path: str) -> None:
     if not path:
         raise BadReference("names no repository")
     for component in path.split("/"):
@@ -93,8 +109,3 @@ def parse_reference(text: str) -> ImageRef:
             )
     if len(path) > _MAX_NAME:
         raise BadReference(f"repository name is longer than {_MAX_NAME} characters")
-    if registry == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
-    if not tag and not digest:
-        tag = "latest"
-    return ImageRef(registry=registry, repository=path, tag=tag, digest=digest)

@@ -18,6 +18,16 @@ from typing import Any
 
 import libvirt
 
+from agent.adapters.libvirt_codes import (
+    BAD_CONFIG,
+    CONNECTION_ERRORS,
+    EVENT_DETAILS,
+    EVENTS,
+    NOT_FOUND,
+    REASONS,
+    STATES,
+    start_event_loop,
+)
 from agent.errors import FailedPrecondition, InvalidSpec, NotFound, Unavailable
 from agent.naming import METADATA_KEY, METADATA_URI
 from agent.ports import DomainEvent, DomainInfo, DomainState
@@ -25,98 +35,6 @@ from agent.ports import DomainEvent, DomainInfo, DomainState
 __all__ = ["LibvirtHypervisor"]
 
 log = logging.getLogger(__name__)
-
-
-_STATES = {
-    libvirt.VIR_DOMAIN_NOSTATE: DomainState.NOSTATE,
-    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: DomainState.BLOCKED,
-    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
-    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.SHUTDOWN,
-    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
-    libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PMSUSPENDED,
-}
-
-
-def _constants(prefix: str) -> dict[int, str]:
-    """Map libvirt's enum values to lower-case names, e.g. VIR_DOMAIN_SHUTOFF_CRASHED → crashed."""
-    names = {}
-    for attr in dir(libvirt):
-        if attr.startswith(prefix) and not attr.endswith("_LAST"):
-            value = getattr(libvirt, attr)
-            if isinstance(value, int):
-                names[value] = attr[len(prefix) :].lower()
-    return names
-
-
-_REASONS = {
-    libvirt.VIR_DOMAIN_RUNNING: _constants("VIR_DOMAIN_RUNNING_"),
-    libvirt.VIR_DOMAIN_PAUSED: _constants("VIR_DOMAIN_PAUSED_"),
-    libvirt.VIR_DOMAIN_SHUTOFF: _constants("VIR_DOMAIN_SHUTOFF_"),
-    libvirt.VIR_DOMAIN_SHUTDOWN: _constants("VIR_DOMAIN_SHUTDOWN_"),
-    libvirt.VIR_DOMAIN_CRASHED: _constants("VIR_DOMAIN_CRASHED_"),
-}
-# Spelled out: the VIR_DOMAIN_EVENT_ prefix also covers every detail and event-id constant.
-_EVENTS = {
-    getattr(libvirt, f"VIR_DOMAIN_EVENT_{name.upper()}"): name
-    for name in (
-        "defined",
-        "undefined",
-        "started",
-        "suspended",
-        "resumed",
-        "stopped",
-        "shutdown",
-        "pmsuspended",
-        "crashed",
-    )
-}
-_EVENT_DETAILS = {
-    libvirt.VIR_DOMAIN_EVENT_STARTED: _constants("VIR_DOMAIN_EVENT_STARTED_"),
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: _constants("VIR_DOMAIN_EVENT_SUSPENDED_"),
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: _constants("VIR_DOMAIN_EVENT_RESUMED_"),
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: _constants("VIR_DOMAIN_EVENT_STOPPED_"),
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: _constants("VIR_DOMAIN_EVENT_SHUTDOWN_"),
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: _constants("VIR_DOMAIN_EVENT_CRASHED_"),
-}
-
-# Errors that mean "the connection is gone", not "the request was wrong".
-_CONNECTION_ERRORS = {
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_INVALID_CONN,
-    libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_SYSTEM_ERROR,
-    libvirt.VIR_ERR_AUTH_FAILED,
-}
-_NOT_FOUND = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_METADATA}
-_BAD_CONFIG = {
-    libvirt.VIR_ERR_XML_ERROR,
-    libvirt.VIR_ERR_XML_DETAIL,
-    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
-    libvirt.VIR_ERR_INVALID_ARG,
-}
-
-_event_loop_lock = threading.Lock()
-_event_loop_started = False
-
-
-def _start_event_loop() -> None:
-    """Run libvirt's default event loop on a daemon thread, once per process."""
-    global _event_loop_started
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        # Errors reach us as exceptions; libvirt's default handler would also print them.
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _event_loop_started = True
 
 
 class LibvirtHypervisor:
@@ -153,7 +71,7 @@ class LibvirtHypervisor:
 
     def open(self, *, wait: bool = True) -> None:
         """Connect; with wait=False a failed first connect is retried in the background."""
-        _start_event_loop()
+        start_event_loop()
         for target, name in ((self._dispatch, "libvirt-dispatch"), (self._keep, "libvirt-keep")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -234,8 +152,8 @@ class LibvirtHypervisor:
                     delay = min(delay * 2, self._max_backoff)
 
     def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
-        name = _EVENTS.get(event, str(event))
-        detail_name = _EVENT_DETAILS.get(event, {}).get(detail, str(detail))
+        name = EVENTS.get(event, str(event))
+        detail_name = EVENT_DETAILS.get(event, {}).get(detail, str(detail))
         self._events.put(DomainEvent(name=dom.name(), event=name, detail=detail_name))
 
     def _dispatch(self) -> None:
@@ -263,12 +181,12 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
             message = f"{what}: {exc.get_error_message()}"
-            if code in _NOT_FOUND:
+            if code in NOT_FOUND:
                 raise NotFound(message) from exc
-            if code in _CONNECTION_ERRORS and not _alive(conn):
+            if code in CONNECTION_ERRORS and not _alive(conn):
                 self._on_close(conn, 0, None)
                 raise Unavailable(message) from exc
-            if code in _BAD_CONFIG:
+            if code in BAD_CONFIG:
                 raise InvalidSpec("spec", message) from exc
             # Everything else (QEMU failing to start, a tap or file QEMU cannot open, an
             # operation the domain's state forbids) is the node refusing: keep libvirt's words.
@@ -283,8 +201,8 @@ class LibvirtHypervisor:
         return DomainInfo(
             name=dom.name(),
             uuid=dom.UUIDString(),
-            state=_STATES.get(state_code, DomainState.NOSTATE),
-            reason=_REASONS.get(state_code, {}).get(reason_code, "unknown"),
+            state=STATES.get(state_code, DomainState.NOSTATE),
+            reason=REASONS.get(state_code, {}).get(reason_code, "unknown"),
             config_xml=dom.XMLDesc(config_flags),
             live_xml=dom.XMLDesc(0) if active else "",
             pid=self._pid(dom.name()) if active else 0,

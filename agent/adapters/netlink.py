@@ -78,21 +78,7 @@ class PyRoute2Links:
 
     def _configure(self, ipr: Any, index: int, plan: TapPlan) -> None:
         link = ipr.link("get", index=index)[0]
-        changes: dict[str, Any] = {}
-        if plan.mtu and link.get("mtu") != plan.mtu:
-            changes["mtu"] = plan.mtu
-        if link.get("address") != plan.mac:
-            changes["address"] = plan.mac
-        if link.get("ifalias") != plan.alias:
-            changes["ifalias"] = plan.alias
-        if link.get("group") != plan.group:
-            changes["group"] = plan.group
-        if plan.bridge:
-            bridge = _index(ipr, plan.bridge)
-            if bridge is None:
-                raise NetworkError(f"host bridge {plan.bridge} does not exist")
-            if link.get("master") != bridge:
-                changes["master"] = bridge
+        changes = _link_changes(ipr, link, plan)
         if changes:
             ipr.link("set", index=index, **changes)
         self._sysctl(f"net/ipv6/conf/{plan.name}/disable_ipv6", "1", optional=True)
@@ -101,24 +87,7 @@ class PyRoute2Links:
         if link.get("state") != "up":
             ipr.link("set", index=index, state="up")
         if plan.gateway:
-            addresses = {
-                a.get("address") for a in ipr.addr("dump", index=index, family=socket.AF_INET)
-            }
-            if plan.gateway not in addresses:
-                _ignoring(
-                    errno.EEXIST, ipr.addr, "add", index=index, address=plan.gateway, prefixlen=32
-                )
-            ipr.route(
-                "replace", dst=plan.guest_ip, dst_len=32, oif=index, scope=_SCOPE_LINK,
-                proto=_PROTO_STATIC, table=_MAIN_TABLE,
-            )  # fmt: skip
-            if plan.guest_mac:
-                # Permanent: a guest forging ARP (another MAC for its address) cannot change
-                # where the node sends its traffic; no ARP round trip before the first reply.
-                ipr.neigh(
-                    "replace", dst=plan.guest_ip, lladdr=plan.guest_mac, ifindex=index,
-                    state=_NUD_PERMANENT,
-                )  # fmt: skip
+            _route_guest(ipr, index, plan)
 
     def delete_tap(self, name: str) -> None:
         """Delete the link (its routes and addresses go with it); a missing one is fine."""
@@ -200,6 +169,45 @@ def _ignoring(code: int, call: Any, *args: Any, **kwargs: Any) -> None:
     except NetlinkError as exc:
         if exc.code != code:
             raise
+
+
+def _link_changes(ipr: Any, link: Any, plan: TapPlan) -> dict[str, Any]:
+    """The link attributes that differ from the plan (measure, then act)."""
+    changes: dict[str, Any] = {}
+    if plan.mtu and link.get("mtu") != plan.mtu:
+        changes["mtu"] = plan.mtu
+    if link.get("address") != plan.mac:
+        changes["address"] = plan.mac
+    if link.get("ifalias") != plan.alias:
+        changes["ifalias"] = plan.alias
+    if link.get("group") != plan.group:
+        changes["group"] = plan.group
+    if plan.bridge:
+        bridge = _index(ipr, plan.bridge)
+        if bridge is None:
+            raise NetworkError(f"host bridge {plan.bridge} does not exist")
+        if link.get("master") != bridge:
+            changes["master"] = bridge
+    return changes
+
+
+def _route_guest(ipr: Any, index: int, plan: TapPlan) -> None:
+    """The gateway address on the routed tap, a /32 route to the guest and, with its MAC
+    known, a permanent neighbour entry for it."""
+    addresses = {a.get("address") for a in ipr.addr("dump", index=index, family=socket.AF_INET)}
+    if plan.gateway not in addresses:
+        _ignoring(errno.EEXIST, ipr.addr, "add", index=index, address=plan.gateway, prefixlen=32)
+    ipr.route(
+        "replace", dst=plan.guest_ip, dst_len=32, oif=index, scope=_SCOPE_LINK,
+        proto=_PROTO_STATIC, table=_MAIN_TABLE,
+    )  # fmt: skip
+    if plan.guest_mac:
+        # Permanent: a guest forging ARP (another MAC for its address) cannot change where
+        # the node sends its traffic; no ARP round trip before the first reply.
+        ipr.neigh(
+            "replace", dst=plan.guest_ip, lladdr=plan.guest_mac, ifindex=index,
+            state=_NUD_PERMANENT,
+        )  # fmt: skip
 
 
 def _index(ipr: Any, name: str) -> int | None:

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
+from agent.models import InterfaceStatus, NicAllocation, NicBacking, VMAllocation, VMSpec
 from agent.network import names
 from agent.network.allocation import BRIDGE, MASQUERADE
 from agent.network.dhcp import INFINITE, Lease
@@ -154,23 +154,7 @@ def plumbing(
                 guest_mac=nic.mac,
             )
         )  # fmt: skip
-        leases.append(
-            (
-                nic.tap,
-                Lease(
-                    mac=nic.mac,
-                    ip=nic.ip,
-                    prefix_len=config.cidr.prefixlen,
-                    router=config.gateway,
-                    server_id=config.gateway,
-                    dns=config.dns,
-                    mtu=mtu,
-                    hostname=spec.hostname or spec.name,
-                    lease_seconds=config.lease_seconds,
-                    owner=spec.key,
-                ),
-            )
-        )
+        leases.append((nic.tap, _lease(spec, nic, config, mtu)))
         routed_taps.add(nic.tap)
         sources.add((nic.tap, nic.ip, nic.mac))
         addresses.append(nic.ip)
@@ -182,6 +166,22 @@ def plumbing(
         forwards=frozenset(forwards),
     )
     return Plumbing(domain, tuple(taps), tuple(leases), firewall, tuple(addresses))
+
+
+def _lease(spec: VMSpec, nic: NicAllocation, config: NetworkConfig, mtu: int) -> Lease:
+    """What the agent's DHCP server hands the guest on a masquerade NIC."""
+    return Lease(
+        mac=nic.mac,
+        ip=nic.ip,
+        prefix_len=config.cidr.prefixlen,
+        router=config.gateway,
+        server_id=config.gateway,
+        dns=config.dns,
+        mtu=mtu,
+        hostname=spec.hostname or spec.name,
+        lease_seconds=config.lease_seconds,
+        owner=spec.key,
+    )
 
 
 def interface_statuses(spec: VMSpec, allocation: VMAllocation) -> tuple[InterfaceStatus, ...]:

@@ -206,6 +206,11 @@ def check_references(vm: VMSpec, path: str) -> None:
     _unique([v.name for v in vm.volumes], f"{path}.volumes")
     _unique([i.name for i in vm.interfaces], f"{devices}.interfaces")
     _unique([n.name for n in vm.networks], f"{path}.networks")
+    _check_disks(vm, path, devices)
+    _check_interfaces(vm, devices)
+
+
+def _check_disks(vm: VMSpec, path: str, devices: str) -> None:
     volume_names = {v.name for v in vm.volumes}
     for index, disk in enumerate(vm.disks):
         if disk.name not in volume_names:
@@ -223,6 +228,9 @@ def check_references(vm: VMSpec, path: str) -> None:
                     f"{disk.boot_order} is also the boot order of {boot_orders[disk.boot_order]!r}",
                 )
             boot_orders[disk.boot_order] = disk.name
+
+
+def _check_interfaces(vm: VMSpec, devices: str) -> None:
     networks = {n.name: n for n in vm.networks}
     for index, iface in enumerate(vm.interfaces):
         network = networks.get(iface.name)

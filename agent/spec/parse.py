@@ -107,6 +107,31 @@ def _parse_instance(
 
 def _parse_domain(node: Node) -> dict[str, Any]:
     requests, limits = _parse_resources(node)
+    cpu = _parse_cpu(node, requests, limits)
+    memory = _parse_memory(node, requests, limits)
+    machine = _parse_machine(node.child("machine"))
+    firmware = _parse_firmware(node.child("firmware"))
+    devices = node.child("devices") or Node(node.at("devices"), {})
+    rng = devices.child("rng")  # every guest gets a virtio RNG: asking for one is fine
+    if rng is not None:
+        rng.done()
+    disks = tuple(parse_disk(d) for d in devices.items("disks"))
+    interfaces = tuple(parse_interface(i) for i in devices.items("interfaces"))
+    devices.done()
+    node.done()
+    return {
+        "cpu": cpu,
+        "memory_bytes": memory,
+        "resource_requests": requests,
+        "resource_limits": limits,
+        "machine_type": machine,
+        "firmware": firmware,
+        "disks": disks,
+        "interfaces": interfaces,
+    }
+
+
+def _parse_cpu(node: Node, requests: dict[str, str], limits: dict[str, str]) -> CPU:
     cpu = CPU()
     cpus_requested = limits.get("cpu") or requests.get("cpu")
     if cpus_requested:
@@ -129,33 +154,17 @@ def _parse_domain(node: Node) -> dict[str, Any]:
         if cpu.vcpus > _MAX_VCPUS:
             raise InvalidSpec(cpu_node.path, f"{cpu.vcpus} vCPUs is more than {_MAX_VCPUS}")
         cpu_node.done()
-    memory = _parse_memory(node, requests, limits)
-    machine_node = node.child("machine")
-    machine = ""
-    if machine_node is not None:
-        machine = machine_node.get("type", str, "")
-        if machine and not re.match(r"^[a-z0-9][a-z0-9.-]*$", machine):
-            raise InvalidSpec(machine_node.at("type"), f"{machine!r} is not a machine type")
-        machine_node.done()
-    firmware = _parse_firmware(node.child("firmware"))
-    devices = node.child("devices") or Node(node.at("devices"), {})
-    rng = devices.child("rng")  # every guest gets a virtio RNG: asking for one is fine
-    if rng is not None:
-        rng.done()
-    disks = tuple(parse_disk(d) for d in devices.items("disks"))
-    interfaces = tuple(parse_interface(i) for i in devices.items("interfaces"))
-    devices.done()
-    node.done()
-    return {
-        "cpu": cpu,
-        "memory_bytes": memory,
-        "resource_requests": requests,
-        "resource_limits": limits,
-        "machine_type": machine,
-        "firmware": firmware,
-        "disks": disks,
-        "interfaces": interfaces,
-    }
+    return cpu
+
+
+def _parse_machine(machine_node: Node | None) -> str:
+    if machine_node is None:
+        return ""
+    machine = machine_node.get("type", str, "")
+    if machine and not re.match(r"^[a-z0-9][a-z0-9.-]*$", machine):
+        raise InvalidSpec(machine_node.at("type"), f"{machine!r} is not a machine type")
+    machine_node.done()
+    return machine
 
 
 def _parse_resources(domain: Node) -> tuple[dict[str, str], dict[str, str]]:

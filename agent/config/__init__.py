@@ -14,7 +14,6 @@ for a node other than the one reading it (the DaemonSet's ConfigMap, for one).
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import math
 import os
@@ -25,14 +24,13 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from agent.config.flags import VIRT_TYPES, parser
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
 from agent.network.ipam import parse_cidr, parse_port_range
 from agent.quantity import parse_quantity
 
 __all__ = ["ConfigError", "Settings", "check_files", "load_settings"]
-
-_VIRT_TYPES = ("auto", "kvm", "qemu")
 
 
 class ConfigError(Exception):
@@ -76,95 +74,6 @@ class Settings:
 
 # Settings naming files the daemon reads at startup (see check_files).
 _FILES = ("tls_cert", "tls_key", "tls_client_ca", "registry_ca", "registry_config")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="virt-agent",
-        description="Node virtualization agent: runs libvirt VMs for a control plane over gRPC.",
-    )
-    add = parser.add_argument
-    add("--config", help="YAML file of settings (keys are the long flag names)")
-    add(
-        "--listen",
-        action="append",
-        help="host:port to serve gRPC on (repeatable); needs TLS or --insecure",
-    )
-    add(
-        "--unix-socket",
-        help="unix socket for node-local clients (default /run/virt-agent/agent.sock)",
-    )
-    add("--libvirt-uri", help="libvirt connection URI (default qemu:///system)")
-    add("--state-dir", help="folder for per-VM files (default /var/lib/virt-agent)")
-    add(
-        "--virt-type",
-        choices=_VIRT_TYPES,
-        help="kvm, qemu (software emulation) or auto",
-    )
-    add(
-        "--image-root",
-        action="append",
-        help="folder client image paths may point into (repeatable)",
-    )
-    add("--log-format", choices=FORMATS, help="log line format (default json)")
-    add("--log-level", choices=LEVELS, help="default info")
-    add("--node-name", help="name of this node (default: host name)")
-    add(
-        "--no-reflection",
-        dest="reflection",
-        action="store_const",
-        const=False,
-        help="turn off gRPC server reflection",
-    )
-    add("--tls-cert", help="server certificate (PEM) for --listen")
-    add("--tls-key", help="server private key (PEM) for --listen")
-    add("--tls-client-ca", help="CA bundle that client certificates must chain to (mTLS)")
-    add(
-        "--insecure",
-        action="store_const",
-        const=True,
-        help="allow plaintext gRPC on --listen addresses",
-    )
-    add("--qemu-run-dir", help="where libvirt keeps QEMU pid files (default /run/libvirt/qemu)")
-    add("--reserved-memory", help="memory kept back from VMs in allocatable (default 1Gi)")
-    add(
-        "--no-vm-network",
-        dest="vm_network",
-        action="store_const",
-        const=False,
-        help="no VM networking (taps, NAT, DHCP): VMs with interfaces are refused",
-    )
-    add("--vm-cidr", help="IPv4 network guest addresses come from (default 10.250.0.0/16)")
-    add("--node-port-range", help="node ports for published guest ports (default 30000-32767)")
-    add("--uplink", help="the node's outside link (default: the link of the default route)")
-    add(
-        "--dns",
-        action="append",
-        help="DNS server for guests (repeatable; default: /etc/resolv.conf's, not loopback)",
-    )
-    _disk_flags(add)
-    return parser
-
-
-def _disk_flags(add: Any) -> None:
-    add(
-        "--host-disk-root",
-        action="append",
-        help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",
-    )
-    add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
-    add(
-        "--secrets-dir",
-        help="cloud-init secretRef files: <dir>/<namespace>/<name>/userdata "
-        "(default <state-dir>/secrets)",
-    )
-    add("--registry-config", help="registry credentials, docker config.json format")
-    add("--registry-ca", help="CA bundle (PEM) for HTTPS registries (default: the system's)")
-    add(
-        "--insecure-registry",
-        action="append",
-        help="registry host:port reached over plain HTTP (repeatable)",
-    )
 
 
 # -- converting one value to its setting's type ---------------------------------------------
@@ -280,7 +189,7 @@ def _registry(value: str) -> None:
 
 # Each raises ValueError saying what is wrong with the value.
 _CHECKS: dict[str, Callable[[Any], object]] = {
-    "virt_type": _one_of(_VIRT_TYPES),
+    "virt_type": _one_of(VIRT_TYPES),
     "log_format": _one_of(FORMATS),
     "log_level": _one_of(LEVELS),
     "reserved_memory": parse_quantity,
@@ -315,7 +224,7 @@ def _setting(name: str, value: object, source: str) -> Any:
 def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Parse flags, environment and config file into checked Settings (files: check_files)."""
     environ = dict(os.environ if environ is None else environ)
-    args = vars(_parser().parse_args(argv))
+    args = vars(parser().parse_args(argv))
     config_path = args.pop("config") or environ.get("VIRT_AGENT_CONFIG")
     values = _from_file(config_path) if config_path else {}
     values.update(_from_environment(environ))

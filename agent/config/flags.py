@@ -1,0 +1,110 @@
+"""The daemon's command-line flags (``virt-agent --help``); values are checked in
+``agent.config``, which also reads them from the environment and a config file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from agent.logs import FORMATS, LEVELS
+
+__all__ = ["VIRT_TYPES", "parser"]
+
+VIRT_TYPES = ("auto", "kvm", "qemu")
+
+
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(
+        prog="virt-agent",
+        description="Node virtualization agent: runs libvirt VMs for a control plane over gRPC.",
+    )
+    add = result.add_argument
+    add("--config", help="YAML file of settings (keys are the long flag names)")
+    add(
+        "--listen",
+        action="append",
+        help="host:port to serve gRPC on (repeatable); needs TLS or --insecure",
+    )
+    add(
+        "--unix-socket",
+        help="unix socket for node-local clients (default /run/virt-agent/agent.sock)",
+    )
+    add("--libvirt-uri", help="libvirt connection URI (default qemu:///system)")
+    add("--state-dir", help="folder for per-VM files (default /var/lib/virt-agent)")
+    add(
+        "--virt-type",
+        choices=VIRT_TYPES,
+        help="kvm, qemu (software emulation) or auto",
+    )
+    add(
+        "--image-root",
+        action="append",
+        help="folder client image paths may point into (repeatable)",
+    )
+    add("--log-format", choices=FORMATS, help="log line format (default json)")
+    add("--log-level", choices=LEVELS, help="default info")
+    add("--node-name", help="name of this node (default: host name)")
+    add(
+        "--no-reflection",
+        dest="reflection",
+        action="store_const",
+        const=False,
+        help="turn off gRPC server reflection",
+    )
+    _tls_flags(add)
+    add("--qemu-run-dir", help="where libvirt keeps QEMU pid files (default /run/libvirt/qemu)")
+    add("--reserved-memory", help="memory kept back from VMs in allocatable (default 1Gi)")
+    _network_flags(add)
+    _disk_flags(add)
+    return result
+
+
+def _tls_flags(add: Any) -> None:
+    add("--tls-cert", help="server certificate (PEM) for --listen")
+    add("--tls-key", help="server private key (PEM) for --listen")
+    add("--tls-client-ca", help="CA bundle that client certificates must chain to (mTLS)")
+    add(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="allow plaintext gRPC on --listen addresses",
+    )
+
+
+def _network_flags(add: Any) -> None:
+    add(
+        "--no-vm-network",
+        dest="vm_network",
+        action="store_const",
+        const=False,
+        help="no VM networking (taps, NAT, DHCP): VMs with interfaces are refused",
+    )
+    add("--vm-cidr", help="IPv4 network guest addresses come from (default 10.250.0.0/16)")
+    add("--node-port-range", help="node ports for published guest ports (default 30000-32767)")
+    add("--uplink", help="the node's outside link (default: the link of the default route)")
+    add(
+        "--dns",
+        action="append",
+        help="DNS server for guests (repeatable; default: /etc/resolv.conf's, not loopback)",
+    )
+
+
+def _disk_flags(add: Any) -> None:
+    add(
+        "--host-disk-root",
+        action="append",
+        help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",
+    )
+    add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
+    add(
+        "--secrets-dir",
+        help="cloud-init secretRef files: <dir>/<namespace>/<name>/userdata "
+        "(default <state-dir>/secrets)",
+    )
+    add("--registry-config", help="registry credentials, docker config.json format")
+    add("--registry-ca", help="CA bundle (PEM) for HTTPS registries (default: the system's)")
+    add(
+        "--insecure-registry",
+        action="append",
+        help="registry host:port reached over plain HTTP (repeatable)",
+    )
