@@ -28,12 +28,10 @@ from agent.domain.lifecycle import VMService
 from agent.domain.pullstatus import PullStatusPublisher
 from agent.domain.registry import Registry
 from agent.network.dhcpd import DhcpServer
-from agent.network.ipam import parse_cidr, parse_port_range
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
 from agent.network.service import RoutedNetwork
 from agent.ports import DomainEvent
-from agent.quantity import parse_quantity
 
 __all__ = ["run", "server_credentials"]
 
@@ -82,16 +80,17 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
         except OSError:
             dns = ()
     config = NetworkConfig(
-        cidr=parse_cidr(settings.vm_cidr),
-        node_ports=parse_port_range(settings.node_port_range),
+        cidr=settings.vm_cidr,
+        node_ports=settings.node_port_range,
         uplink=uplink,
         dns=dns,
     )
     dhcp = DhcpServer()
     network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)
+    low, high = config.node_ports
     log.info(
-        "VM network %s via %s (gateway %s, node ports %s, dns %s)",
-        config.cidr, uplink, config.gateway, settings.node_port_range, ",".join(dns) or "none",
+        "VM network %s via %s (gateway %s, node ports %s-%s, dns %s)",
+        config.cidr, uplink, config.gateway, low, high, ",".join(dns) or "none",
     )  # fmt: skip
     return network, dhcp
 
@@ -140,9 +139,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     )
     server = create_server(
         VirtualMachineServicer(service),
-        NodeServicer(
-            service, PsutilHostProbe(), reserved_memory=parse_quantity(settings.reserved_memory)
-        ),
+        NodeServicer(service, PsutilHostProbe(), reserved_memory=settings.reserved_memory),
         listen=settings.listen,
         unix_socket=settings.unix_socket,
         credentials=server_credentials(settings),

@@ -48,11 +48,12 @@ from agent.api._gen.virtagent.v1 import (
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
+from agent.defaults import GRACE_PERIOD_SECONDS
 
 __all__ = ["DEFAULT_GRACE_PERIOD_SECONDS", "AgentCallError", "AgentClient", "TLSOptions"]
 
 # KubeVirt's and the agent's default terminationGracePeriodSeconds.
-DEFAULT_GRACE_PERIOD_SECONDS = 30
+DEFAULT_GRACE_PERIOD_SECONDS = GRACE_PERIOD_SECONDS
 _BACKOFF_BASE = 0.1
 _BACKOFF_MAX = 2.0
 

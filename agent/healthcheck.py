@@ -8,10 +8,12 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agent.defaults import UNIX_SOCKET
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check the agent's gRPC health over its socket.")
-    parser.add_argument("--address", default="unix:/run/virt-agent/agent.sock")
+    parser.add_argument("--address", default=f"unix:{UNIX_SOCKET}")
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
     with grpc.insecure_channel(args.address) as channel:

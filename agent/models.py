@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from agent.defaults import GRACE_PERIOD_SECONDS
+
 __all__ = [
     "CPU",
     "DISK_FORMATS",
@@ -215,7 +217,7 @@ class VMSpec:
     volumes: tuple[Volume, ...] = ()
     interfaces: tuple[Interface, ...] = ()
     networks: tuple[Network, ...] = ()
-    termination_grace_period_seconds: int = 30
+    termination_grace_period_seconds: int = GRACE_PERIOD_SECONDS
     hostname: str = ""
 
     @property

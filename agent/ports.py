@@ -22,6 +22,7 @@ __all__ = [
     "DomainState",
     "HostFacts",
     "HostProbe",
+    "ImageInfo",
     "ImageTool",
     "VMNetwork",
     "Hypervisor",
@@ -127,10 +128,19 @@ class HostProbe(Protocol):
     def facts(self) -> HostFacts: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What an image file says about itself (``qemu-img info``); empty when it says nothing."""
+
+    format: str
+    backing_file: str = ""
+    data_file: str = ""
+
+
 class ImageTool(Protocol):
     """Inspects and creates disk image files."""
 
-    def format_of(self, path: str, field: str = "") -> str: ...
+    def inspect(self, path: str) -> ImageInfo: ...
     def create_overlay(self, base: str, base_format: str, path: str) -> None: ...
     def create_blank(self, path: str, size_bytes: int, fmt: str = "qcow2") -> None: ...
 

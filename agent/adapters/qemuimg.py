@@ -6,7 +6,8 @@ import json
 import os
 import subprocess
 
-from agent.errors import FailedPrecondition, InvalidSpec
+from agent.errors import FailedPrecondition
+from agent.ports import ImageInfo
 
 __all__ = ["QemuImg"]
 
@@ -40,22 +41,19 @@ class QemuImg:
             raise FailedPrecondition(f"{what}: {done.stderr.strip()}")
         return done.stdout
 
-    def format_of(self, path: str, field: str = "") -> str:
-        """The image's format; only qcow2 and raw are accepted."""
+    def inspect(self, path: str) -> ImageInfo:
+        """The image's format and the other files it names (``agent.disks.imagecheck``
+        decides what is acceptable)."""
         # --force-share: the image may be in use as a backing file by a running VM.
         out = self._run(["info", "--output=json", "--force-share", path], f"reading {path}")
         info = json.loads(out)
-        fmt = str(info.get("format", ""))
-        if fmt not in ("qcow2", "raw"):
-            raise InvalidSpec(field, f"{path} is a {fmt or 'unknown'} image; use qcow2 or raw")
-        if info.get("backing-filename"):
-            # A base with its own backing chain could point anywhere on the host.
-            raise InvalidSpec(field, f"{path} has a backing file; flatten it first")
         specific = info.get("format-specific", {}).get("data", {})
-        if isinstance(specific, dict) and specific.get("data-file"):
-            # An external data file is another way for an image to name a host file.
-            raise InvalidSpec(field, f"{path} has an external data file; convert it first")
-        return fmt
+        data_file = specific.get("data-file", "") if isinstance(specific, dict) else ""
+        return ImageInfo(
+            format=str(info.get("format", "")),
+            backing_file=str(info.get("backing-filename", "")),
+            data_file=str(data_file or ""),
+        )
 
     def create_overlay(self, base: str, base_format: str, path: str) -> None:
         """A qcow2 file that reads from ``base`` and takes every write itself."""

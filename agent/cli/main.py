@@ -20,11 +20,12 @@ from agent.cli.output import (
     error_sentence,
 )
 from agent.client import AgentCallError
+from agent.defaults import UNIX_SOCKET
 
 __all__ = ["build_parser", "main"]
 
 ENV_AGENT = "VMCTL_AGENT"
-DEFAULT_AGENT = "unix:/run/virt-agent/agent.sock"
+DEFAULT_AGENT = f"unix:{UNIX_SOCKET}"
 DEFAULT_WAIT_SECONDS = 300.0
 Parser = argparse.ArgumentParser
 

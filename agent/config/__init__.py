@@ -25,6 +25,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from agent.config.flags import VIRT_TYPES, parser
+from agent.defaults import UNIX_SOCKET
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
 from agent.network.ipam import parse_cidr, parse_port_range
@@ -42,7 +43,7 @@ class Settings:
     """Everything the daemon needs to start."""
 
     listen: list[str] = field(default_factory=list)
-    unix_socket: str = "/run/virt-agent/agent.sock"
+    unix_socket: str = UNIX_SOCKET
     libvirt_uri: str = "qemu:///system"
     state_dir: str = "/var/lib/virt-agent"
     virt_type: str = "auto"
@@ -56,11 +57,11 @@ class Settings:
     tls_client_ca: str = ""
     insecure: bool = False
     qemu_run_dir: str = "/run/libvirt/qemu"
-    reserved_memory: str = "1Gi"
+    reserved_memory: int = 1024**3  # bytes
     shutdown_grace_seconds: float = 30.0
     vm_network: bool = True
-    vm_cidr: str = "10.250.0.0/16"
-    node_port_range: str = "30000-32767"
+    vm_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.250.0.0/16")
+    node_port_range: tuple[int, int] = (30000, 32767)
     uplink: str = ""  # empty: the link of the default route
     dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback
     # Disks and images (see agent.domain.files).
@@ -135,9 +136,13 @@ _CONVERTERS: dict[object, Callable[[object], Any]] = {
     float: _to_float,
     bool: _to_bool,
     list[str]: _to_list,
+    ipaddress.IPv4Network: lambda value: parse_cidr(_to_str(value)),
+    tuple[int, int]: lambda value: parse_port_range(_to_str(value)),
 }
 # By field type; a field of a type with no converter fails here, at import.
 _CONVERT = {name: _CONVERTERS[hint] for name, hint in get_type_hints(Settings).items()}
+# Settings whose type does not say how they are written.
+_CONVERT["reserved_memory"] = lambda value: parse_quantity(_to_str(value))
 
 
 # -- checking one setting's value ---------------------------------------------------------
@@ -192,10 +197,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "virt_type": _one_of(VIRT_TYPES),
     "log_format": _one_of(FORMATS),
     "log_level": _one_of(LEVELS),
-    "reserved_memory": parse_quantity,
     "shutdown_grace_seconds": _not_negative,
-    "vm_cidr": parse_cidr,
-    "node_port_range": parse_port_range,
     "dns": _each(_ipv4),
     "uplink": _interface_name,
     "listen": _each(_host_port),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from agent.defaults import UNIX_SOCKET
 from agent.logs import FORMATS, LEVELS
 
 __all__ = ["VIRT_TYPES", "parser"]
@@ -27,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--unix-socket",
-        help="unix socket for node-local clients (default /run/virt-agent/agent.sock)",
+        help=f"unix socket for node-local clients (default {UNIX_SOCKET})",
     )
     add("--libvirt-uri", help="libvirt connection URI (default qemu:///system)")
     add("--state-dir", help="folder for per-VM files (default /var/lib/virt-agent)")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.disks.cache import CacheEntry, ImageCache
+from agent.disks.imagecheck import usable_format
 from agent.disks.layers import DiskSearch, LayerError
 from agent.disks.manifest import (
     ACCEPT,
@@ -217,7 +218,7 @@ class ContainerDisks:
             except (ManifestError, LayerError) as exc:
                 raise FailedPrecondition(f"{image}: {exc}") from exc
             try:
-                fmt = self.images.format_of(disk, "")
+                fmt = usable_format(self.images.inspect(disk), disk, "")
             except InvalidSpec as exc:  # e.g. a backing file: the image is at fault
                 raise FailedPrecondition(f"{image}: the disk in /disk/: {exc.problem}") from exc
             entry = self.cache.publish(key, workdir, disk, fmt=fmt, image=str(image), user=user)

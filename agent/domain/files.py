@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from agent.disks.cloudinit import VOLUME_ID, nocloud_seed
 from agent.disks.containerdisk import ContainerDisks
 from agent.disks.hostdisk import host_disk_path
+from agent.disks.imagecheck import usable_format
 from agent.disks.ports import IsoWriter, PullObserver, PullProgress
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.imageref import BadReference, parse_reference
@@ -122,7 +123,7 @@ class VMFiles:
         source = volume.source
         if isinstance(source, ImageFile):
             base = resolve_under_roots(self.image_roots, source.path, f"{field}.imageFile.path")
-            base_format = self.images.format_of(base, f"{field}.imageFile.path")
+            base_format = usable_format(self.images.inspect(base), base, f"{field}.imageFile.path")
             return self._overlay(domain, volume.name, base, base_format)
         if isinstance(source, EmptyDisk):
             path = os.path.join(self.vm_dir(domain), f"{volume.name}-empty.qcow2")

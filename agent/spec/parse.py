@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from agent.defaults import GRACE_PERIOD_SECONDS
 from agent.errors import InvalidSpec
 from agent.models import (
     CPU,
@@ -79,7 +80,7 @@ def _parse_instance(
     run_strategy: RunStrategy,
 ) -> VMSpec:
     domain = node.child("domain") or Node(node.at("domain"), {})
-    grace = node.get("terminationGracePeriodSeconds", int, 30)
+    grace = node.get("terminationGracePeriodSeconds", int, GRACE_PERIOD_SECONDS)
     if grace < 0:
         raise InvalidSpec(node.at("terminationGracePeriodSeconds"), "must not be negative")
     hostname = node.get("hostname", str, "")

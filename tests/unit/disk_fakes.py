@@ -15,6 +15,7 @@ from agent.disks.ports import FetchedManifest, PullProgress
 from agent.errors import FailedPrecondition
 from agent.imageref import ImageRef
 from agent.models import VMSpec
+from agent.ports import ImageInfo
 
 
 def layer(files: Mapping[str, bytes | str], *, gz: bool = True) -> bytes:
@@ -111,9 +112,9 @@ class FakeImages:
         self.fmt = fmt
         self.overlays: list[tuple[str, str, str]] = []
 
-    def format_of(self, path: str, field: str = "") -> str:
+    def inspect(self, path: str) -> ImageInfo:
         assert os.path.isfile(path), path
-        return self.fmt
+        return ImageInfo(self.fmt)
 
     def create_overlay(self, base: str, base_format: str, path: str) -> None:
         self.overlays.append((base, base_format, path))

@@ -21,7 +21,7 @@ AGENT = Path(__file__).resolve().parents[2] / "agent"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(units)
     for units in (
-        {"agent", "agent.errors", "agent.naming"},
+        {"agent", "agent.errors", "agent.naming", "agent.defaults"},
         {"agent.quantity", "agent.labels", "agent.paths", "agent.logs", "agent.imageref"}
         | {"agent.models", "agent.api._gen"},
         {"agent.ports"},

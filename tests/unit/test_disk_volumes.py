@@ -17,6 +17,7 @@ from agent.adapters.iso import PycdlibIso
 from agent.adapters.qemuimg import QemuImg
 from agent.disks.cloudinit import nocloud_seed
 from agent.disks.hostdisk import host_disk_path
+from agent.disks.imagecheck import usable_format
 from agent.domain.files import VMFiles, VolumeSupport
 from agent.errors import InvalidSpec
 from agent.models import CloudInitNoCloud, Disk, EmptyDisk, HostDisk, VMSpec, Volume
@@ -249,8 +250,12 @@ def test_images_naming_host_files_are_refused(tmp_path: Path) -> None:
     data_file = f"data_file={tmp_path / 'data.raw'}"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", data_file, str(external),
                     "1M"], check=True)  # fmt: skip
-    assert tool.format_of(str(tmp_path / "base.qcow2")) == "qcow2"
+
+    def check(path: Path) -> str:
+        return usable_format(tool.inspect(str(path)), str(path), "f")
+
+    assert check(tmp_path / "base.qcow2") == "qcow2"
     with pytest.raises(InvalidSpec, match="backing file"):
-        tool.format_of(str(backed), "f")
+        check(backed)
     with pytest.raises(InvalidSpec, match="external data file"):
-        tool.format_of(str(external), "f")
+        check(external)

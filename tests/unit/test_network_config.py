@@ -10,7 +10,7 @@ from agent.config import ConfigError, load_settings
 def test_defaults_turn_networking_on() -> None:
     settings = load_settings([], environ={})
     assert settings.vm_network is True
-    assert (settings.vm_cidr, settings.node_port_range) == ("10.250.0.0/16", "30000-32767")
+    assert (str(settings.vm_cidr), settings.node_port_range) == ("10.250.0.0/16", (30000, 32767))
     assert settings.uplink == "" and settings.dns == []
 
 
@@ -28,7 +28,7 @@ def test_flags_and_environment() -> None:
         ],
         environ={"VIRT_AGENT_NODE_PORT_RANGE": "31000-31999"},
     )
-    assert settings.vm_cidr == "10.9.0.0/24" and settings.node_port_range == "31000-31999"
+    assert str(settings.vm_cidr) == "10.9.0.0/24" and settings.node_port_range == (31000, 31999)
     assert settings.dns == ["192.0.2.53", "192.0.2.54"] and settings.uplink == "br-ex"
     assert load_settings(["--no-vm-network"], environ={}).vm_network is False
     assert load_settings([], environ={"VIRT_AGENT_DNS": "192.0.2.1,192.0.2.2"}).dns == [

@@ -1,0 +1,10 @@
+"""Defaults shared by the daemon, its clients and the spec: each stated once."""
+
+from __future__ import annotations
+
+__all__ = ["GRACE_PERIOD_SECONDS", "UNIX_SOCKET"]
+
+# Where the agent serves node-local clients (vmctl, probes) unless told otherwise.
+UNIX_SOCKET = "/run/virt-agent/agent.sock"
+# terminationGracePeriodSeconds when a spec does not say (KubeVirt's default).
+GRACE_PERIOD_SECONDS = 30
