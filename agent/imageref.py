@@ -8,7 +8,7 @@ image is on Docker Hub, where single names live under ``library/``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["DOCKER_HUB", "ImageRef", "BadReference", "parse_reference"]
 
@@ -42,6 +42,9 @@ class ImageRef:
     repository: str
     tag: str = ""
     digest: str = ""
+    # The reference as written (e.g. "nginx" for docker.io/library/nginx:latest): what a
+    # spec stores and shows. Two spellings of one image are the same image.
+    written: str = field(default="", compare=False)
 
     @property
     def reference(self) -> str:
@@ -76,7 +79,7 @@ def parse_reference(text: str) -> ImageRef:
         path = f"library/{path}"
     if not tag and not digest:
         tag = "latest"
-    return ImageRef(registry=registry, repository=path, tag=tag, digest=digest)
+    return ImageRef(registry=registry, repository=path, tag=tag, digest=digest, written=text)
 
 
 def _split_registry(rest: str) -> tuple[str, str]:

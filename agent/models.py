@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 
 from agent.defaults import GRACE_PERIOD_SECONDS
+from agent.imageref import ImageRef
 
 __all__ = [
     "CPU",
@@ -124,7 +125,7 @@ class ImageFile:
 class ContainerDisk:
     """A disk image pulled from an OCI registry (KubeVirt containerDisk)."""
 
-    image: str
+    image: ImageRef  # parsed (and so checked) once, when the spec is read
     path: str = ""
     image_pull_policy: str = ""
 

@@ -21,7 +21,6 @@ from agent.disks.hostdisk import host_disk_path
 from agent.disks.imagecheck import usable_format
 from agent.disks.ports import IsoWriter, PullObserver, PullProgress
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
-from agent.imageref import BadReference, parse_reference
 from agent.models import (
     CloudInitNoCloud,
     ContainerDisk,
@@ -155,10 +154,7 @@ class VMFiles:
         disks = self.support.container_disks
         if disks is None:
             raise InvalidSpec(field, "containerDisk volumes are not enabled on this node")
-        try:
-            image = parse_reference(source.image)
-        except BadReference as exc:
-            raise InvalidSpec(f"{field}.image", f"{source.image!r}: {exc}") from None
+        image = source.image
         observer = self.support.pulls
         pulled = False
 
@@ -173,7 +169,7 @@ class VMFiles:
                 image, source.image_pull_policy, domain, path=source.path, progress=progress
             )
         except (FailedPrecondition, Unavailable) as exc:
-            error = type(exc)(f"{field}.image: {source.image}: {exc}")
+            error = type(exc)(f"{field}.image: {image.written or image}: {exc}")
             if pulled and observer is not None:
                 observer.finished(domain, error)
             raise error from exc

@@ -86,14 +86,14 @@ def _container_disk(node: Node) -> ContainerDisk:
     if not image or any(c.isspace() for c in image):
         raise InvalidSpec(node.at("image"), "must name an image such as registry:5000/repo:tag")
     try:
-        parse_reference(image)
+        reference = parse_reference(image)
     except BadReference as exc:
         raise InvalidSpec(node.at("image"), f"{image!r}: {exc}") from None
     path = relative_path(node, "path", required=False)
     policy = node.get("imagePullPolicy", str, "")
     if policy and policy not in ("Always", "IfNotPresent", "Never"):
         raise InvalidSpec(node.at("imagePullPolicy"), "must be Always, IfNotPresent or Never")
-    return ContainerDisk(image=image, path=path, image_pull_policy=policy)
+    return ContainerDisk(image=reference, path=path, image_pull_policy=policy)
 
 
 def _decoded(node: Node, plain: str, encoded: str) -> str:

@@ -100,7 +100,7 @@ def _render_volume(volume: Volume) -> dict[str, Any]:
     if isinstance(source, ImageFile):
         body = ("imageFile", {"path": source.path})
     elif isinstance(source, ContainerDisk):
-        fields = {"image": source.image, "path": source.path}
+        fields = {"image": source.image.written or str(source.image), "path": source.path}
         if source.image_pull_policy:
             fields["imagePullPolicy"] = source.image_pull_policy
         body = ("containerDisk", {k: v for k, v in fields.items() if v})

@@ -21,8 +21,8 @@ AGENT = Path(__file__).resolve().parents[2] / "agent"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(units)
     for units in (
-        {"agent", "agent.errors", "agent.naming", "agent.defaults"},
-        {"agent.quantity", "agent.labels", "agent.paths", "agent.logs", "agent.imageref"}
+        {"agent", "agent.errors", "agent.naming", "agent.defaults", "agent.imageref"},
+        {"agent.quantity", "agent.labels", "agent.paths", "agent.logs"}
         | {"agent.models", "agent.api._gen"},
         {"agent.ports"},
         {"agent.spec"},

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agent.errors import InvalidSpec
+from agent.imageref import parse_reference
 from agent.models import (
     CloudInitNoCloud,
     ContainerDisk,
@@ -575,7 +576,7 @@ def test_every_field_parses_to_the_model() -> None:
         ("host", "disk", "virtio", False),
     ]
     assert [v.source for v in vm.volumes] == [
-        ContainerDisk("registry:5000/os:1", "/disk/os.qcow2", "IfNotPresent"),
+        ContainerDisk(parse_reference("registry:5000/os:1"), "/disk/os.qcow2", "IfNotPresent"),
         ImageFile("iso/tools.iso"),
         CloudInitNoCloud("#cloud-config\n", "version: 2\n", "", "net-secret"),
         EmptyDisk(2 * 1024**3),
