@@ -1,11 +1,14 @@
-"""Composition root: build the real adapters, wire the services, serve until SIGTERM."""
+"""Composition root: build the agent from its settings (real adapters, services, gRPC
+server), then serve it until SIGTERM."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import threading
+from dataclasses import dataclass
 
 import grpc
 
@@ -23,19 +26,99 @@ from agent.config import Settings
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
-from agent.domain.files import VMFiles, VolumeSupport
+from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
 from agent.domain.pullstatus import PullStatusPublisher
 from agent.domain.registry import Registry
+from agent.domain.views import VMViews
 from agent.network.dhcpd import DhcpServer
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
 from agent.network.service import RoutedNetwork
-from agent.ports import DomainEvent
 
-__all__ = ["run", "server_credentials"]
+__all__ = ["Agent", "build_agent", "run", "server_credentials"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Agent:
+    """A built agent: what runs, and the pieces tests and tools look into."""
+
+    settings: Settings
+    hv: LibvirtHypervisor
+    registry: Registry
+    service: VMService
+    views: VMViews
+    vm_servicer: VirtualMachineServicer
+    server: Server
+    network: RoutedNetwork | None = None
+    dhcp: DhcpServer | None = None
+
+    def start(self) -> None:
+        """Serve: VM network first (forwarding on), then gRPC, then the libvirt connection,
+        whose first connect rebuilds the VMs and makes the agent ready."""
+        if self.dhcp is not None and self.network is not None:
+            self.dhcp.start()
+            self.network.start()
+        self.service.readiness.watch(self.server.set_serving)
+        self.server.grpc_server.start()
+        self.hv.open(wait=False)
+
+    def stop(self, grace: float | None) -> None:
+        """Stop serving (in-flight calls get ``grace`` seconds); VMs and their plumbing stay."""
+        self.server.set_serving(False)
+        self.server.grpc_server.stop(grace).wait()
+        self.hv.close()
+        if self.network is not None and self.dhcp is not None:
+            self.network.stop()
+            self.dhcp.stop()
+
+
+def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32) -> Agent:
+    """Everything the agent is made of, wired, nothing started (``Agent.start`` does that)."""
+    os.makedirs(settings.state_dir, exist_ok=True)
+    hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
+    registry = Registry()
+    networking = _network(settings)
+    service = VMService(
+        hv,
+        _vm_files(settings, registry),
+        registry,
+        node_name=settings.node_name,
+        virt_type=_virt_type(settings.virt_type),
+        network=networking[0] if networking else None,
+    )
+    hv.subscribe(service)
+    views = VMViews(registry, service.files)
+    vm_servicer = VirtualMachineServicer(service, views, max_streams=max_streams, max_slow=max_slow)
+    server = create_server(
+        vm_servicer,
+        NodeServicer(service, views, PsutilHostProbe(), reserved_memory=settings.reserved_memory),
+        listen=settings.listen,
+        unix_socket=settings.unix_socket,
+        credentials=server_credentials(settings),
+        reflection_enabled=settings.reflection,
+    )
+    network, dhcp = networking if networking else (None, None)
+    return Agent(settings, hv, registry, service, views, vm_servicer, server, network, dhcp)
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT (or ``stop``); VMs keep running after it exits."""
+    stop = stop or threading.Event()
+    agent = build_agent(settings)
+    agent.start()
+    log.info(
+        "virt-agent serving",
+        extra={"listen": ",".join(settings.listen), "unix_socket": settings.unix_socket},
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: finishing in-flight calls; VMs keep running")
+    agent.stop(settings.shutdown_grace_seconds)
+    return 0
 
 
 def _virt_type(setting: str) -> str:
@@ -80,10 +163,7 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
         except OSError:
             dns = ()
     config = NetworkConfig(
-        cidr=settings.vm_cidr,
-        node_ports=settings.node_port_range,
-        uplink=uplink,
-        dns=dns,
+        cidr=settings.vm_cidr, node_ports=settings.node_port_range, uplink=uplink, dns=dns
     )
     dhcp = DhcpServer()
     network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)
@@ -95,7 +175,7 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
     return network, dhcp
 
 
-def _vm_files(settings: Settings, image_roots: list[str], registry: Registry) -> VMFiles:
+def _vm_files(settings: Settings, registry: Registry) -> VMFiles:
     """Per-VM files with every volume kind: container disks, NoCloud seeds, host disks."""
     credentials = Credentials()
     if settings.registry_config:
@@ -104,10 +184,10 @@ def _vm_files(settings: Settings, image_roots: list[str], registry: Registry) ->
     client = HttpxRegistry(
         insecure=settings.insecure_registry, ca_bundle=settings.registry_ca, credentials=credentials
     )
-    files = VMFiles(settings.state_dir, image_roots, QemuImg())
     cache_dir = settings.image_cache_dir or os.path.join(settings.state_dir, "containerdisks")
-    disks = ContainerDisks(client, ImageCache(cache_dir, vm_exists=files.vm_exists), QemuImg())
-    files.support = VolumeSupport(
+    in_use = functools.partial(vm_folder_exists, settings.state_dir)
+    disks = ContainerDisks(client, ImageCache(cache_dir, vm_exists=in_use), QemuImg())
+    support = VolumeSupport(
         container_disks=disks,
         iso=PycdlibIso(),
         host_disk_roots=tuple(os.path.abspath(root) for root in settings.host_disk_root),
@@ -115,73 +195,5 @@ def _vm_files(settings: Settings, image_roots: list[str], registry: Registry) ->
         pulls=PullStatusPublisher(registry, node_name=settings.node_name),
     )
     disks.gc()  # entries whose VMs were deleted while the agent was down
-    return files
-
-
-def run(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run the agent until SIGTERM/SIGINT (or ``stop``); VMs keep running after it exits."""
-    stop = stop or threading.Event()
     image_roots = settings.image_root or [os.path.join(settings.state_dir, "images")]
-    os.makedirs(settings.state_dir, exist_ok=True)
-    hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
-    registry = Registry()
-    networking = _network(settings)
-    if networking is not None:
-        networking[1].start()
-        networking[0].start()
-    service = VMService(
-        hv,
-        _vm_files(settings, image_roots, registry),
-        registry,
-        node_name=settings.node_name,
-        virt_type=_virt_type(settings.virt_type),
-        network=networking[0] if networking else None,
-    )
-    server = create_server(
-        VirtualMachineServicer(service),
-        NodeServicer(service, PsutilHostProbe(), reserved_memory=settings.reserved_memory),
-        listen=settings.listen,
-        unix_socket=settings.unix_socket,
-        credentials=server_credentials(settings),
-        reflection_enabled=settings.reflection,
-    )
-    _follow_health(hv, registry, server, service)
-    server.grpc_server.start()
-    log.info(
-        "virt-agent serving",
-        extra={"listen": ",".join(settings.listen), "unix_socket": settings.unix_socket},
-    )
-    hv.open(wait=False)  # the "connected" event triggers the first resync
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    log.info("stopping: finishing in-flight calls; VMs keep running")
-    server.set_serving(False)
-    server.grpc_server.stop(settings.shutdown_grace_seconds).wait()
-    hv.close()
-    if networking is not None:  # taps and nft stay: running VMs keep their network
-        networking[0].stop()
-        networking[1].stop()
-    return 0
-
-
-def _follow_health(
-    hv: LibvirtHypervisor, registry: Registry, server: Server, service: VMService
-) -> None:
-    """SERVING only while libvirt is connected and the registry was rebuilt from it."""
-
-    def on_event(event: DomainEvent) -> None:
-        if event.event == "disconnected":
-            registry.synced.clear()
-            server.set_serving(False)
-            return
-        service.on_event(event)
-        if event.event == "connected":
-            threading.Thread(target=wait_synced, name="health", daemon=True).start()
-
-    def wait_synced() -> None:
-        if registry.synced.wait(timeout=300) and hv.connected():
-            server.set_serving(True)
-
-    hv.subscribe(on_event)
+    return VMFiles(settings.state_dir, image_roots, QemuImg(), support)

@@ -7,7 +7,6 @@ libvirt's ``test:///default`` driver. Nothing crossing a port is a library type.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +26,7 @@ __all__ = [
     "VMNetwork",
     "Hypervisor",
     "HypervisorLink",
+    "HypervisorListener",
 ]
 
 
@@ -91,11 +91,18 @@ class DomainPower(Protocol):
     def reboot(self, name: str) -> None: ...
 
 
+class HypervisorListener(Protocol):
+    """Receives the hypervisor's feed, in order, on one thread."""
+
+    def on_connection(self, connected: bool) -> None: ...
+    def on_domain_event(self, event: DomainEvent) -> None: ...
+
+
 class HypervisorLink(Protocol):
     """The connection itself: versions, liveness and the event feed."""
 
     def versions(self) -> tuple[str, str]: ...
-    def subscribe(self, handler: Callable[[DomainEvent], None]) -> None: ...
+    def subscribe(self, listener: HypervisorListener) -> None: ...
     def connected(self) -> bool: ...
 
 

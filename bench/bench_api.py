@@ -19,16 +19,10 @@ import grpc
 import libvirt
 from google.protobuf import json_format
 
-from agent.adapters.host import PsutilHostProbe
-from agent.adapters.libvirt import LibvirtHypervisor
-from agent.adapters.qemuimg import QemuImg
 from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2_grpc
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
-from agent.api.server import create_server
-from agent.api.servicer import NodeServicer, VirtualMachineServicer
-from agent.domain.files import VMFiles
-from agent.domain.lifecycle import VMService
-from agent.domain.registry import Registry
+from agent.app import build_agent
+from agent.config import Settings
 
 RAW_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>
 <os><type arch='x86_64' machine='q35'>hvm</type></os></domain>"""
@@ -73,22 +67,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="va-bench-"))
     (work / "node.xml").write_text("<node/>")
     uri = f"test://{work / 'node.xml'}"
-    hv = LibvirtHypervisor(uri)
-    registry = Registry()
-    service = VMService(
-        hv, VMFiles(str(work / "state"), [str(work)], QemuImg()), registry,
-        node_name="bench", virt_type="qemu",
+    settings = Settings(
+        libvirt_uri=uri, state_dir=str(work / "state"), image_root=[str(work)],
+        listen=["127.0.0.1:0"], insecure=True, unix_socket="", vm_network=False,
+        virt_type="qemu", node_name="bench", reserved_memory=0,
     )  # fmt: skip
-    hv.subscribe(service.on_event)
-    server = create_server(
-        VirtualMachineServicer(service),
-        NodeServicer(service, PsutilHostProbe(), reserved_memory=0),
-        listen=["127.0.0.1:0"],
-    )
-    server.grpc_server.start()
-    hv.open()
-    while not registry.synced.wait(0.05):
-        pass
+    agent = build_agent(settings)  # the daemon's own wiring, on libvirt's test driver
+    agent.start()
+    agent.service.readiness.wait(30)
+    server = agent.server
     stub = vm_service_pb2_grpc.VirtualMachineServiceStub(
         grpc.insecure_channel(f"127.0.0.1:{server.ports[0]}")
     )
@@ -139,8 +126,7 @@ def main() -> None:
             namespace="bench", name=n, grace_period_seconds=0)) for n in names]),
         timed([lambda n=n: raw_delete(n) for n in names]),
     )  # fmt: skip
-    server.grpc_server.stop(None)
-    hv.close()
+    agent.stop(None)
     subprocess.run(["rm", "-rf", str(work)], check=False)
 
 

@@ -30,7 +30,7 @@ from agent.adapters.libvirt_codes import (
 )
 from agent.errors import FailedPrecondition, InvalidSpec, NotFound, Unavailable
 from agent.naming import METADATA_KEY, METADATA_URI
-from agent.ports import DomainEvent, DomainInfo, DomainState
+from agent.ports import DomainEvent, DomainInfo, DomainState, HypervisorListener
 
 __all__ = ["LibvirtHypervisor"]
 
@@ -61,8 +61,9 @@ class LibvirtHypervisor:
         self._lock = threading.Lock()
         self._lost = threading.Event()
         self._closed = threading.Event()
-        self._handlers: list[Callable[[DomainEvent], None]] = []
-        self._events: queue.SimpleQueue[DomainEvent | None] = queue.SimpleQueue()
+        self._listeners: list[HypervisorListener] = []
+        # Domain events and connection changes (True/False) in the order they happened.
+        self._events: queue.SimpleQueue[DomainEvent | bool | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._callback_ids: dict[int, int] = {}
         self._dead: list[Any] = []
@@ -107,7 +108,7 @@ class LibvirtHypervisor:
         with self._lock:
             self._conn = conn
         log.info("connected to libvirt", extra={"uri": self.uri})
-        self._events.put(DomainEvent(name="", event="connected", detail=""))
+        self._events.put(True)
 
     def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
         # Runs on the event loop thread (or a caller that saw the connection die): only
@@ -135,7 +136,7 @@ class LibvirtHypervisor:
             self._lost.wait()
             if self._closed.is_set():
                 return
-            self._events.put(DomainEvent(name="", event="disconnected", detail=""))
+            self._events.put(False)
             delay = 0.2
             with self._lock:
                 dead, self._dead = self._dead, []
@@ -161,14 +162,17 @@ class LibvirtHypervisor:
             event = self._events.get()
             if event is None:
                 return
-            for handler in list(self._handlers):
+            for listener in list(self._listeners):
                 try:
-                    handler(event)
+                    if isinstance(event, bool):
+                        listener.on_connection(event)
+                    else:
+                        listener.on_domain_event(event)
                 except Exception:
-                    log.exception("domain event handler failed for %s", event)
+                    log.exception("hypervisor listener failed for %s", event)
 
-    def subscribe(self, handler: Callable[[DomainEvent], None]) -> None:
-        self._handlers.append(handler)
+    def subscribe(self, listener: HypervisorListener) -> None:
+        self._listeners.append(listener)
 
     @contextlib.contextmanager
     def _call(self, what: str) -> Iterator[Any]:

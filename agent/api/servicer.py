@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import grpc
 
@@ -33,23 +31,27 @@ from agent.api._gen.virtagent.v1 import (
 from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
 from agent.domain.lifecycle import VMService
-from agent.errors import Conflict, InvalidSpec, ResourceExhausted, Unsupported
-from agent.labels import matches_selector, parse_selector
+from agent.domain.views import VMViews
+from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
 from agent.ports import HostProbe
 from agent.spec import validate_name
 
 __all__ = ["MigrationServicer", "NodeServicer", "VirtualMachineServicer"]
 
 _EVENT_TYPES = {
+    "SYNCED": pb.EVENT_TYPE_SYNCED,
     "ADDED": pb.EVENT_TYPE_ADDED,
     "MODIFIED": pb.EVENT_TYPE_MODIFIED,
     "DELETED": pb.EVENT_TYPE_DELETED,
 }
-_CONSOLE_CHUNK = 64 * 1024
-_FOLLOW_POLL_SECONDS = 0.2
 
 
-def _names(request: Any) -> tuple[str, str]:
+class _NamedRequest(Protocol):
+    namespace: str
+    name: str
+
+
+def _names(request: _NamedRequest) -> tuple[str, str]:
     return validate_name("namespace", request.namespace), validate_name("name", request.name)
 
 
@@ -85,80 +87,68 @@ class _Slots:
 
 
 class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
-    """virtagent.v1.VirtualMachineService over a VMService."""
+    """virtagent.v1.VirtualMachineService: verbs go to the VMService, reads to the VMViews."""
 
-    def __init__(self, service: VMService, *, max_streams: int = 16, max_slow: int = 32) -> None:
+    def __init__(
+        self, service: VMService, views: VMViews, *, max_streams: int = 16, max_slow: int = 32
+    ) -> None:
         self.service = service
+        self.views = views
         self.streams = _Slots(max_streams, "watch/console streams")
         self.slow_calls = _Slots(max_slow, "apply/start/stop/restart/delete calls")
 
     @grpc_errors
-    def ApplyVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ApplyVirtualMachine(
+        self, request: pb.ApplyVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.ApplyVirtualMachineResponse:
         spec = spec_from_proto(request.vm)
         with self.slow_calls.take():
             record, changed = self.service.apply(spec, request.request_id)
         return pb.ApplyVirtualMachineResponse(vm=vm_to_proto(record), changed=changed)
 
     @grpc_errors
-    def GetVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.GetVirtualMachineResponse(vm=vm_to_proto(self.service.get(*_names(request))))
+    def GetVirtualMachine(
+        self, request: pb.GetVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.GetVirtualMachineResponse:
+        return pb.GetVirtualMachineResponse(vm=vm_to_proto(self.views.get(*_names(request))))
 
     @grpc_errors
-    def ListVirtualMachines(self, request: Any, context: grpc.ServicerContext) -> Any:
-        version = self.service.registry.resource_version
-        records = self.service.list(request.namespace, request.label_selector)
+    def ListVirtualMachines(
+        self, request: pb.ListVirtualMachinesRequest, context: grpc.ServicerContext
+    ) -> pb.ListVirtualMachinesResponse:
+        records, version = self.views.list(request.namespace, request.label_selector)
         return pb.ListVirtualMachinesResponse(
             vms=[vm_to_proto(r) for r in records], resource_version=version
         )
 
     @grpc_stream_errors
-    def WatchVirtualMachines(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        requirements = parse_selector(request.label_selector)
-
-        def wanted(spec: Any) -> bool:
-            in_namespace = not request.namespace or spec.namespace == request.namespace
-            return in_namespace and matches_selector(spec.labels, requirements)
-
+    def WatchVirtualMachines(
+        self, request: pb.WatchVirtualMachinesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchVirtualMachinesResponse]:
+        items = self.views.watch(
+            request.namespace, request.label_selector, keep_going=context.is_active
+        )
         with self.streams.take():
-            yield from self._watch(request, context, wanted)
-
-    def _watch(
-        self, request: Any, context: grpc.ServicerContext, wanted: Callable[[Any], bool]
-    ) -> Iterator[Any]:
-        snapshot, version, watch = self.service.registry.watch()
-        try:
-            for item in sorted(snapshot, key=lambda r: (r.spec.namespace, r.spec.name)):
-                if wanted(item.spec):
-                    yield pb.WatchVirtualMachinesResponse(
-                        type=pb.EVENT_TYPE_ADDED, vm=vm_to_proto(item), resource_version=version
-                    )
-            yield pb.WatchVirtualMachinesResponse(
-                type=pb.EVENT_TYPE_SYNCED, resource_version=version
-            )
-            while context.is_active():
-                event = watch.next_event(timeout=1.0)
-                if event is None:
-                    continue
-                if event.record is None:
-                    raise Conflict("the watch fell behind the node's changes; list and watch again")
-                if wanted(event.record.spec):
-                    yield pb.WatchVirtualMachinesResponse(
-                        type=_EVENT_TYPES[event.type],
-                        vm=vm_to_proto(event.record),
-                        resource_version=event.resource_version,
-                    )
-        finally:
-            watch.close()
+            for item in items:
+                yield pb.WatchVirtualMachinesResponse(
+                    type=_EVENT_TYPES[item.type],
+                    vm=vm_to_proto(item.record) if item.record is not None else None,
+                    resource_version=item.resource_version,
+                )
 
     @grpc_errors
-    def StartVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def StartVirtualMachine(
+        self, request: pb.StartVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.StartVirtualMachineResponse:
         names = _names(request)
         with self.slow_calls.take():
             record = self.service.start(*names, request.request_id)
         return pb.StartVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
-    def StopVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def StopVirtualMachine(
+        self, request: pb.StopVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.StopVirtualMachineResponse:
         names, grace = _names(request), _grace(request)
         with self.slow_calls.take():
             record = self.service.stop(
@@ -167,98 +157,63 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         return pb.StopVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
-    def RestartVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def RestartVirtualMachine(
+        self, request: pb.RestartVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.RestartVirtualMachineResponse:
         names = _names(request)
         with self.slow_calls.take():
             record = self.service.restart(*names, hard=request.hard, request_id=request.request_id)
         return pb.RestartVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
-    def PauseVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def PauseVirtualMachine(
+        self, request: pb.PauseVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.PauseVirtualMachineResponse:
         record = self.service.pause(*_names(request), request.request_id)
         return pb.PauseVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
-    def ResumeVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ResumeVirtualMachine(
+        self, request: pb.ResumeVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.ResumeVirtualMachineResponse:
         record = self.service.resume(*_names(request), request.request_id)
         return pb.ResumeVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
-    def DeleteVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def DeleteVirtualMachine(
+        self, request: pb.DeleteVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteVirtualMachineResponse:
         names, grace = _names(request), _grace(request)
         with self.slow_calls.take():
             self.service.delete(*names, grace_period=grace, request_id=request.request_id)
         return pb.DeleteVirtualMachineResponse()
 
     @grpc_stream_errors
-    def GetConsoleLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def GetConsoleLog(
+        self, request: pb.GetConsoleLogRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetConsoleLogResponse]:
         if request.tail_lines < 0:
             raise InvalidSpec("tail_lines", "must not be negative")
-        namespace, name = _names(request)
-        path = self.service.console_log_path(namespace, name)
-        if not request.follow:
-            yield from self._console(request, context, path)
-            return
-        with self.streams.take():
-            yield from self._console(request, context, path)
-
-    def _console(self, request: Any, context: grpc.ServicerContext, path: str) -> Iterator[Any]:
-        namespace, name = request.namespace, request.name
-        offset = _tail_offset(path, request.tail_lines)
-        while True:
-            start = offset
-            for offset, chunk in _read_from(path, start):  # noqa: B007 - offset is the resume point
+        chunks = self.views.console(
+            *_names(request),
+            tail_lines=request.tail_lines,
+            follow=request.follow,
+            keep_going=context.is_active,
+        )
+        # Only a followed log holds its stream open: it counts against the stream limit.
+        with self.streams.take() if request.follow else contextlib.nullcontext():
+            for chunk in chunks:
                 yield pb.GetConsoleLogResponse(data=chunk)
-            if not request.follow or not context.is_active():
-                return
-            self.service.get(namespace, name)  # ends the stream once the VM is deleted
-            time.sleep(_FOLLOW_POLL_SECONDS)
-
-
-def _tail_offset(path: str, lines: int) -> int:
-    """Byte offset where the last ``lines`` lines start (0: the whole file)."""
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return 0
-    if lines == 0:
-        return 0
-    with open(path, "rb") as handle:
-        block, found, position = 8192, 0, size
-        while position > 0:
-            step = min(block, position)
-            position -= step
-            handle.seek(position)
-            data = handle.read(step)
-            for index in range(len(data) - 1, -1, -1):
-                if data[index] == 0x0A and position + index < size - 1:
-                    found += 1
-                    if found == lines:
-                        return position + index + 1
-    return 0
-
-
-def _read_from(path: str, offset: int) -> Iterator[tuple[int, bytes]]:
-    """Chunks of the log from ``offset``, each with the offset after it; read as they are sent."""
-    try:
-        # O_NOFOLLOW: the log lives in a folder QEMU's user can write; never follow a swap.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    with os.fdopen(fd, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size < offset:
-            offset = 0  # the log was truncated (new boot): start over
-        handle.seek(offset)
-        while chunk := handle.read(_CONSOLE_CHUNK):
-            offset += len(chunk)
-            yield offset, chunk
 
 
 class NodeServicer(node_grpc.NodeServiceServicer):
     """virtagent.v1.NodeService: capacity, versions and VM counts."""
 
-    def __init__(self, service: VMService, host: HostProbe, *, reserved_memory: int) -> None:
+    def __init__(
+        self, service: VMService, views: VMViews, host: HostProbe, *, reserved_memory: int
+    ) -> None:
         self.service = service
+        self.views = views
         self.host = host
         self.reserved_memory = reserved_memory
 
@@ -266,10 +221,7 @@ class NodeServicer(node_grpc.NodeServiceServicer):
     def GetNode(self, request: Any, context: grpc.ServicerContext) -> Any:
         facts = self.host.facts()
         libvirt_version, qemu_version = self.service.hv.versions()
-        counts: dict[str, int] = {}
-        for record in self.service.registry.records():
-            phase = record.status.phase.value
-            counts[phase] = counts.get(phase, 0) + 1
+        counts = self.views.phase_counts()
         node = node_pb2.Node(
             name=self.service.node_name,
             cpu_capacity=facts.cpus,

@@ -34,7 +34,7 @@ from agent.models import (
 from agent.paths import resolve_under_roots
 from agent.ports import ImageTool
 
-__all__ = ["PreparedFiles", "VMFiles", "VolumeSupport"]
+__all__ = ["PreparedFiles", "VMFiles", "VolumeSupport", "vm_folder", "vm_folder_exists"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ class VolumeSupport:
     pulls: PullObserver | None = None  # told about pulls, to show progress in status
 
 
+def vm_folder(state_dir: str, domain: str) -> str:
+    """Where a VM's files live: ``<state-dir>/vms/<domain>``."""
+    return os.path.join(os.path.abspath(state_dir), "vms", domain)
+
+
+def vm_folder_exists(state_dir: str, domain: str) -> bool:
+    """Whether the VM still has its folder (how the image cache tells stale users)."""
+    return bool(domain) and os.path.isdir(vm_folder(state_dir, domain))
+
+
 class VMFiles:
     """Resolves and creates the files of VMs.
 
@@ -86,11 +96,10 @@ class VMFiles:
         self.support = support or VolumeSupport()
 
     def vm_dir(self, domain: str) -> str:
-        return os.path.join(self.state_dir, "vms", domain)
+        return vm_folder(self.state_dir, domain)
 
     def vm_exists(self, domain: str) -> bool:
-        """Whether the VM still has its folder (how the image cache tells stale users)."""
-        return bool(domain) and os.path.isdir(self.vm_dir(domain))
+        return vm_folder_exists(self.state_dir, domain)
 
     def console_log(self, domain: str) -> str:
         return os.path.join(self.vm_dir(domain), "console.log")

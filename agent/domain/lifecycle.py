@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
+from agent.domain.readiness import Readiness
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.requests import RequestLog
 from agent.domain.restarts import CrashBackoff, should_restart
 from agent.domain.steps import Current, DomainSteps
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition
-from agent.labels import matches_selector, parse_selector
 from agent.models import Bookkeeping, RunStrategy, VMAllocation, VMSpec
 from agent.naming import domain_name, vm_key
 from agent.network.none import NoNetwork
@@ -58,6 +58,7 @@ class VMService:
         node_name: str,
         virt_type: str,
         network: VMNetwork | None = None,
+        readiness: Readiness | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hv = hv
@@ -66,6 +67,7 @@ class VMService:
         self.virt_type = virt_type
         self.network: VMNetwork = network or NoNetwork()
         self.files = files
+        self.readiness = readiness or Readiness()
         self.clock = clock
         self.steps = DomainSteps(
             hv,
@@ -86,20 +88,6 @@ class VMService:
 
     def get(self, namespace: str, name: str) -> VMRecord:
         return self.steps.record(domain_name(namespace, name))
-
-    def list(self, namespace: str = "", selector: str = "") -> list[VMRecord]:
-        requirements = parse_selector(selector)
-        records = [
-            r
-            for r in self.registry.records()
-            if (not namespace or r.spec.namespace == namespace)
-            and matches_selector(r.spec.labels, requirements)
-        ]
-        return sorted(records, key=lambda r: (r.spec.namespace, r.spec.name))
-
-    def console_log_path(self, namespace: str, name: str) -> str:
-        self.get(namespace, name)
-        return self.files.console_log(domain_name(namespace, name))
 
     # -- apply --------------------------------------------------------------------------
 
@@ -306,15 +294,19 @@ class VMService:
             self.registry.remove(stale)
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
         self.network.reconcile(ours)
-        self.registry.synced.set()
 
-    def on_event(self, event: DomainEvent) -> None:
-        """Handle a hypervisor event (called on the adapter's dispatcher thread)."""
-        if event.event == "connected":
-            threading.Thread(target=self._safe_resync, name="resync", daemon=True).start()
+    def on_connection(self, connected: bool) -> None:
+        """libvirt came (back): read every VM again; libvirt went: not ready until then."""
+        if not connected:
+            self.readiness.disconnected()
             return
-        if not event.name or event.event == "disconnected":
-            return
+        epoch = self.readiness.connected()
+        threading.Thread(
+            target=self._safe_resync, args=(epoch,), name="resync", daemon=True
+        ).start()
+
+    def on_domain_event(self, event: DomainEvent) -> None:
+        """Handle a domain's lifecycle event (called on the adapter's dispatcher thread)."""
         try:
             record = self.steps.refresh(event.name)
         except Exception:
@@ -328,12 +320,13 @@ class VMService:
                 )
                 self._restart_later(event.name, delay=delay)
 
-    def _safe_resync(self) -> None:
-        """Resync until it succeeds (health stays NOT_SERVING until then), with backoff."""
+    def _safe_resync(self, epoch: int) -> None:
+        """Resync until it succeeds on this connection, with backoff; then the agent is ready."""
         delay = 1.0
-        while self.hv.connected():
+        while self.readiness.is_current(epoch) and self.hv.connected():
             try:
                 self.resync()
+                self.readiness.synced(epoch)
                 return
             except Exception:
                 log.exception("resync failed; retrying in %.0fs", delay)

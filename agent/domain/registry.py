@@ -63,7 +63,6 @@ class Registry:
         self._records: dict[str, VMRecord] = {}
         self._version = 0
         self._watches: set[Watch] = set()
-        self.synced = threading.Event()
 
     @property
     def resource_version(self) -> int:
