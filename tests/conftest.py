@@ -8,6 +8,8 @@ delete fails the run.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import signal
 import sys
 from collections.abc import Generator, Iterator
@@ -99,13 +101,37 @@ def test_guest() -> GuestImage:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A `system` test that skips (for any reason, in any phase) is reported as failed."""
+    """A `system` test that skips (for any reason, in any phase) is reported as failed; any
+    other test may skip only where its skip is marked ``# allowed-skip`` (with why it never
+    skips in CI)."""
     report = yield
-    if report.skipped and item.get_closest_marker("system") and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return report
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    if item.get_closest_marker("system"):
         report.outcome = "failed"
         report.longrepr = f"system tests must not skip, but this one did ({report.when}): {reason}"
+    elif not _skip_allowed(item, report):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"a test may only skip where the skip says '# allowed-skip' ({report.when}): {reason}"
+        )
     return report
+
+
+def _skip_allowed(item: pytest.Item, report: pytest.TestReport) -> bool:
+    """Whether the skip's own line, or the test's decorators, carry ``# allowed-skip``."""
+    lines: list[str] = []
+    if isinstance(report.longrepr, tuple):
+        path, lineno, _ = report.longrepr
+        with contextlib.suppress(OSError, IndexError):
+            lines.append(Path(path).read_text().splitlines()[lineno])  # lineno counts from 0
+    function = getattr(item, "function", None)
+    if function is not None:
+        with contextlib.suppress(OSError, TypeError):
+            source, _ = inspect.getsourcelines(function)
+            lines.extend(line for line in source if not line.lstrip().startswith("def "))
+    return any("# allowed-skip" in line for line in lines)
 
 
 @pytest.hookimpl(trylast=True)  # after the runner has torn down session fixtures

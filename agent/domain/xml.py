@@ -174,7 +174,7 @@ def _devices(spec: VMSpec, plan: HostPlan) -> ET.Element:
         devices.append(_interface(iface, nic, plan.virt_type))
     devices.extend(_console(plan.console_log))
     balloon = ET.SubElement(devices, "memballoon", model="virtio")
-    # A stats period makes the guest report memory usage (kubevirt_vmi_memory_* metrics).
+    # A stats period makes the guest report its memory usage through the balloon driver.
     ET.SubElement(balloon, "stats", period="10")
     rng = ET.SubElement(devices, "rng", model="virtio")
     _text(rng, "backend", "/dev/urandom", model="random")
