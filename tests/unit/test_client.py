@@ -1,143 +1,23 @@
-"""AgentClient against a real in-process gRPC server with a small fake servicer."""
+"""AgentClient against a real in-process gRPC server serving the fake agent."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
-from agent.api._gen.virtagent.v1 import (
-    node_service_pb2,
-    node_service_pb2_grpc,
-    vm_pb2,
-    vm_service_pb2,
-    vm_service_pb2_grpc,
-)
+from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2
 from agent.app import server_credentials
 from agent.client import AgentCallError, AgentClient, TLSOptions
 from agent.config import Settings
-
-
-class FakeAgent(
-    vm_service_pb2_grpc.VirtualMachineServiceServicer, node_service_pb2_grpc.NodeServiceServicer
-):
-    """Stateful fake: records every call; ``failures`` are returned by the next calls."""
-
-    def __init__(self) -> None:
-        self.vms: dict[tuple[str, str], vm_pb2.VirtualMachine] = {}
-        self.calls: list[tuple[str, Any]] = []
-        self.deadlines: list[float | None] = []
-        self.failures: list[grpc.StatusCode] = []
-        self.hang = False
-        self.release = threading.Event()
-        self.cancelled = threading.Event()
-
-    def _enter(self, method: str, request: Any, context: Any) -> None:
-        self.calls.append((method, request))
-        self.deadlines.append(context.time_remaining())
-        if self.hang:
-            self.release.wait(10)
-        if self.failures:
-            context.abort(self.failures.pop(0), f"{method} failed on purpose")
-
-    def _vm(self, request: Any, context: Any) -> vm_pb2.VirtualMachine:
-        vm = self.vms.get((request.namespace, request.name))
-        if vm is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"vm {request.namespace}/{request.name}")
-        assert vm is not None  # abort raised
-        return vm
-
-    def ApplyVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Apply", request, context)
-        key = (request.vm.metadata.namespace, request.vm.metadata.name)
-        changed = self.vms.get(key) != request.vm
-        self.vms[key] = request.vm
-        return vm_service_pb2.ApplyVirtualMachineResponse(vm=request.vm, changed=changed)
-
-    def GetVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Get", request, context)
-        return vm_service_pb2.GetVirtualMachineResponse(vm=self._vm(request, context))
-
-    def ListVirtualMachines(self, request: Any, context: Any) -> Any:
-        self._enter("List", request, context)
-        vms = [vm for (ns, _), vm in sorted(self.vms.items()) if ns == request.namespace]
-        return vm_service_pb2.ListVirtualMachinesResponse(vms=vms, resource_version=7)
-
-    def WatchVirtualMachines(self, request: Any, context: Any) -> Iterator[Any]:
-        self._enter("Watch", request, context)
-        for vm in self.vms.values():
-            yield vm_service_pb2.WatchVirtualMachinesResponse(
-                type=vm_service_pb2.EVENT_TYPE_ADDED, vm=vm
-            )
-        yield vm_service_pb2.WatchVirtualMachinesResponse(type=vm_service_pb2.EVENT_TYPE_SYNCED)
-
-    def StartVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Start", request, context)
-        vm = self._vm(request, context)
-        vm.status.phase = vm_pb2.PHASE_RUNNING
-        return vm_service_pb2.StartVirtualMachineResponse(vm=vm)
-
-    def StopVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Stop", request, context)
-        vm = self._vm(request, context)
-        vm.status.phase = vm_pb2.PHASE_STOPPED
-        return vm_service_pb2.StopVirtualMachineResponse(vm=vm)
-
-    def RestartVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Restart", request, context)
-        return vm_service_pb2.RestartVirtualMachineResponse(vm=self._vm(request, context))
-
-    def PauseVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Pause", request, context)
-        vm = self._vm(request, context)
-        vm.status.phase = vm_pb2.PHASE_PAUSED
-        return vm_service_pb2.PauseVirtualMachineResponse(vm=vm)
-
-    def ResumeVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Resume", request, context)
-        vm = self._vm(request, context)
-        vm.status.phase = vm_pb2.PHASE_RUNNING
-        return vm_service_pb2.ResumeVirtualMachineResponse(vm=vm)
-
-    def DeleteVirtualMachine(self, request: Any, context: Any) -> Any:
-        self._enter("Delete", request, context)
-        self.vms.pop((request.namespace, request.name), None)
-        return vm_service_pb2.DeleteVirtualMachineResponse()
-
-    def GetConsoleLog(self, request: Any, context: Any) -> Iterator[Any]:
-        self._enter("Console", request, context)
-        if request.follow:  # a followed log never ends: termination means cancellation
-            context.add_callback(self.cancelled.set)
-        yield vm_service_pb2.GetConsoleLogResponse(data=b"booting\n")
-        yield vm_service_pb2.GetConsoleLogResponse(data=b"login: ")
-        while request.follow and context.is_active():
-            time.sleep(0.01)
-
-    def GetNode(self, request: Any, context: Any) -> Any:
-        self._enter("GetNode", request, context)
-        return node_service_pb2.GetNodeResponse(node=node_service_pb2.Node(name="node-1"))
-
-
-def serve(fake: FakeAgent, address: str, credentials: Any = None) -> tuple[Any, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    vm_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server(fake, server)
-    node_service_pb2_grpc.add_NodeServiceServicer_to_server(fake, server)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
-    server.start()
-    return server, port
+from tests.unit.grpc_fake import FakeAgent, serve
 
 
 @pytest.fixture
@@ -164,16 +44,6 @@ def client(target: str, sleeps: list[float]) -> Iterator[AgentClient]:
         yield agent
 
 
-def add_vm(fake: FakeAgent, name: str, grace: int | None = None) -> vm_pb2.VirtualMachine:
-    vm = vm_pb2.VirtualMachine()
-    vm.metadata.namespace, vm.metadata.name = "default", name
-    vm.status.phase = vm_pb2.PHASE_STOPPED
-    if grace is not None:
-        vm.spec.template.spec.termination_grace_period_seconds = grace
-    fake.vms[("default", name)] = vm
-    return vm
-
-
 def test_not_found_is_raised_as_agent_call_error(client: AgentClient, target: str) -> None:
     with pytest.raises(AgentCallError) as caught:
         client.get("default", "missing")
@@ -190,7 +60,7 @@ def test_not_found_is_raised_as_agent_call_error(client: AgentClient, target: st
 def test_unavailable_is_retried_with_the_same_request_id(
     client: AgentClient, fake: FakeAgent, sleeps: list[float]
 ) -> None:
-    add_vm(fake, "web")
+    fake.add("web")
     fake.failures = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
 
     vm = client.start("default", "web")
@@ -204,7 +74,7 @@ def test_unavailable_is_retried_with_the_same_request_id(
 
 
 def test_given_request_id_is_sent(client: AgentClient, fake: FakeAgent) -> None:
-    add_vm(fake, "web")
+    fake.add("web")
     client.start("default", "web", request_id="my-id")
     assert fake.calls[-1][1].request_id == "my-id"
 
@@ -242,7 +112,7 @@ def test_deadline_is_applied(target: str, fake: FakeAgent) -> None:
 
 
 def test_every_unary_call_carries_the_client_timeout(client: AgentClient, fake: FakeAgent) -> None:
-    add_vm(fake, "web")
+    fake.add("web")
     client.get("default", "web")
     client.list("default")
     client.node()
@@ -263,7 +133,7 @@ def test_stop_deadline_covers_the_grace_period(
     force: bool,
     expected: float,
 ) -> None:
-    add_vm(fake, "web", grace=spec_grace)
+    fake.add("web", vm_pb2.PHASE_RUNNING, grace=spec_grace)
     client.stop("default", "web", grace_period_seconds=grace, force=force)
 
     method, request = fake.calls[-1]
@@ -281,7 +151,7 @@ def test_apply_accepts_a_dict_and_reports_changes(client: AgentClient, fake: Fak
 
 
 def test_verbs_send_their_options(client: AgentClient, fake: FakeAgent) -> None:
-    add_vm(fake, "web")
+    fake.add("web")
     assert client.pause("default", "web").status.phase == vm_pb2.PHASE_PAUSED
     assert client.resume("default", "web").status.phase == vm_pb2.PHASE_RUNNING
     client.restart("default", "web", hard=True)
@@ -291,8 +161,8 @@ def test_verbs_send_their_options(client: AgentClient, fake: FakeAgent) -> None:
 
 
 def test_list_delete_and_node(client: AgentClient, fake: FakeAgent) -> None:
-    add_vm(fake, "a")
-    add_vm(fake, "b")
+    fake.add("a")
+    fake.add("b")
     assert [vm.metadata.name for vm in client.list("default")] == ["a", "b"]
     client.delete("default", "a", grace_period_seconds=0)
     assert [vm.metadata.name for vm in client.list("default")] == ["b"]
@@ -302,7 +172,7 @@ def test_list_delete_and_node(client: AgentClient, fake: FakeAgent) -> None:
 def test_watch_streams_snapshot_and_retries_before_the_first_event(
     client: AgentClient, fake: FakeAgent, sleeps: list[float]
 ) -> None:
-    add_vm(fake, "web")
+    fake.add("web")
     fake.failures = [grpc.StatusCode.UNAVAILABLE]
 
     events = list(client.watch("default"))
@@ -315,7 +185,9 @@ def test_watch_streams_snapshot_and_retries_before_the_first_event(
 
 
 def test_console_log_yields_bytes(client: AgentClient, fake: FakeAgent) -> None:
-    assert b"".join(client.console_log("default", "web", tail_lines=5)) == b"booting\nlogin: "
+    assert (
+        b"".join(client.console_log("default", "web", tail_lines=5)) == b"booting\n\x1b[0mlogin: "
+    )
     request = fake.calls[0][1]
     assert (request.tail_lines, request.follow) == (5, False)
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 import yaml
 
-from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2, vm_service_pb2_grpc
+from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2
 from agent.cli.main import main
+from tests.unit.grpc_fake import FakeAgent, serve
 
 COMMANDS = [
     "apply",
@@ -57,107 +55,14 @@ MANIFEST = textwrap.dedent(
 )
 
 
-class FakeVMs(vm_service_pb2_grpc.VirtualMachineServiceServicer):
-    """Just enough of the agent for the commands: VMs in a dict, scripted watch events."""
-
-    def __init__(self) -> None:
-        self.vms: dict[tuple[str, str], vm_pb2.VirtualMachine] = {}
-        self.calls: list[str] = []
-        self.later: list[vm_service_pb2.WatchVirtualMachinesResponse] = []
-        self.after_start = vm_pb2.PHASE_RUNNING
-
-    def add(self, name: str, phase: vm_pb2.Phase.ValueType, namespace: str = "default") -> None:
-        vm = vm_pb2.VirtualMachine()
-        vm.metadata.namespace, vm.metadata.name = namespace, name
-        vm.status.phase = phase
-        self.vms[(namespace, name)] = vm
-
-    def _vm(self, request: Any, context: Any) -> vm_pb2.VirtualMachine:
-        vm = self.vms.get((request.namespace, request.name))
-        if vm is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no such vm")
-        assert vm is not None  # abort raised
-        return vm
-
-    def ApplyVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append("apply")
-        key = (request.vm.metadata.namespace, request.vm.metadata.name)
-        changed = key not in self.vms
-        vm = vm_pb2.VirtualMachine()
-        vm.CopyFrom(request.vm)
-        vm.metadata.generation = 1
-        self.vms[key] = vm
-        return vm_service_pb2.ApplyVirtualMachineResponse(vm=vm, changed=changed)
-
-    def GetVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append("get")
-        return vm_service_pb2.GetVirtualMachineResponse(vm=self._vm(request, context))
-
-    def ListVirtualMachines(self, request: Any, context: Any) -> Any:
-        self.calls.append(f"list {request.namespace!r}")
-        vms = [v for (ns, _), v in sorted(self.vms.items()) if request.namespace in ("", ns)]
-        return vm_service_pb2.ListVirtualMachinesResponse(vms=vms)
-
-    def WatchVirtualMachines(self, request: Any, context: Any) -> Iterator[Any]:
-        self.calls.append("watch")
-        for vm in list(self.vms.values()):
-            yield vm_service_pb2.WatchVirtualMachinesResponse(
-                type=vm_service_pb2.EVENT_TYPE_ADDED, vm=vm
-            )
-        yield vm_service_pb2.WatchVirtualMachinesResponse(type=vm_service_pb2.EVENT_TYPE_SYNCED)
-        yield from self.later
-
-    def StartVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append("start")
-        vm = self._vm(request, context)
-        vm.status.phase = self.after_start
-        return vm_service_pb2.StartVirtualMachineResponse(vm=vm)
-
-    def StopVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append(f"stop force={request.force} grace={request.grace_period_seconds}")
-        vm = self._vm(request, context)
-        if vm.status.phase != vm_pb2.PHASE_RUNNING:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "vm is not running")
-        vm.status.phase = vm_pb2.PHASE_STOPPED
-        return vm_service_pb2.StopVirtualMachineResponse(vm=vm)
-
-    def RestartVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append(f"restart hard={request.hard}")
-        return vm_service_pb2.RestartVirtualMachineResponse(vm=self._vm(request, context))
-
-    def PauseVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append("pause")
-        vm = self._vm(request, context)
-        vm.status.phase = vm_pb2.PHASE_PAUSED
-        return vm_service_pb2.PauseVirtualMachineResponse(vm=vm)
-
-    def ResumeVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append("resume")
-        vm = self._vm(request, context)
-        vm.status.phase = vm_pb2.PHASE_RUNNING
-        return vm_service_pb2.ResumeVirtualMachineResponse(vm=vm)
-
-    def DeleteVirtualMachine(self, request: Any, context: Any) -> Any:
-        self.calls.append("delete")
-        self.vms.pop((request.namespace, request.name), None)
-        return vm_service_pb2.DeleteVirtualMachineResponse()
-
-    def GetConsoleLog(self, request: Any, context: Any) -> Iterator[Any]:
-        self.calls.append(f"console tail={request.tail_lines} follow={request.follow}")
-        yield vm_service_pb2.GetConsoleLogResponse(data=b"\x1b[0mlogin: ")
+@pytest.fixture
+def fake() -> FakeAgent:
+    return FakeAgent()
 
 
 @pytest.fixture
-def fake() -> FakeVMs:
-    return FakeVMs()
-
-
-@pytest.fixture
-def agent(fake: FakeVMs) -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    vm_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def agent(fake: FakeAgent) -> Iterator[str]:
+    server, port = serve(fake, "127.0.0.1:0")
     yield f"127.0.0.1:{port}"
     server.stop(None)
 
@@ -235,7 +140,7 @@ def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_apply_then_get(
-    agent: str, fake: FakeVMs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest = tmp_path / "web.yaml"
     manifest.write_text(MANIFEST)
@@ -248,7 +153,7 @@ def test_apply_then_get(
 
 
 def test_vmi_is_started_after_apply(
-    agent: str, fake: FakeVMs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = yaml.safe_load(MANIFEST)
     vmi = {**spec, "kind": "VirtualMachineInstance", "spec": spec["spec"]["template"]["spec"]}
@@ -257,13 +162,13 @@ def test_vmi_is_started_after_apply(
 
     assert run(agent, "apply", "-f", str(manifest)) == 0
 
-    assert fake.calls == ["apply", "start"]
+    assert fake.said() == ["apply", "start"]
     assert fake.vms[("default", "web")].spec.run_strategy == "Manual"
     assert capsys.readouterr().out == "vm default/web created and started\n"
 
 
 def test_list_table_and_namespaces(
-    agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake.add("web", vm_pb2.PHASE_RUNNING)
     fake.add("db", vm_pb2.PHASE_STOPPED, namespace="team-a")
@@ -277,7 +182,7 @@ def test_list_table_and_namespaces(
     ]
     assert run(agent, "get", "-n", "empty") == 0
     assert capsys.readouterr().err == "vmctl: no VMs found in namespace empty\n"
-    assert fake.calls == ["list ''", "list 'empty'"]
+    assert fake.said() == ["list ''", "list 'empty'"]
 
 
 def test_not_found_is_a_sentence_and_exit_1(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -286,7 +191,7 @@ def test_not_found_is_a_sentence_and_exit_1(agent: str, capsys: pytest.CaptureFi
 
 
 def test_failed_precondition_is_explained(
-    agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake.add("web", vm_pb2.PHASE_STOPPED)
     assert run(agent, "stop", "web", "--grace-period", "0") == 1
@@ -295,19 +200,21 @@ def test_failed_precondition_is_explained(
     )
 
 
-def test_stop_force_and_wait(agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stop_force_and_wait(
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake.add("web", vm_pb2.PHASE_RUNNING)
 
     assert run(agent, "stop", "web", "--force", "--wait") == 0
 
-    assert fake.calls[-2:] == ["stop force=True grace=0", "watch"]
+    assert fake.said()[-2:] == ["stop force=True grace=0", "watch"]
     assert capsys.readouterr().out == (
         "vm default/web stopped (phase Stopped)\nvm default/web is Stopped\n"
     )
 
 
 def test_start_wait_follows_the_watch(
-    agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake.add("web", vm_pb2.PHASE_STOPPED)
     fake.after_start = vm_pb2.PHASE_PENDING
@@ -327,7 +234,7 @@ def test_start_wait_follows_the_watch(
 
 
 def test_wait_fails_when_the_watch_ends_first(
-    agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake.add("web", vm_pb2.PHASE_STOPPED)
     fake.after_start = vm_pb2.PHASE_PENDING
@@ -339,13 +246,13 @@ def test_wait_fails_when_the_watch_ends_first(
 
 
 def test_pause_unpause_restart(
-    agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake.add("web", vm_pb2.PHASE_RUNNING)
     assert run(agent, "pause", "web", "--wait") == 0
     assert run(agent, "unpause", "web") == 0
     assert run(agent, "restart", "web", "--hard") == 0
-    assert fake.calls == ["pause", "watch", "resume", "restart hard=True"]
+    assert fake.said() == ["pause", "watch", "resume", "restart hard=True"]
     assert capsys.readouterr().out == (
         "vm default/web paused (phase Paused)\n"
         "vm default/web is Paused\n"
@@ -354,7 +261,7 @@ def test_pause_unpause_restart(
     )
 
 
-def test_delete_wait(agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]) -> None:
+def test_delete_wait(agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
     fake.add("web", vm_pb2.PHASE_RUNNING)
     assert run(agent, "delete", "web", "--grace-period", "0", "--wait") == 0
     assert capsys.readouterr().out == "vm default/web deleted\nvm default/web is deleted\n"
@@ -362,11 +269,11 @@ def test_delete_wait(agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[st
 
 def test_console_writes_bytes(agent: str, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     assert run(agent, "console", "web", "--tail", "20") == 0
-    assert capsysbinary.readouterr().out == b"\x1b[0mlogin: "
+    assert capsysbinary.readouterr().out == b"booting\n\x1b[0mlogin: "
 
 
 def test_watch_prints_one_line_per_event(
-    agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake.add("web", vm_pb2.PHASE_RUNNING)
     assert run(agent, "watch") == 0
@@ -384,7 +291,7 @@ def test_unreachable_agent_exits_1(capsys: pytest.CaptureFixture[str], tmp_path:
 
 
 def test_agent_from_environment(
-    monkeypatch: pytest.MonkeyPatch, agent: str, fake: FakeVMs, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("VMCTL_AGENT", agent)
     fake.add("web", vm_pb2.PHASE_PAUSED)
