@@ -94,7 +94,9 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
     vm_servicer = VirtualMachineServicer(service, views, max_streams=max_streams, max_slow=max_slow)
     server = create_server(
         vm_servicer,
-        NodeServicer(service, views, PsutilHostProbe(), reserved_memory=settings.reserved_memory),
+        NodeServicer(
+            service, views, PsutilHostProbe(), hv, reserved_memory=settings.reserved_memory
+        ),
         listen=settings.listen,
         unix_socket=settings.unix_socket,
         credentials=server_credentials(settings),

@@ -7,6 +7,7 @@ libvirt's ``test:///default`` driver. Nothing crossing a port is a library type.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 
 __all__ = [
+    "Clock",
     "DomainEvent",
     "DomainInfo",
     "DomainCatalog",
@@ -26,7 +28,9 @@ __all__ = [
     "VMNetwork",
     "Hypervisor",
     "HypervisorLink",
+    "HypervisorEvents",
     "HypervisorListener",
+    "HypervisorVersions",
 ]
 
 
@@ -99,10 +103,8 @@ class HypervisorListener(Protocol):
 
 
 class HypervisorLink(Protocol):
-    """The connection itself: versions, liveness and the event feed."""
+    """Whether the connection is up (the VM service retries its resync only while it is)."""
 
-    def versions(self) -> tuple[str, str]: ...
-    def subscribe(self, listener: HypervisorListener) -> None: ...
     def connected(self) -> bool: ...
 
 
@@ -117,6 +119,32 @@ class Hypervisor(DomainCatalog, DomainPower, HypervisorLink, Protocol):
         hv.shutdown(name)   # ACPI power button
         hv.destroy(name)
     """
+
+
+class HypervisorEvents(Protocol):
+    """The hypervisor's feed; the app subscribes the VM service to it."""
+
+    def subscribe(self, listener: HypervisorListener) -> None: ...
+
+
+class HypervisorVersions(Protocol):
+    """The node's virtualization stack, for NodeService: (libvirt, QEMU) version strings."""
+
+    def versions(self) -> tuple[str, str]: ...
+
+
+class Clock(Protocol):
+    """Time as the VM lifecycle reads it, injected so tests run grace periods instantly.
+
+    ``now`` is wall time in Unix seconds (stored in bookkeeping), ``monotonic`` measures
+    durations, ``sleep`` waits, and ``wait`` blocks on a held condition until it is notified
+    or ``seconds`` pass on this clock (spurious wake-ups allowed: callers re-check).
+    """
+
+    def now(self) -> float: ...
+    def monotonic(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+    def wait(self, condition: threading.Condition, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from agent.api.errors import grpc_errors, grpc_stream_errors
 from agent.domain.lifecycle import VMService
 from agent.domain.views import VMViews
 from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
-from agent.ports import HostProbe
+from agent.ports import HostProbe, HypervisorVersions
 from agent.spec import validate_name
 
 __all__ = ["MigrationServicer", "NodeServicer", "VirtualMachineServicer"]
@@ -210,17 +210,24 @@ class NodeServicer(node_grpc.NodeServiceServicer):
     """virtagent.v1.NodeService: capacity, versions and VM counts."""
 
     def __init__(
-        self, service: VMService, views: VMViews, host: HostProbe, *, reserved_memory: int
+        self,
+        service: VMService,
+        views: VMViews,
+        host: HostProbe,
+        versions: HypervisorVersions,
+        *,
+        reserved_memory: int,
     ) -> None:
         self.service = service
         self.views = views
         self.host = host
+        self.versions = versions
         self.reserved_memory = reserved_memory
 
     @grpc_errors
     def GetNode(self, request: Any, context: grpc.ServicerContext) -> Any:
         facts = self.host.facts()
-        libvirt_version, qemu_version = self.service.hv.versions()
+        libvirt_version, qemu_version = self.versions.versions()
         counts = self.views.phase_counts()
         node = node_pb2.Node(
             name=self.service.node_name,

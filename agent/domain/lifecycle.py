@@ -12,10 +12,10 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
+from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
 from agent.domain.readiness import Readiness
@@ -27,7 +27,7 @@ from agent.errors import AlreadyExists, Conflict, FailedPrecondition
 from agent.models import Bookkeeping, RunStrategy, VMAllocation, VMSpec
 from agent.naming import domain_name, vm_key
 from agent.network.none import NoNetwork
-from agent.ports import DomainEvent, DomainState, Hypervisor, VMNetwork
+from agent.ports import Clock, DomainEvent, DomainState, Hypervisor, VMNetwork
 
 __all__ = ["VMService"]
 
@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 _RUNNING = (DomainState.RUNNING, DomainState.BLOCKED)
 _BACKGROUND = frozenset({"note-stop", "restart-on-failure"})
 _BACKGROUND_WAIT_SECONDS = 60.0
+
+Spawn = Callable[[str, Callable[[], None]], None]
+
+
+def spawn_thread(name: str, work: Callable[[], None]) -> None:
+    """Run the agent's own background work on a daemon thread named ``name``."""
+    threading.Thread(target=work, name=name, daemon=True).start()
 
 
 class VMService:
@@ -59,7 +66,8 @@ class VMService:
         virt_type: str,
         network: VMNetwork | None = None,
         readiness: Readiness | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
+        spawn: Spawn = spawn_thread,
     ) -> None:
         self.hv = hv
         self.registry = registry
@@ -69,6 +77,7 @@ class VMService:
         self.files = files
         self.readiness = readiness or Readiness()
         self.clock = clock
+        self._spawn = spawn  # tests run background work (note-stop, restarts) when they choose
         self.steps = DomainSteps(
             hv,
             files,
@@ -107,7 +116,7 @@ class VMService:
 
     def _create(self, domain: str, spec: VMSpec) -> VMRecord:
         spec = dataclasses.replace(spec, uid=spec.uid or str(uuid.uuid4()))
-        books = Bookkeeping(generation=1, created_at=self.clock(), node_name=self.node_name)
+        books = Bookkeeping(generation=1, created_at=self.clock.now(), node_name=self.node_name)
         books = dataclasses.replace(books, network=self.network.allocate(domain, spec, None))
         try:
             self.steps.define(domain, spec, books, new=True)
@@ -301,9 +310,7 @@ class VMService:
             self.readiness.disconnected()
             return
         epoch = self.readiness.connected()
-        threading.Thread(
-            target=self._safe_resync, args=(epoch,), name="resync", daemon=True
-        ).start()
+        self._spawn("resync", lambda: self._safe_resync(epoch))
 
     def on_domain_event(self, event: DomainEvent) -> None:
         """Handle a domain's lifecycle event (called on the adapter's dispatcher thread)."""
@@ -313,10 +320,10 @@ class VMService:
             log.exception("refreshing %s after %s/%s", event.name, event.event, event.detail)
             return
         if record is not None and event.event == "stopped":
-            self._note_stop_later(event.name, stopped_at=self.clock())
+            self._note_stop_later(event.name, stopped_at=self.clock.now())
             if should_restart(record, detail=event.detail):
                 delay = self._backoff.next_delay(
-                    event.name, started_at=record.books.started_at, now=self.clock()
+                    event.name, started_at=record.books.started_at, now=self.clock.now()
                 )
                 self._restart_later(event.name, delay=delay)
 
@@ -330,7 +337,7 @@ class VMService:
                 return
             except Exception:
                 log.exception("resync failed; retrying in %.0fs", delay)
-            time.sleep(delay)
+            self.clock.sleep(delay)
             delay = min(delay * 2, 30.0)
 
     def _note_stop_later(self, domain: str, *, stopped_at: float) -> None:
@@ -350,11 +357,11 @@ class VMService:
             except Exception:
                 log.exception("recording the stop of %s failed", domain)
 
-        threading.Thread(target=run, name=f"stopped-{domain}", daemon=True).start()
+        self._spawn(f"stopped-{domain}", run)
 
     def _restart_later(self, domain: str, *, delay: float) -> None:
         def run() -> None:
-            time.sleep(delay)  # crash-loop backoff; 0 for the first restart
+            self.clock.sleep(delay)  # crash-loop backoff; 0 for the first restart
             try:
                 with self._operation(domain, "restart-on-failure", wait=60.0):
                     current = self.steps.refresh(domain)
@@ -366,4 +373,4 @@ class VMService:
             except Exception:
                 log.exception("restarting %s failed", domain)
 
-        threading.Thread(target=run, name=f"restart-{domain}", daemon=True).start()
+        self._spawn(f"restart-{domain}", run)

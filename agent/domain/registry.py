@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.domain.clock import SYSTEM_CLOCK
 from agent.models import Bookkeeping, VMSpec, VMStatus
+from agent.ports import Clock
 
 __all__ = ["VMRecord", "Registry", "WatchEvent", "Watch"]
 
@@ -119,16 +120,22 @@ class Registry:
             self._watches.discard(watch)
 
     def wait_until(
-        self, domain: str, predicate: Callable[[VMRecord | None], bool], timeout: float
+        self,
+        domain: str,
+        predicate: Callable[[VMRecord | None], bool],
+        timeout: float,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> bool:
-        """Block until predicate(record) holds (checked on every change) or timeout passes."""
-        deadline = time.monotonic() + timeout
+        """Block until predicate(record) holds (checked on every change) or ``timeout``
+        seconds pass on ``clock``."""
+        deadline = clock.monotonic() + timeout
         with self._lock:
             while not predicate(self._records.get(domain)):
-                remaining = deadline - time.monotonic()
+                remaining = deadline - clock.monotonic()
                 if remaining <= 0:
                     return False
-                self._lock.wait(remaining)
+                clock.wait(self._lock, remaining)
             return True
 
 

@@ -10,8 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import time
-from collections.abc import Callable
 
 from agent.domain.files import VMFiles
 from agent.domain.metadata import (
@@ -27,7 +25,7 @@ from agent.domain.xml import domain_xml
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound
 from agent.models import Bookkeeping, RunStrategy, VMSpec
 from agent.naming import vm_key
-from agent.ports import DomainInfo, DomainState, Hypervisor, VMNetwork
+from agent.ports import Clock, DomainInfo, DomainState, Hypervisor, VMNetwork
 
 __all__ = ["Current", "DomainSteps"]
 
@@ -66,7 +64,7 @@ class DomainSteps:
         *,
         node_name: str,
         virt_type: str,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.hv = hv
         self.files = files
@@ -168,7 +166,7 @@ class DomainSteps:
         info, spec, books = self.require(domain)
         if info.state != DomainState.SHUTOFF:
             return  # running or paused: started already (resume is its own verb)
-        books = dataclasses.replace(books, started_at=self.clock(), halted=False)
+        books = dataclasses.replace(books, started_at=self.clock.now(), halted=False)
         self.save_books(domain, spec, books)
         self._starting.add(domain)
         try:
@@ -198,8 +196,8 @@ class DomainSteps:
         if force or grace <= 0:
             self.destroy(domain)
             return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+        deadline = self.clock.monotonic() + grace
+        while self.clock.monotonic() < deadline:
             if info.state == DomainState.PAUSED:
                 # A paused guest cannot react to the power button. (A guest suspended to RAM
                 # cannot be resumed this way: it gets the button, then the destroy.)
@@ -207,7 +205,7 @@ class DomainSteps:
                     self.hv.resume(domain)
             with contextlib.suppress(FailedPrecondition):
                 self.hv.shutdown(domain)
-            wait = min(_SHUTDOWN_RESEND_SECONDS, max(0.0, deadline - time.monotonic()))
+            wait = min(_SHUTDOWN_RESEND_SECONDS, max(0.0, deadline - self.clock.monotonic()))
             if self.wait_for_shutoff(domain, wait):
                 return
             current = self.hv.lookup(domain)
@@ -226,7 +224,7 @@ class DomainSteps:
         def stopped(record: VMRecord | None) -> bool:
             return record is None or record.status.phase not in ACTIVE_PHASES
 
-        if self.registry.wait_until(domain, stopped, timeout):
+        if self.registry.wait_until(domain, stopped, timeout, clock=self.clock):
             return True
         info = self.hv.lookup(domain)  # an event may have been missed: ask libvirt directly
         return info is None or info.state == DomainState.SHUTOFF
