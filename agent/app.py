@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -31,6 +32,7 @@ from agent.domain.lifecycle import VMService
 from agent.domain.pullstatus import PullStatusPublisher
 from agent.domain.registry import Registry
 from agent.domain.views import VMViews
+from agent.metrics.setup import start_metrics
 from agent.network.dhcpd import DhcpServer
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
@@ -54,6 +56,7 @@ class Agent:
     server: Server
     network: RoutedNetwork | None = None
     dhcp: DhcpServer | None = None
+    stop_metrics: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         """Serve: VM network first (forwarding on), then gRPC, then the libvirt connection,
@@ -62,6 +65,9 @@ class Agent:
             self.dhcp.start()
             self.network.start()
         self.service.readiness.watch(self.server.set_serving)
+        self.stop_metrics = start_metrics(
+            self.settings, self.hv, self.service, PsutilHostProbe(), self.service.readiness
+        )
         self.server.grpc_server.start()
         self.hv.open(wait=False)
 
@@ -69,6 +75,7 @@ class Agent:
         """Stop serving (in-flight calls get ``grace`` seconds); VMs and their plumbing stay."""
         self.server.set_serving(False)
         self.server.grpc_server.stop(grace).wait()
+        self.stop_metrics()
         self.hv.close()
         if self.network is not None and self.dhcp is not None:
             self.network.stop()

@@ -28,7 +28,9 @@ from agent.adapters.libvirt_codes import (
     STATES,
     start_event_loop,
 )
+from agent.adapters.libvirt_stats import all_domain_stats
 from agent.errors import FailedPrecondition, InvalidSpec, NotFound, Unavailable
+from agent.metrics.ports import DomainStats
 from agent.naming import METADATA_KEY, METADATA_URI
 from agent.ports import DomainEvent, DomainInfo, DomainState, HypervisorListener
 
@@ -308,6 +310,11 @@ class LibvirtHypervisor:
 
     def reboot(self, name: str) -> None:
         self._domain_call(name, "rebooting", lambda dom: dom.reboot(0))
+
+    def all_domain_stats(self) -> list[DomainStats]:
+        """Bulk stats of the running and paused domains (a metrics.DomainStatsSource)."""
+        with self._call("reading domain stats") as conn:
+            return all_domain_stats(conn)
 
     def versions(self) -> tuple[str, str]:
         with self._call("reading versions") as conn:

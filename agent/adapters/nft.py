@@ -12,6 +12,7 @@ import json
 import subprocess
 from typing import Any
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.network.ports import NetworkError
 
 __all__ = ["NftCli"]
@@ -30,6 +31,7 @@ class NftCli:
             return
         document = json.dumps({"nftables": commands})
         proc = self._run(["-j", "-f", "-"], document)
+        agent_metrics.nft_transaction(proc.returncode == 0)
         if proc.returncode != 0:
             raise NetworkError(f"nft transaction failed: {_errors(proc.stderr)}")
 

@@ -18,6 +18,7 @@ from agent.api._gen.virtagent.v1 import (
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
+from agent.api.interceptor import MetricsInterceptor
 from agent.api.servicer import MigrationServicer, NodeServicer, VirtualMachineServicer
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server"]
@@ -66,6 +67,7 @@ def create_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_concurrent_streams", 100),
         ],
+        interceptors=[MetricsInterceptor()],
     )
     vm_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server(vm, server)
     node_service_pb2_grpc.add_NodeServiceServicer_to_server(node, server)

@@ -71,6 +71,9 @@ class Settings:
     registry_config: str = ""  # docker config.json with registry credentials
     registry_ca: str = ""  # CA bundle for HTTPS registries (default: the system's)
     insecure_registry: list[str] = field(default_factory=list)  # host:port over plain HTTP
+    # Metrics (see agent.metrics): off unless an address is given.
+    metrics_listen: str = ""
+    metrics_insecure: bool = False
 
 
 # Settings naming files the daemon reads at startup (see check_files).
@@ -201,6 +204,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "dns": _each(_ipv4),
     "uplink": _interface_name,
     "listen": _each(_host_port),
+    "metrics_listen": lambda value: _host_port(value) if value else None,
     "insecure_registry": _each(_registry),
 }
 
@@ -280,6 +284,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "listen: serving gRPC on the network needs --tls-cert/--tls-key, "
             "or --insecure to accept plaintext"
+        )
+    if settings.metrics_listen and not settings.tls_cert and not settings.metrics_insecure:
+        raise ConfigError(
+            "metrics-listen: serving metrics needs --tls-cert/--tls-key, "
+            "or --metrics-insecure for plain HTTP"
         )
     if not settings.listen and not settings.unix_socket:
         raise ConfigError("listen/unix-socket: give at least one address to serve on")

@@ -57,7 +57,22 @@ def parser() -> argparse.ArgumentParser:
     add("--reserved-memory", help="memory kept back from VMs in allocatable (default 1Gi)")
     _network_flags(add)
     _disk_flags(add)
+    _metrics_flags(add)
     return result
+
+
+def _metrics_flags(add: Any) -> None:
+    add(
+        "--metrics-listen",
+        help="host:port to serve /metrics, /healthz and /readyz on (default: off); HTTPS with "
+        "--tls-cert/--tls-key (client certificates checked with --tls-client-ca)",
+    )
+    add(
+        "--metrics-insecure",
+        action="store_const",
+        const=True,
+        help="serve --metrics-listen over plain HTTP",
+    )
 
 
 def _tls_flags(add: Any) -> None:

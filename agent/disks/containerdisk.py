@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.disks.cache import CacheEntry, ImageCache
 from agent.disks.imagecheck import usable_format
 from agent.disks.layers import DiskSearch, LayerError
@@ -204,7 +205,7 @@ class ContainerDisks:
         log.info("pulling container disk %s (%s, %d bytes)", image, key, total)
         report = progress or (lambda done, total: None)
         report(0, total)
-        with self.cache.workdir() as workdir:
+        with agent_metrics.image_pull(total), self.cache.workdir() as workdir:
             try:
                 search = DiskSearch(workdir, wanted=path)
                 done = 0

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
@@ -262,6 +263,11 @@ class VMService:
         """Hold the VM's lock: at once (Conflict when a client's call holds it) or within
         ``wait`` seconds. The agent's own short background work (recording a stop,
         restarting a crashed guest) is waited for rather than reported to clients."""
+        with agent_metrics.operation(verb, conflict=Conflict), self._locked(domain, verb, wait):
+            yield
+
+    @contextlib.contextmanager
+    def _locked(self, domain: str, verb: str, wait: float) -> Iterator[None]:
         with self._guard:
             lock = self._locks.setdefault(domain, threading.Lock())
         acquired = lock.acquire(timeout=wait) if wait else lock.acquire(blocking=False)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.network.dhcp import DhcpMessage, Lease, MessageType, answer
 
 __all__ = ["DhcpServer", "LeaseEvent"]
@@ -233,6 +234,7 @@ class DhcpServer:
     def _leased(self, tap: str, lease: Lease, now: float) -> None:
         asked = self._asked.pop(lease.mac, now)
         event = LeaseEvent(tap=tap, mac=lease.mac, ip=lease.ip, waited=max(0.0, now - asked))
+        agent_metrics.dhcp_lease()
         log.info(
             "dhcp: leased %s to %s on %s, %.1f ms after its first request",
             lease.ip, lease.mac, tap, event.waited * 1000,

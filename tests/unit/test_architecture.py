@@ -4,8 +4,9 @@ Layers, bottom to top (a unit may import its own modules and any unit of a lower
 units of one layer stay independent of each other):
 
     errors, naming → value types (quantity, labels, paths, imageref, models), generated
-    protobuf → ports → spec →
-    disks, network → domain, adapters, config → api, client → cli, healthcheck → app → __main__
+    protobuf, the agent's metric hooks (metrics.agent_metrics) → ports (and metrics.ports) →
+    spec → disks, network → domain, adapters, config → api, client, metrics (the collector
+    and its server) → cli, healthcheck → app → __main__
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     for units in (
         {"agent", "agent.errors", "agent.naming", "agent.defaults", "agent.imageref"},
         {"agent.quantity", "agent.labels", "agent.paths", "agent.logs"}
+        | {"agent.metrics.agent_metrics"}
         | {"agent.models", "agent.api._gen"},
-        {"agent.ports"},
+        {"agent.ports", "agent.metrics.ports"},
         {"agent.spec"},
         {"agent.disks", "agent.network"},
         {"agent.domain", "agent.adapters", "agent.config"},
-        {"agent.api", "agent.client"},
+        {"agent.api", "agent.client", "agent.metrics"},
         {"agent.cli", "agent.healthcheck"},
         {"agent.app"},
         {"agent.__main__"},

@@ -1,0 +1,61 @@
+"""Network metrics of a VM from libvirt's net.<i>.* stats (the guest's view: rx is what the
+guest received). The ``interface`` label is the spec's interface name (the tap name for a
+NIC the agent does not know)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from agent.metrics.families import Families, Spec, number
+from agent.metrics.ports import StatValue, VMView
+
+__all__ = ["SPECS", "collect"]
+
+_WHAT = (
+    ("bytes", "bytes", "Total network traffic {} bytes."),
+    ("packets", "pkts", "Total network traffic {} packets."),
+    ("errors", "errs", "Total network {} errors."),
+    ("packets_dropped", "drop", "The total number of {} packets dropped on vNIC interfaces."),
+)
+
+
+def _specs(direction: str, word: str) -> list[tuple[Spec, str]]:
+    return [
+        (
+            Spec(
+                f"kubevirt_vmi_network_{direction}_{what}_total",
+                "counter",
+                help.format(word),
+                ("interface",),
+            ),
+            key,
+        )
+        for what, key, help in _WHAT
+    ]
+
+
+_BY_KEY = {"rx": _specs("receive", "received"), "tx": _specs("transmit", "transmitted")}
+TRAFFIC = Spec(
+    "kubevirt_vmi_network_traffic_bytes_total",
+    "counter",
+    "Total number of bytes sent and received (deprecated in KubeVirt; type is rx or tx).",
+    ("interface", "type"),
+)
+SPECS = (*(spec for pairs in _BY_KEY.values() for spec, _ in pairs), TRAFFIC)
+
+
+def collect(families: Families, vm: VMView, stats: Mapping[str, StatValue]) -> None:
+    for index in range(int(number(stats, "net.count") or 0)):
+        prefix = f"net.{index}."
+        tap = str(stats.get(prefix + "name", ""))
+        if not tap:
+            continue
+        interface = vm.nic_names.get(tap, tap)
+        for direction, pairs in _BY_KEY.items():
+            for spec, key in pairs:
+                value = number(stats, f"{prefix}{direction}.{key}")
+                if value is not None:
+                    families.vm(spec, vm, value, interface)
+            traffic = number(stats, f"{prefix}{direction}.bytes")
+            if traffic is not None:
+                families.vm(TRAFFIC, vm, traffic, interface, direction)
