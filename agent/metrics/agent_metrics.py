@@ -190,3 +190,6 @@ def scrape_missed(reason: str) -> None:
 def set_build_info(libvirt_version: str = "", qemu_version: str = "") -> None:
     BUILD_INFO.clear()
     BUILD_INFO.labels(__version__, platform.python_version(), libvirt_version, qemu_version).set(1)
+
+
+set_build_info()  # libvirt and QEMU versions are filled in once libvirt is connected

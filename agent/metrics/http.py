@@ -42,14 +42,11 @@ def server_ssl_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLConte
 class _Handler(WSGIRequestHandler):
     timeout = _HANDSHAKE_TIMEOUT  # a client that connects and says nothing is dropped
 
-    def setup(self) -> None:
-        super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            # Here, on the request's thread: a slow or bad TLS client never stalls accept().
-            self.connection.do_handshake()
-
     def handle(self) -> None:
         try:
+            if isinstance(self.connection, ssl.SSLSocket):
+                # Here, on the request's thread: a slow or bad TLS client never stalls accept().
+                self.connection.do_handshake()
             super().handle()
         except (ssl.SSLError, OSError) as exc:
             log.debug("metrics: %s: %s", self.client_address, exc)
@@ -60,6 +57,9 @@ class _Handler(WSGIRequestHandler):
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics: request from %s failed", client_address, exc_info=True)
 
 
 class _Server6(_ThreadingServer):
