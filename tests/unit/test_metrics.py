@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.errors import Unavailable
 from agent.metrics import agent_metrics
 from agent.metrics.bounded import BoundedStats
-from agent.metrics.collector import VM_SPECS, exported_names
+from agent.metrics.collector import VM_SPECS
 from agent.metrics.http import MetricsServer, server_ssl_context
 from agent.metrics.ports import DomainStats, NodeFacts, VMView
 from agent.metrics.setup import build_registry
@@ -172,8 +172,9 @@ def test_vm_metrics_have_kubevirt_names_units_and_labels() -> None:
 
 def test_no_label_comes_from_user_labels_or_paths() -> None:
     samples = scrape([DomainStats("team-a_web", QEMU_RECORD)], [WEB])
-    allowed = {"node", "namespace", "name", "interface", "drive", "id", "state", "type", "phase",
-               "os", "workload", "flavor", "machine_type", "resource", "unit", "virt_type"}  # fmt: skip
+    allowed = {"node", "namespace", "name", "interface", "drive", "id", "state", "type",
+               "phase", "os", "workload", "flavor", "machine_type", "resource", "unit",
+               "virt_type"}  # fmt: skip
     for name, found in samples.items():
         if name.startswith(("kubevirt_", "virt_agent_node_")):
             for labels, _ in found:
