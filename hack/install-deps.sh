@@ -10,6 +10,7 @@ APT_PACKAGES=(
   busybox-static cpio iproute2 socat curl pkg-config gcc python3-venv python3-dev
   syslinux-common extlinux mtools dosfstools fdisk e2fsprogs
   docker-registry skopeo umoci openssl
+  prometheus   # promtool, and the Prometheus server the metrics system test starts itself
 )
 
 missing=()
@@ -20,6 +21,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian starts a system-wide Prometheus on :9090 when systemd runs; the tests start
+  # their own (by pid, in a node's network namespace) and need none.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service || true
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}
