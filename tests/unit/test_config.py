@@ -155,3 +155,17 @@ def test_the_daemon_exits_2_naming_the_setting(
     assert capsys.readouterr().err == (
         f"virt-agent: registry-ca: cannot read {missing}: No such file or directory\n"
     )
+
+
+def test_metrics_are_off_by_default_and_plain_http_needs_consent() -> None:
+    assert load_settings([], environ={}).metrics_listen == ""
+    with pytest.raises(ConfigError, match="metrics-listen: serving metrics needs --tls-cert"):
+        load_settings(["--metrics-listen", "0.0.0.0:8443"], environ={})
+    plain = load_settings(["--metrics-listen", "127.0.0.1:9464", "--metrics-insecure"], environ={})
+    assert plain.metrics_listen == "127.0.0.1:9464" and plain.metrics_insecure
+    with pytest.raises(ConfigError, match=r"metrics-listen: '9464' is not host:port"):
+        load_settings(["--metrics-listen", "9464", "--metrics-insecure"], environ={})
+    from_env = load_settings(
+        [], environ={"VIRT_AGENT_METRICS_LISTEN": "[::]:8443", "VIRT_AGENT_METRICS_INSECURE": "1"}
+    )
+    assert from_env.metrics_listen == "[::]:8443"
