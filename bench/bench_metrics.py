@@ -41,7 +41,7 @@ from agent.adapters.libvirt_stats import raw_all_domain_stats
 from agent.metrics.bounded import BoundedStats
 from agent.metrics.http import MetricsServer
 from agent.metrics.ports import DomainStats, NodeFacts, VMView
-from agent.metrics.setup import build_registry
+from agent.metrics.setup import build_endpoint
 
 NAMESPACE = "bench"
 TEST_XML = """<domain type='test'><name>{name}</name><memory unit='MiB'>128</memory>
@@ -90,8 +90,8 @@ class Replayed:
 
 
 def serve(source: Any, views: list[VMView]) -> MetricsServer:
-    registry = build_registry(BoundedStats(source, bound=30.0), lambda: views, lambda: FACTS)
-    server = MetricsServer(registry, "127.0.0.1:0", ready=lambda: True)
+    endpoint = build_endpoint(BoundedStats(source, bound=30.0), lambda: views, lambda: FACTS)
+    server = MetricsServer(endpoint, "127.0.0.1:0", ready=lambda: True)
     server.start()
     return server
 

@@ -50,7 +50,7 @@ def vm_view(record: VMRecord) -> VMView:
     )
 
 
-class VMCollector(Collector):
+class VMCollector:
     """VM and node metric families, built from scratch on every collect()."""
 
     def __init__(
@@ -63,10 +63,7 @@ class VMCollector(Collector):
         self.vms = vms
         self.node_facts = node_facts
 
-    def describe(self) -> Iterable[Metric]:
-        return []  # nothing fixed to describe; avoids a collect() at registration
-
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Families:
         started = time.monotonic()
         facts = self.node_facts()
         families = Families(facts.name)
@@ -81,7 +78,7 @@ class VMCollector(Collector):
             for collect in _PER_DOMAIN:
                 collect(families, vm, record.stats)
         agent_metrics.scrape_finished(time.monotonic() - started)
-        yield from families.families()
+        return families
 
 
 class AgentCollector(Collector):

@@ -8,6 +8,7 @@ probe; the scrape itself is bounded by the collector.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import ssl
@@ -17,7 +18,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from agent.metrics.exposition import Endpoint
 
 __all__ = ["MetricsServer", "server_ssl_context"]
 
@@ -66,9 +67,19 @@ class _Server6(_ThreadingServer):
     address_family = socket.AF_INET6
 
 
-def _app(registry: CollectorRegistry, ready: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
-    metrics = make_wsgi_app(registry)
+def _metrics(
+    endpoint: Endpoint, environ: dict[str, Any], start_response: StartResponse
+) -> list[bytes]:
+    body, content_type = endpoint.render(environ.get("HTTP_ACCEPT", ""))
+    headers = [("Content-Type", content_type)]
+    if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        body = gzip.compress(body, compresslevel=1)  # Prometheus asks for it; level 1 is cheap
+        headers.append(("Content-Encoding", "gzip"))
+    start_response("200 OK", headers)
+    return [body]
 
+
+def _app(endpoint: Endpoint, ready: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
     def text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
         start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
         return [body.encode()]
@@ -76,7 +87,7 @@ def _app(registry: CollectorRegistry, ready: Callable[[], bool]) -> Callable[...
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+            return _metrics(endpoint, environ, start_response)
         if path == "/healthz":
             return text(start_response, "200 OK", "ok\n")
         if path == "/readyz":
@@ -93,11 +104,11 @@ def _app(registry: CollectorRegistry, ready: Callable[[], bool]) -> Callable[...
 
 
 class MetricsServer:
-    """Serves ``registry`` on ``host:port`` (port 0 picks one) until ``stop()``."""
+    """Serves ``endpoint`` on ``host:port`` (port 0 picks one) until ``stop()``."""
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        endpoint: Endpoint,
         address: str,
         *,
         ready: Callable[[], bool],
@@ -107,7 +118,7 @@ class MetricsServer:
         host = host.strip("[]")
         server_class = _Server6 if ":" in host else _ThreadingServer
         self._server = make_server(
-            host, int(port), _app(registry, ready), server_class, handler_class=_Handler
+            host, int(port), _app(endpoint, ready), server_class, handler_class=_Handler
         )
         if ssl_context is not None:
             self._server.socket = ssl_context.wrap_socket(

@@ -16,11 +16,12 @@ from agent.domain.registry import VMRecord
 from agent.errors import AgentError
 from agent.metrics.bounded import BoundedStats
 from agent.metrics.collector import AgentCollector, VMCollector, vm_view
+from agent.metrics.exposition import Endpoint
 from agent.metrics.http import MetricsServer, server_ssl_context
 from agent.metrics.ports import DomainStatsSource, NodeFacts, VMView
 from agent.ports import DomainEvent, HostProbe, HypervisorEvents, HypervisorVersions
 
-__all__ = ["StatsHypervisor", "build_registry", "start_metrics"]
+__all__ = ["StatsHypervisor", "build_endpoint", "start_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,16 @@ class Readiness(Protocol):
     def ready(self) -> bool: ...
 
 
-def build_registry(
+def build_endpoint(
     stats: BoundedStats,
     vms: Callable[[], Iterable[VMView]],
     node_facts: Callable[[], NodeFacts],
-) -> CollectorRegistry:
+) -> Endpoint:
     """What /metrics serves: VM and node metrics, virt_agent_*, and the process's own."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(VMCollector(stats, vms, node_facts))
     registry.register(AgentCollector())
     ProcessCollector(registry=registry)
-    return registry
+    return Endpoint(VMCollector(stats, vms, node_facts), registry)
 
 
 class _LibvirtLink:
@@ -101,7 +101,7 @@ def start_metrics(
     if settings.tls_cert and not settings.metrics_insecure:
         context = server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     server = MetricsServer(
-        build_registry(BoundedStats(hv), lambda: map(vm_view, node.registry.records()), node_facts),
+        build_endpoint(BoundedStats(hv), lambda: map(vm_view, node.registry.records()), node_facts),
         settings.metrics_listen,
         ready=lambda: readiness.ready,
         ssl_context=context,

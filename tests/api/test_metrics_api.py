@@ -7,14 +7,13 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from agent.metrics.bounded import BoundedStats
 from agent.metrics.collector import vm_view
 from agent.metrics.ports import NodeFacts
-from agent.metrics.setup import build_registry
+from agent.metrics.setup import build_endpoint
 from tests.api.conftest import Agent
 from tests.api.test_vm_api import apply, vm_doc
 
@@ -24,13 +23,13 @@ FACTS = NodeFacts("node-test", cpus=2, memory_bytes=4 << 30, reserved_memory_byt
 
 
 def scrape(agent: Agent) -> dict[str, list[tuple[dict[str, str], float]]]:
-    registry = build_registry(
+    endpoint = build_endpoint(
         BoundedStats(agent.hv, bound=4.0),
         lambda: map(vm_view, agent.service.registry.records()),
         lambda: FACTS,
     )
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(endpoint.render()[0].decode()):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((sample.labels, sample.value))
     return samples

@@ -3,6 +3,7 @@ the /metrics server (text, OpenMetrics, health, readiness, TLS)."""
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import ssl
 import subprocess
@@ -14,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.errors import Unavailable
@@ -23,7 +26,7 @@ from agent.metrics.bounded import BoundedStats
 from agent.metrics.collector import VM_SPECS
 from agent.metrics.http import MetricsServer, server_ssl_context
 from agent.metrics.ports import DomainStats, NodeFacts, VMView
-from agent.metrics.setup import build_registry
+from agent.metrics.setup import build_endpoint
 from tests.unit.test_client import make_certificates
 
 # What real libvirt (QEMU driver) reports for a running guest with a balloon driver, one NIC
@@ -125,9 +128,9 @@ class FakeStats:
 
 def scrape(records: list[DomainStats], vms: list[VMView]) -> Samples:
     """Every sample of one scrape: series name → [(labels, value)]."""
-    registry = build_registry(BoundedStats(FakeStats(records), bound=2.0), lambda: vms,
+    endpoint = build_endpoint(BoundedStats(FakeStats(records), bound=2.0), lambda: vms,
                               lambda: FACTS)  # fmt: skip
-    text = generate_latest(registry).decode()
+    text = endpoint.render()[0].decode()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -296,8 +299,8 @@ def ready() -> Iterator[threading.Event]:
 
 def serve(ready: threading.Event, context: ssl.SSLContext | None = None) -> MetricsServer:
     stats = BoundedStats(FakeStats([DomainStats("team-a_web", QEMU_RECORD)]), bound=2.0)
-    registry = build_registry(stats, lambda: [WEB], lambda: FACTS)
-    server = MetricsServer(registry, "127.0.0.1:0", ready=ready.is_set, ssl_context=context)
+    endpoint = build_endpoint(stats, lambda: [WEB], lambda: FACTS)
+    server = MetricsServer(endpoint, "127.0.0.1:0", ready=ready.is_set, ssl_context=context)
     server.start()
     return server
 
@@ -321,7 +324,15 @@ def test_metrics_text_openmetrics_health_and_readiness(ready: threading.Event) -
         assert "virt_agent_build_info{" in body and "process_resident_memory_bytes" in body
         status, kind, body = get(base + "/metrics", accept="application/openmetrics-text")
         assert status == 200 and kind.startswith("application/openmetrics-text")
-        assert body.rstrip().endswith("# EOF")
+        # The strict OpenMetrics parser: one # EOF at the end, counters as families.
+        families = {f.name: f for f in openmetrics_families(body)}
+        assert families["kubevirt_vmi_cpu_usage_seconds"].type == "counter"
+        assert families["kubevirt_vmi_cpu_usage_seconds"].samples[0].value == 12.5
+        assert families["virt_agent_grpc_request_duration_seconds"].type == "histogram"
+        request = urllib.request.Request(base + "/metrics", headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.headers["Content-Encoding"] == "gzip"
+            assert b"kubevirt_vmi_info{" in gzip.decompress(reply.read())
         assert get(base + "/healthz")[0] == 200
         status, _, body = get(base + "/readyz")
         assert status == 503 and "libvirt" in body
