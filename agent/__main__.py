@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_format, settings.log_level)
     from agent.app import run  # noqa: PLC0415 - keeps --help fast and free of libvirt
 
-    return run(settings)
+    try:
+        return run(settings)
+    except ConfigError as exc:  # found only when serving starts (a port already taken)
+        print(f"virt-agent: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class BoundedStats:
         self._lock = threading.Lock()
         self._current: _Call | None = None
         self._stuck: list[_Call] = []
+        self._waiting = 0
 
     def fetch(self) -> list[DomainStats]:
         deadline = time.monotonic() + self.bound
@@ -61,10 +62,24 @@ class BoundedStats:
             if call is None:
                 agent_metrics.scrape_missed("stuck")
                 return []
-            if call.done.wait(max(0.0, min(deadline, call.started + patience) - time.monotonic())):
+            if self._wait(call, min(deadline, call.started + patience)):
                 return call.result
             self._abandon(call)
         return []
+
+    def waiting(self) -> int:
+        """Scrapes waiting for a call right now."""
+        with self._lock:
+            return self._waiting
+
+    def _wait(self, call: _Call, until: float) -> bool:
+        with self._lock:
+            self._waiting += 1
+        try:
+            return call.done.wait(max(0.0, until - time.monotonic()))
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def stuck_calls(self) -> int:
         with self._lock:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 import agent.metrics.agent_metrics as agent_metrics
-from agent.config import Settings
+from agent.config import ConfigError, Settings
 from agent.domain.registry import VMRecord
 from agent.errors import AgentError
 from agent.metrics.bounded import BoundedStats
@@ -97,14 +97,23 @@ def start_metrics(
             virt_type=node.virt_type,
         )
 
-    context = None
-    if settings.tls_cert and not settings.metrics_insecure:
-        context = server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    server = MetricsServer(
-        build_endpoint(BoundedStats(hv), lambda: map(vm_view, node.registry.records()), node_facts),
-        settings.metrics_listen,
-        ready=lambda: readiness.ready,
-        ssl_context=context,
-    )
+    try:
+        context = None
+        if settings.tls_cert and not settings.metrics_insecure:
+            context = server_ssl_context(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca
+            )
+        server = MetricsServer(
+            build_endpoint(
+                BoundedStats(hv), lambda: map(vm_view, node.registry.records()), node_facts
+            ),
+            settings.metrics_listen,
+            ready=lambda: readiness.ready,
+            ssl_context=context,
+        )
+    except OSError as exc:  # the port is taken, the address is not this node's, a bad key
+        raise ConfigError(
+            f"metrics-listen: cannot serve on {settings.metrics_listen}: {exc}"
+        ) from None
     server.start()
     return server.stop
