@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from agent.cli import commands
+from agent.cli import commands, top
 from agent.cli.commands import VERBS, Failure, UsageError, Verb, either
 from agent.cli.kubevirt import ManifestError
 from agent.cli.output import (
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node = command("node", "Show the node: capacity, versions and VM counts.", commands.node)
     node.add_argument("-o", "--output", choices=("json", "yaml"), help="output format")
+    top.add_arguments(command("top", "Show VMs' CPU use, memory and network rates.", top.top))
     return parser
 
 
