@@ -221,6 +221,20 @@ def test_promtool_finds_no_problem_in_a_real_scrape(mon: Monitored) -> None:
     assert mon.get(f"http://{mon.node.uplink_ip}:{METRICS_PORT}/readyz")[1] == "ok\n"
 
 
+def test_vmctl_top_shows_the_guests(mon: Monitored) -> None:
+    url = f"http://{mon.node.uplink_ip}:{METRICS_PORT}/metrics"
+    top = mon.node.exec(
+        [sys.executable, "-m", "agent.cli.main", "top", "--metrics", url, "--interval", "1"],
+        timeout=60,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    assert top.returncode == 0, top.stderr
+    rows = {line.split()[1]: line.split() for line in str(top.stdout).splitlines()[1:]}
+    assert set(rows) == {"web", "still"}
+    assert rows["web"][2] == "Running" and rows["web"][3].endswith("%")
+    assert rows["web"][4].endswith("Mi")  # QEMU's resident memory
+
+
 def test_a_frozen_guest_never_stalls_a_scrape(mon: Monitored) -> None:
     # Only the QEMU of a guest this module started, found through the agent's status.
     assert mon.still_pid in mon.node.qemu_pids()
