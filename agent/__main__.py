@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run(settings)
-    except ConfigError as exc:  # found only when serving starts (a port already taken)
+    except ConfigError as exc:  # found only when serving starts (a port taken, wrong authz rules)
         print(f"virt-agent: {exc}", file=sys.stderr)
         return 2
 

@@ -21,9 +21,13 @@ from agent.adapters.netlink import PyRoute2Links
 from agent.adapters.nft import NftCli
 from agent.adapters.qemuimg import QemuImg
 from agent.adapters.registry import HttpxRegistry
+from agent.adapters.x509 import certificate_names
+from agent.api.access import Access
+from agent.api.authzfile import PolicyFile
 from agent.api.server import Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
-from agent.config import Settings
+from agent.api.tls import TlsFiles, reloading_credentials
+from agent.config import ConfigError, Settings
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
@@ -32,13 +36,14 @@ from agent.domain.lifecycle import VMService
 from agent.domain.pullstatus import PullStatusPublisher
 from agent.domain.registry import Registry
 from agent.domain.views import VMViews
+from agent.errors import InvalidSpec
 from agent.metrics.setup import start_metrics
 from agent.network.dhcpd import DhcpServer
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
 from agent.network.service import RoutedNetwork
 
-__all__ = ["Agent", "build_agent", "run", "server_credentials"]
+__all__ = ["Agent", "access_control", "build_agent", "run", "server_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class Agent:
     server: Server
     network: RoutedNetwork | None = None
     dhcp: DhcpServer | None = None
+    access: Access | None = None
     stop_metrics: Callable[[], None] = lambda: None
 
     def start(self) -> None:
@@ -84,6 +90,7 @@ class Agent:
 
 def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32) -> Agent:
     """Everything the agent is made of, wired, nothing started (``Agent.start`` does that)."""
+    access, credentials = access_control(settings), server_credentials(settings)
     os.makedirs(settings.state_dir, exist_ok=True)
     hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
     registry = Registry()
@@ -106,11 +113,12 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         ),
         listen=settings.listen,
         unix_socket=settings.unix_socket,
-        credentials=server_credentials(settings),
+        credentials=credentials,
         reflection_enabled=settings.reflection,
+        access=access,
     )
     network, dhcp = networking if networking else (None, None)
-    return Agent(settings, hv, registry, service, views, vm_servicer, server, network, dhcp)
+    return Agent(settings, hv, registry, service, views, vm_servicer, server, network, dhcp, access)
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:
@@ -142,18 +150,34 @@ def _virt_type(setting: str) -> str:
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS for --listen from the settings; with a client CA, clients must present a certificate."""
+    """TLS for --listen from the settings, re-read from disk when the files change; with a
+    client CA, clients must present a certificate that chains to it."""
     if not settings.tls_cert:
         return None
-    with open(settings.tls_cert, "rb") as cert, open(settings.tls_key, "rb") as key:
-        pair = (key.read(), cert.read())
-    client_ca = None
-    if settings.tls_client_ca:
-        with open(settings.tls_client_ca, "rb") as ca:
-            client_ca = ca.read()
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    return reloading_credentials(
+        TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     )
+
+
+def access_control(settings: Settings) -> Access:
+    """Who may call what: the --authz-config rules for mTLS clients; the unix socket and
+    (without rules) every verified client are the control plane."""
+    mtls = bool(settings.tls_cert and settings.tls_client_ca)
+    if settings.listen and not mtls:
+        log.warning("no --tls-client-ca: whoever reaches --listen is control-plane everywhere")
+    if not settings.authz_config:
+        if mtls:
+            log.warning(
+                "no --authz-config: every client with a certificate from %s is control-plane "
+                "for all namespaces",
+                settings.tls_client_ca,
+            )
+        return Access(mtls=mtls, names_of=certificate_names)
+    try:
+        policy = PolicyFile(settings.authz_config)
+    except InvalidSpec as exc:
+        raise ConfigError(str(exc)) from None
+    return Access(mtls=mtls, policy=policy, names_of=certificate_names)
 
 
 def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:

@@ -9,7 +9,8 @@
     ├── Unavailable          a dependency (libvirtd) cannot be reached right now; retry
     ├── DeadlineExceeded     an operation did not finish within its bound
     ├── ResourceExhausted    a limit of the agent is reached (e.g. open watch streams)
-    └── Unsupported          a feature exists in the API but not in this agent (yet)
+    ├── Unsupported          a feature exists in the API but not in this agent (yet)
+    └── PermissionDenied     the caller's identity may not make this call
 
 The gRPC servicer maps each class to one status code (see ``agent.api.errors``).
 """
@@ -24,6 +25,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidSpec",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
     "Unavailable",
     "Unsupported",
@@ -73,3 +75,7 @@ class ResourceExhausted(AgentError):
 
 class Unsupported(AgentError):
     """The request asks for something this agent does not implement."""
+
+
+class PermissionDenied(AgentError):
+    """The caller's identity may not make this call (see ``agent.api.authz``)."""

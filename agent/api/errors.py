@@ -18,6 +18,7 @@ from agent.errors import (
     FailedPrecondition,
     InvalidSpec,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
     Unsupported,
@@ -37,6 +38,7 @@ STATUS_CODES: dict[type[AgentError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -18,12 +18,25 @@ from agent.api._gen.virtagent.v1 import (
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
+from agent.api.access import Access, AccessInterceptor
 from agent.api.interceptor import MetricsInterceptor
 from agent.api.servicer import MigrationServicer, NodeServicer, VirtualMachineServicer
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server"]
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Transport bounds: a client may not hold the agent's resources open for free.
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_concurrent_streams", 100),  # per connection
+    ("grpc.keepalive_time_ms", 60_000),  # ping idle connections to find dead peers
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # refuse ping floods ...
+    ("grpc.http2.max_ping_strikes", 2),  # ... closing connections that keep pinging
+    ("grpc.max_connection_idle_ms", 15 * 60_000),
+]
+MAX_CONCURRENT_CALLS = 256  # one more is RESOURCE_EXHAUSTED before it takes a thread
 HEALTH_SERVICES = (
     "",
     "virtagent.v1.VirtualMachineService",
@@ -57,17 +70,20 @@ def create_server(
     unix_socket: str = "",
     credentials: grpc.ServerCredentials | None = None,
     reflection_enabled: bool = True,
+    access: Access | None = None,
     max_workers: int = 64,  # > streams (16) + slow calls (32): room for quick calls
 ) -> Server:
-    """Bind every address (``host:port``, port 0 picks one) and the unix socket; not started."""
+    """Bind every address (``host:port``, port 0 picks one) and the unix socket; not started.
+
+    ``access`` decides who may call what (default: anyone who reaches a port is the control
+    plane, as without mTLS).
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_concurrent_streams", 100),
-        ],
-        interceptors=[MetricsInterceptor()],
+        # Metrics outside access control: denied calls are counted as PERMISSION_DENIED.
+        interceptors=[MetricsInterceptor(), AccessInterceptor(access or Access(mtls=False))],
+        options=_OPTIONS,
+        maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
     )
     vm_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server(vm, server)
     node_service_pb2_grpc.add_NodeServiceServicer_to_server(node, server)

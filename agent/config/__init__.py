@@ -55,6 +55,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    authz_config: str = ""  # client identities → roles (agent.api.authz); empty: all control-plane
     insecure: bool = False
     qemu_run_dir: str = "/run/libvirt/qemu"
     reserved_memory: int = 1024**3  # bytes
@@ -77,7 +78,14 @@ class Settings:
 
 
 # Settings naming files the daemon reads at startup (see check_files).
-_FILES = ("tls_cert", "tls_key", "tls_client_ca", "registry_ca", "registry_config")
+_FILES = (
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "authz_config",
+    "registry_ca",
+    "registry_config",
+)
 
 
 # -- converting one value to its setting's type ---------------------------------------------
@@ -289,6 +297,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "metrics-listen: serving metrics needs --tls-cert/--tls-key, "
             "or --metrics-insecure for plain HTTP"
+        )
+    if settings.authz_config and not settings.tls_client_ca:
+        raise ConfigError(
+            "authz-config: roles are given to client certificates; it needs --tls-client-ca"
         )
     if not settings.listen and not settings.unix_socket:
         raise ConfigError("listen/unix-socket: give at least one address to serve on")

@@ -80,6 +80,11 @@ def _tls_flags(add: Any) -> None:
     add("--tls-key", help="server private key (PEM) for --listen")
     add("--tls-client-ca", help="CA bundle that client certificates must chain to (mTLS)")
     add(
+        "--authz-config",
+        help="YAML rules mapping client certificate identities to roles and namespaces "
+        "(reloaded when it changes; default: every mTLS client is control-plane)",
+    )
+    add(
         "--insecure",
         action="store_const",
         const=True,
