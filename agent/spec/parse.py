@@ -25,7 +25,14 @@ from agent.spec.devices import (
     parse_network,
     parse_volume,
 )
-from agent.spec.reader import Node, one_of, quantity, relative_path, validate_name
+from agent.spec.reader import (
+    Node,
+    check_text,
+    one_of,
+    quantity,
+    relative_path,
+    validate_name,
+)
 
 __all__ = ["parse_vm"]
 
@@ -51,6 +58,7 @@ def parse_vm(document: Mapping[str, Any]) -> VMSpec:
     for key, value in labels.items():
         if not isinstance(value, str):
             raise InvalidSpec(f"metadata.labels.{key}", "must be a string")
+        check_text("metadata.labels", f"{key}{value}")
     meta.allowed.update({"generation", "creationTimestamp", "resourceVersion"})
     meta.done()
 

@@ -12,6 +12,7 @@ from agent.quantity import parse_quantity
 
 __all__ = [
     "Node",
+    "check_text",
     "choice",
     "one_of",
     "quantity",
@@ -20,6 +21,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# Characters XML 1.0 cannot carry: spec text ends up in the domain XML and its metadata.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def check_text(field: str, value: str) -> str:
+    """Refuse control characters (other than tab and newlines) and non-characters."""
+    bad = _NOT_XML.search(value)
+    if bad is not None:
+        raise InvalidSpec(field, f"must not hold the character U+{ord(bad.group()):04X}")
+    return value
 
 
 def validate_name(field: str, value: str) -> str:
@@ -59,6 +71,8 @@ class Node:
             value = int(value)  # the protobuf JSON mapping writes int64 as a string
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
             raise InvalidSpec(self.at(key), f"must be {kind.__name__}, not {value!r}")
+        if isinstance(value, str):
+            check_text(self.at(key), value)
         return value
 
     def child(self, key: str) -> Node | None:

@@ -328,6 +328,17 @@ BAD = [
     ("disks-not-list", _set(f"{DOMAIN}.devices.disks", {"name": "root"}), f"{DEVICES}.disks"),
     ("disk-not-object", _set(f"{DOMAIN}.devices.disks", ["root"]), f"{DEVICES}.disks[0]"),
     ("spec-not-object", _set("spec", []), "spec"),
+    # Found by tests/api/test_fuzz.py: control characters broke the domain XML (INTERNAL).
+    (
+        "kernel-args-control-character",
+        _set(
+            f"{DOMAIN}.firmware.kernelBoot",
+            {"kernelArgs": "console=\x01", "container": {"kernelPath": "vmlinuz"}},
+        ),  # fmt: skip
+        f"{DOMAIN}.firmware.kernelBoot.kernelArgs",
+    ),
+    ("cpu-model-nul", _set(f"{DOMAIN}.cpu.model", "host\x00"), f"{DOMAIN}.cpu.model"),
+    ("label-escape", _set("metadata.labels", {"app": "\x1b[1m"}), "metadata.labels"),
 ]
 
 
