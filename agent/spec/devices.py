@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Callable
 
@@ -104,7 +103,7 @@ def _decoded(node: Node, plain: str, encoded: str) -> str:
     if data:
         try:
             return base64.b64decode(data, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # bad base64, text that is not ASCII, bytes that are not UTF-8
             raise InvalidSpec(node.at(encoded), "is not base64 of UTF-8 text") from None
     return text
 

@@ -249,6 +249,19 @@ def _check_answer(agent: FuzzAgent, doc: dict[str, Any]) -> None:
         },
     }
 )
+@example(  # found by this test: base64 text that is not ASCII was INTERNAL
+    doc={
+        "metadata": {"namespace": "default", "name": "a"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "domain": {"memory": {"guest": "64Mi"}},
+                    "volumes": [{"name": "seed", "cloudInitNoCloud": {"userDataBase64": "\x80"}}],
+                }
+            }
+        },
+    }
+)
 def test_generated_specs_are_applied_or_refused_naming_a_field(
     fuzzed: FuzzAgent, doc: dict[str, Any]
 ) -> None:

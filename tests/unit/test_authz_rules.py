@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.__main__ import main
 from agent.adapters.x509 import certificate_names
 from agent.api.authz import Policy, Role, Rule, parse_policy
 from agent.api.authzfile import PolicyFile
@@ -114,3 +115,20 @@ def test_a_rules_file_that_breaks_keeps_the_last_good_rules(tmp_path: Path) -> N
 def test_authz_config_needs_client_certificates() -> None:
     with pytest.raises(ConfigError, match="authz-config: .*tls-client-ca"):
         load_settings(["--unix-socket", "/tmp/s", "--authz-config", "/etc/authz.yaml"], {})
+
+
+def test_the_daemon_refuses_to_start_with_wrong_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = CertificateAuthority()
+    server = ca.issue("agent", "DNS:localhost", server=True)
+    for name, data in (("tls.crt", server.cert), ("tls.key", server.key), ("ca.crt", ca.pem)):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "authz.yaml").write_text("rules: [{identity: 'DNS:cp', role: admin}]")
+    argv = ["--listen", "127.0.0.1:0", "--unix-socket", str(tmp_path / "s"), "--log-level", "error"]
+    argv += ["--tls-cert", str(tmp_path / "tls.crt"), "--tls-key", str(tmp_path / "tls.key")]
+    argv += ["--tls-client-ca", str(tmp_path / "ca.crt")]
+    argv += ["--authz-config", str(tmp_path / "authz.yaml")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "authz-config" in error and "rules[0].role" in error

@@ -339,6 +339,14 @@ BAD = [
     ),
     ("cpu-model-nul", _set(f"{DOMAIN}.cpu.model", "host\x00"), f"{DOMAIN}.cpu.model"),
     ("label-escape", _set("metadata.labels", {"app": "\x1b[1m"}), "metadata.labels"),
+    (  # found by tests/api/test_fuzz.py: base64 text that is not ASCII was INTERNAL
+        "user-data-base64-not-ascii",
+        _set(
+            f"{INSTANCE}.volumes",
+            [{"name": "seed", "cloudInitNoCloud": {"userDataBase64": "\x80"}}],
+        ),  # fmt: skip
+        f"{INSTANCE}.volumes[0].cloudInitNoCloud.userDataBase64",
+    ),
 ]
 
 
