@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mig_pb
 from agent.api._gen.virtagent.v1 import node_service_pb2, vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
@@ -163,10 +164,20 @@ def test_denied_calls_are_logged_with_the_identity_and_counted(
     agent: SecureAgent, caplog: pytest.LogCaptureFixture
 ) -> None:
     reader = agent.client(agent.ca.issue("r", "DNS:reader.example"))
+    labels = {
+        "method": "/virtagent.v1.VirtualMachineService/ApplyVirtualMachine",
+        "code": "PERMISSION_DENIED",
+    }
+    before = agent_metrics.REGISTRY.get_sample_value("virt_agent_grpc_requests_total", labels) or 0
     with caplog.at_level(logging.WARNING, logger="agent.api.access"):
         assert code_of(lambda: apply(reader, "tenant-a")) == DENIED
         assert code_of(lambda: apply(reader, "tenant-b")) == DENIED
-    assert agent.access.denied["/virtagent.v1.VirtualMachineService/ApplyVirtualMachine"] == 2
+    method = "/virtagent.v1.VirtualMachineService/ApplyVirtualMachine"
+    assert agent.access.denied[method] == 2
+    denied = {"method": method, "code": "PERMISSION_DENIED"}
+    assert agent_metrics.REGISTRY.get_sample_value("virt_agent_grpc_requests_total", denied) == (
+        before + 2
+    )
     identities = [getattr(record, "identity", "") for record in caplog.records]
     assert identities == ["DNS:reader.example,CN:r"] * 2
 
