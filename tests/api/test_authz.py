@@ -129,14 +129,16 @@ def test_a_tenant_control_plane_cannot_touch_or_see_another_tenant(agent: Secure
     watch = tenant_a.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest(), timeout=30)
     seen = []
     for event in watch:
-        seen.append((event.type, event.vm.metadata.namespace))
+        seen.append(f"{event.vm.metadata.namespace}/{event.vm.metadata.name}")
         if event.type == pb.EVENT_TYPE_SYNCED:
             apply(root, "tenant-b", "later")  # happens first: would be seen first
             apply(root, "tenant-a", "later")
         elif event.vm.metadata.name == "later":
             break
     watch.cancel()
-    assert [ns for _, ns in seen if ns] == ["tenant-a", "tenant-a"]
+    # tenant-b/later was applied before tenant-a/later: unfiltered, it would be here.
+    assert seen[0] == "tenant-a/web" and seen[-1] == "tenant-a/later", seen
+    assert not [name for name in seen if name.startswith("tenant-b/")], seen
 
 
 def test_the_identity_comes_from_the_certificate_not_from_its_cn_or_headers(
