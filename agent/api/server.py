@@ -104,10 +104,16 @@ def create_server(
     else:
         ports = [server.add_insecure_port(address) for address in listen]
     if unix_socket:
-        os.makedirs(os.path.dirname(unix_socket) or ".", exist_ok=True)
-        if os.path.exists(unix_socket):
-            os.unlink(unix_socket)  # left over from a previous run
-        server.add_insecure_port(f"unix:{unix_socket}")
+        _bind_unix_socket(server, unix_socket)
     result = Server(grpc_server=server, ports=ports, health=health_servicer)
     result.set_serving(False)
     return result
+
+
+def _bind_unix_socket(server: grpc.Server, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)  # left over from a previous run
+    server.add_insecure_port(f"unix:{path}")
+    # Callers on the socket are the control plane: only root may connect, whatever the umask.
+    os.chmod(path, 0o600)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,7 +158,9 @@ def test_the_identity_comes_from_the_certificate_not_from_its_cn_or_headers(
     assert code_of(lambda: reader.vms.ApplyVirtualMachine(request, metadata=claim)) == DENIED
 
 
-def test_the_unix_socket_is_the_control_plane(agent: SecureAgent) -> None:
+def test_the_unix_socket_is_the_control_plane_and_root_only(agent: SecureAgent) -> None:
+    assert stat.S_IMODE(os.stat(agent.unix_socket).st_mode) == 0o600
+    assert os.stat(agent.unix_socket).st_uid == os.getuid()
     local = agent.local()
     assert apply(local, "tenant-b").changed
     assert names(local) == {"tenant-b/web"}
