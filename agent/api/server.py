@@ -35,6 +35,7 @@ _OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # refuse ping floods ...
     ("grpc.http2.max_ping_strikes", 2),  # ... closing connections that keep pinging
     ("grpc.max_connection_idle_ms", 15 * 60_000),
+    ("grpc.server_handshake_timeout_ms", 20_000),  # a TLS handshake may not linger
 ]
 MAX_CONCURRENT_CALLS = 256  # one more is RESOURCE_EXHAUSTED before it takes a thread
 HEALTH_SERVICES = (
