@@ -1,0 +1,74 @@
+"""Per-document verdicts on KubeVirt manifests: vmctl's mapping, then the agent's own parser.
+
+``vmctl validate`` and ``vmctl apply --dry-run`` use this, so a document accepted here is a
+document the agent accepts: the spec goes through the same ``agent.api.convert`` step the
+agent's Apply runs (protobuf message → ``agent.spec.parse_vm``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from agent.api.convert import spec_from_proto
+from agent.cli.kubevirt import KINDS, ManifestError, map_document
+from agent.errors import InvalidSpec
+
+__all__ = ["Verdict", "check_document", "validate_text"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What becomes of one document: accepted, refused at ``field``, or skipped (not a VM)."""
+
+    document: int
+    kind: str
+    name: str
+    accepted: bool = False
+    skipped: bool = False
+    field: str = ""
+    problem: str = ""
+
+    def line(self) -> str:
+        what = f"document {self.document}: {self.kind or '?'} {self.name or '?'}"
+        if self.skipped:
+            return f"{what}: skipped (not a VirtualMachine or VirtualMachineInstance)"
+        if self.accepted:
+            return f"{what}: accepted"
+        return f"{what}: {self.field}: {self.problem}" if self.field else f"{what}: {self.problem}"
+
+
+def check_document(document: Any, index: int, *, default_namespace: str) -> Verdict:
+    """Map and parse one YAML document; refusals name the first field that blocks it."""
+    kind = str(document.get("kind", "")) if isinstance(document, dict) else ""
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    name = str(metadata.get("name", "")) if isinstance(metadata, dict) else ""
+    if kind not in KINDS:
+        return Verdict(index, kind, name, skipped=True)
+    try:
+        manifest = map_document(document, default_namespace=default_namespace)
+        spec_from_proto(manifest.vm)
+    except ManifestError as exc:
+        return Verdict(index, kind, name, field=exc.path, problem=exc.problem)
+    except InvalidSpec as exc:
+        field = exc.field
+        if kind == "VirtualMachineInstance":
+            # The agent sees a VMI as a VM's template; name the field as the user wrote it.
+            field = field.replace("spec.template.spec", "spec", 1)
+        return Verdict(index, kind, name, field=field, problem=exc.problem)
+    return Verdict(index, kind, name, accepted=True)
+
+
+def validate_text(text: str, *, default_namespace: str) -> list[Verdict]:
+    """Every non-empty document of a YAML stream, numbered from 1 as in the file."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError("", f"invalid YAML: {exc}") from None
+    return [
+        check_document(document, index, default_namespace=default_namespace)
+        for index, document in enumerate(documents, start=1)
+        if document is not None
+    ]
