@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2
-from agent.cli.kubevirt import load_manifests
+from agent.cli.kubevirt import ManifestError, Manifests, load_manifests
 from agent.cli.output import (
     describe_node,
     describe_vm,
@@ -26,6 +26,7 @@ from agent.cli.output import (
     vm_table,
     watch_line,
 )
+from agent.cli.validate import check_manifest, validate_text
 from agent.client import AgentCallError, AgentClient, TLSOptions
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "get",
     "lifecycle",
     "node",
+    "validate",
     "watch",
 ]
 
@@ -105,12 +107,18 @@ def _explained(action: str, vm: str | None = None) -> Iterator[None]:
 
 def apply(args: argparse.Namespace) -> int:
     text = _read_input(args.filename)
-    manifests = load_manifests(text, default_namespace=args.namespace)
+    loaded = load_manifests(text, default_namespace=args.namespace)
+    _say_what_is_left_out(loaded)
     if args.dry_run:
-        sys.stdout.write("---\n".join(render_yaml(to_document(m.vm)) for m in manifests))
+        for manifest in loaded.vms:  # what the agent's Apply would say about it
+            try:
+                check_manifest(manifest)
+            except ManifestError as exc:
+                raise ManifestError(exc.path, exc.problem, document=manifest.document) from None
+        sys.stdout.write("---\n".join(render_yaml(to_document(m.vm)) for m in loaded.vms))
         return 0
     with _connect(args) as client:
-        for manifest in manifests:
+        for manifest in loaded.vms:
             meta = manifest.vm.metadata
             ref = f"{meta.namespace}/{meta.name}"
             with _explained("apply", ref):
@@ -121,6 +129,32 @@ def apply(args: argparse.Namespace) -> int:
                     state += " and started"
             print(f"vm {ref} {state}")
     return 0
+
+
+def _say_what_is_left_out(loaded: Manifests) -> None:
+    """One line for documents of other kinds, one for scheduler fields (see webhook.py)."""
+    if loaded.skipped:
+        skipped = ", ".join(str(s) for s in loaded.skipped)
+        print(f"vmctl: skipped {skipped}: not a VirtualMachine or VM instance", file=sys.stderr)
+    ignored = [
+        f"{m.vm.metadata.namespace}/{m.vm.metadata.name} {', '.join(m.ignored)}"
+        for m in loaded.vms
+        if m.ignored
+    ]
+    if ignored:
+        print(
+            f"vmctl: warning: ignored fields only a cluster scheduler uses: {'; '.join(ignored)}",
+            file=sys.stderr,
+        )
+
+
+def validate(args: argparse.Namespace) -> int:
+    refused = 0
+    for filename in args.filename:
+        for verdict in validate_text(_read_input(filename), default_namespace=args.namespace):
+            print(f"{filename}: {verdict.line()}")
+            refused += not (verdict.accepted or verdict.skipped)
+    return 2 if refused else 0
 
 
 def _applied(response: vm_service_pb2.ApplyVirtualMachineResponse) -> str:

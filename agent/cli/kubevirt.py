@@ -20,9 +20,12 @@ Rules:
   nor restarts it on its own) plus one start right after the apply, which the mapping asks
   for with ``start_after_apply``. ``Always`` would restart a guest that shut itself down.
 - Ignored, because they are bookkeeping of a cluster and do not change the VM on a node:
-  ``status``; ``metadata`` (and ``spec.template.metadata``) ``annotations``,
-  ``creationTimestamp``, ``generation``, ``resourceVersion``, ``managedFields`` and
-  ``finalizers``. Everything else unknown is an error.
+  ``status``; ``metadata`` (and ``spec.template.metadata``) ``annotations`` (except those
+  ``webhook.py`` refuses), ``creationTimestamp``, ``generation``, ``resourceVersion``,
+  ``managedFields`` and ``finalizers``. Scheduler fields and ``spec.template.metadata.name``
+  are dropped and named in ``Manifest.ignored`` (``webhook.py`` also fills KubeVirt's
+  defaults). Documents of other kinds are skipped by name. Everything else unknown is an
+  error.
 - ``resources.requests``/``limits`` maps are passed through (numbers become strings); the
   agent accepts ``memory`` and ``cpu``.
 
@@ -35,7 +38,7 @@ Usage::
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +48,14 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from agent.api._gen.virtagent.v1 import vm_pb2
+from agent.cli.webhook import admit, check_annotations
+from agent.cli.yamlpath import UNSUPPORTED, ManifestError
+from agent.cli.yamlpath import boolean as _bool
+from agent.cli.yamlpath import join as _join
+from agent.cli.yamlpath import kind_of as _kind
+from agent.cli.yamlpath import mapping as _mapping
+from agent.cli.yamlpath import only as _only
+from agent.cli.yamlpath import string as _str
 
 __all__ = [
     "API_VERSION",
@@ -52,6 +63,8 @@ __all__ = [
     "UNSUPPORTED",
     "Manifest",
     "ManifestError",
+    "Manifests",
+    "Skipped",
     "load_manifests",
     "map_document",
 ]
@@ -60,7 +73,6 @@ API_VERSION = "kubevirt.io/v1"
 # v1alpha3 manifests (older KubeVirt examples) have the same shape for every field we map.
 API_VERSIONS = (API_VERSION, "kubevirt.io/v1alpha3")
 KINDS = ("VirtualMachine", "VirtualMachineInstance")
-UNSUPPORTED = "field is not supported by virt-agent"
 _IGNORED_METADATA = frozenset(
     {"annotations", "creationTimestamp", "finalizers", "generation", "managedFields"}
     | {"resourceVersion"}
@@ -74,18 +86,6 @@ _INT_RANGES = {
 }
 
 
-class ManifestError(ValueError):
-    """A manifest cannot be mapped; names the document (when several) and the YAML path."""
-
-    def __init__(self, path: str, problem: str, *, document: int | None = None) -> None:
-        where = f"{path}: " if path else ""
-        prefix = f"document {document}: " if document is not None else ""
-        super().__init__(f"{prefix}{where}{problem}")
-        self.path = path
-        self.problem = problem
-        self.document = document
-
-
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """One mapped document: the VM to apply and whether to start it once applied."""
@@ -94,10 +94,33 @@ class Manifest:
     vm: vm_pb2.VirtualMachine
     start_after_apply: bool = False
     document: int = 1
+    # Fields only a cluster scheduler reads, dropped (their YAML paths): see webhook.py.
+    ignored: tuple[str, ...] = ()
 
 
-def load_manifests(text: str, *, default_namespace: str) -> list[Manifest]:
-    """Map every document of a (multi-document) YAML stream; empty documents are skipped."""
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A document of another kind in the stream, left alone."""
+
+    document: int
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"document {self.document} ({self.kind} {self.name or '?'})".rstrip()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifests:
+    """The VM documents of a stream, and the documents of other kinds that were skipped."""
+
+    vms: tuple[Manifest, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+
+def load_manifests(text: str, *, default_namespace: str) -> Manifests:
+    """Map every VM document of a (multi-document) YAML stream; empty documents are skipped,
+    and so are documents of other kinds (Services, claims, instancetypes, ...), by name."""
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
@@ -107,8 +130,13 @@ def load_manifests(text: str, *, default_namespace: str) -> list[Manifest]:
         raise ManifestError("", "no documents found")
     several = len(numbered) > 1
     manifests: list[Manifest] = []
+    skipped: list[Skipped] = []
     seen: dict[tuple[str, str], int] = {}
     for index, document in numbered:
+        other = _other_kind(document, index)
+        if other is not None:
+            skipped.append(other)
+            continue
         try:
             manifest = map_document(document, default_namespace=default_namespace)
         except ManifestError as exc:
@@ -122,10 +150,23 @@ def load_manifests(text: str, *, default_namespace: str) -> list[Manifest]:
                 document=index,
             )
         seen[key] = index
-        manifests.append(
-            Manifest(manifest.kind, manifest.vm, manifest.start_after_apply, document=index)
-        )
-    return manifests
+        manifests.append(dataclasses.replace(manifest, document=index))
+    if not manifests:
+        found = ", ".join(str(s) for s in skipped)
+        raise ManifestError("", f"no {' or '.join(KINDS)} documents found (only {found})")
+    return Manifests(tuple(manifests), tuple(skipped))
+
+
+def _other_kind(document: Any, index: int) -> Skipped | None:
+    """A well-formed document of another kind, which vmctl leaves alone."""
+    if not isinstance(document, Mapping):
+        return None
+    kind = document.get("kind")
+    if not isinstance(kind, str) or not kind or kind in KINDS:
+        return None
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return Skipped(index, kind, name if isinstance(name, str) else "")
 
 
 def map_document(document: Any, *, default_namespace: str) -> Manifest:
@@ -145,17 +186,22 @@ def map_document(document: Any, *, default_namespace: str) -> Manifest:
         )
     metadata, labels = _metadata(root.get("metadata"), "metadata", default_namespace)
     spec = _mapping(root.get("spec"), "spec")
+    ignored: list[str] = []
     if kind == "VirtualMachine":
         _only(spec, "spec", {"running", "runStrategy", "template"})
         run_strategy = _run_strategy(spec)
         template = _mapping(spec.get("template"), "spec.template")
         _only(template, "spec.template", {"metadata", "spec"})
-        _, template_labels = _metadata(template.get("metadata"), "spec.template.metadata", None)
+        template_meta = _mapping(template.get("metadata"), "spec.template.metadata")
+        if template_meta.get("name") is not None:  # the controller names the VMI itself
+            ignored.append("spec.template.metadata.name")
+            template_meta = {k: v for k, v in template_meta.items() if k != "name"}
+        _, template_labels = _metadata(template_meta, "spec.template.metadata", None)
         labels = {**template_labels, **labels}
         instance_path, instance = "spec.template.spec", template.get("spec")
     else:
         run_strategy, instance_path, instance = "Manual", "spec", spec
-    instance = _autoattach_pod_interface(_mapping(instance, instance_path), instance_path)
+    instance, dropped = admit(_mapping(instance, instance_path), instance_path)
     instance_spec = _message(instance, vm_pb2.VirtualMachineInstanceSpec.DESCRIPTOR, instance_path)
     if labels:
         metadata["labels"] = labels
@@ -163,25 +209,12 @@ def map_document(document: Any, *, default_namespace: str) -> Manifest:
     if run_strategy:
         vm_spec["runStrategy"] = run_strategy
     vm = json_format.ParseDict({"metadata": metadata, "spec": vm_spec}, vm_pb2.VirtualMachine())
-    return Manifest(kind, vm, start_after_apply=kind == "VirtualMachineInstance")
-
-
-def _autoattach_pod_interface(instance: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """KubeVirt's default NIC: with no interfaces and no networks, the VM joins the pod
-    network (here: masquerade on the node's VM network), unless autoattachPodInterface is
-    false. Like KubeVirt's admission webhook, this fills the spec before it is sent."""
-    out = copy.deepcopy(dict(instance))
-    domain = _mapping(out.get("domain"), _join(path, "domain"))
-    devices = dict(_mapping(domain.get("devices"), _join(path, "domain.devices")))
-    attach = devices.pop("autoattachPodInterface", None)
-    if attach is not None:
-        attach = _bool(attach, _join(path, "domain.devices.autoattachPodInterface"))
-    if attach is not False and not devices.get("interfaces") and not out.get("networks"):
-        devices["interfaces"] = [{"name": "default", "masquerade": {}}]
-        out["networks"] = [{"name": "default", "pod": {}}]
-    if devices or "devices" in domain:
-        out["domain"] = {**domain, "devices": devices}
-    return out
+    return Manifest(
+        kind,
+        vm,
+        start_after_apply=kind == "VirtualMachineInstance",
+        ignored=(*ignored, *dropped),
+    )
 
 
 def _metadata(
@@ -191,6 +224,7 @@ def _metadata(
     node = _mapping(value, path)
     identity = {"name", "namespace", "uid"} if default_namespace is not None else set()
     _only(node, path, identity | {"labels"} | _IGNORED_METADATA)
+    check_annotations(node.get("annotations"), _join(path, "annotations"))
     out: dict[str, Any] = {}
     for key in sorted(identity):
         if node.get(key) is not None:
@@ -273,48 +307,7 @@ def _single(value: Any, field: FieldDescriptor, path: str) -> Any:
     raise ManifestError(path, UNSUPPORTED)  # no other field types appear in the VM spec
 
 
-def _str(value: Any, path: str) -> str:
-    """A string; numbers are accepted and kept as written (quantities such as ``cpu: 2``)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ManifestError(path, f"must be a string, not {_kind(value)}")
-
-
-def _bool(value: Any, path: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ManifestError(path, f"must be true or false, not {_kind(value)}")
-
-
 def _int(value: Any, path: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise ManifestError(path, f"must be an integer, not {_kind(value)}")
-
-
-def _mapping(value: Any, path: str) -> Mapping[Any, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ManifestError(path, f"must be a mapping, not {_kind(value)}")
-    return value
-
-
-def _only(node: Mapping[Any, Any], path: str, allowed: set[str] | frozenset[str]) -> None:
-    for key in node:
-        if key not in allowed:
-            raise ManifestError(_join(path, str(key)), UNSUPPORTED)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
-    for kind, name in names.items():
-        if isinstance(value, kind):
-            return f"{name} ({value!r})" if kind in (str, bool) else name
-    return f"{type(value).__name__} ({value!r})"

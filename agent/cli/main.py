@@ -32,7 +32,8 @@ Parser = argparse.ArgumentParser
 _EXAMPLES = """\
 examples:
   vmctl apply -f fedora.yaml             create or update the VMs of a KubeVirt manifest
-  vmctl apply -f fedora.yaml --dry-run   print the VirtualMachine that would be applied
+  vmctl apply -f fedora.yaml --dry-run   check it as the agent would, print what would be sent
+  vmctl validate -f a.yaml -f b.yaml     per document: accepted, or the first field that blocks it
   vmctl get -A                           list the VMs of every namespace
   vmctl stop fedora --wait               shut a VM down and wait until it is stopped
   vmctl console fedora -f --tail 50      follow a VM's serial console
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     _add_apply(command("apply", "Create or update VMs from a KubeVirt manifest.", commands.apply))
+    _add_validate(command("validate", "Check manifests as the agent would.", commands.validate))
     _add_get(
         command("get", "Show one VM, or list the VMs of a namespace.", commands.get), name=True
     )
@@ -166,6 +168,17 @@ def _add_apply(parser: Parser) -> None:
         "--dry-run",
         action="store_true",
         help="print the resulting virt-agent VirtualMachine(s) as YAML; call nothing",
+    )
+
+
+def _add_validate(parser: Parser) -> None:
+    parser.add_argument(
+        "-f",
+        "--filename",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="YAML file to check, repeatable ('-': stdin); prints one line per document",
     )
 
 

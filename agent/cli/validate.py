@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 
 from agent.api.convert import spec_from_proto
-from agent.cli.kubevirt import KINDS, ManifestError, map_document
+from agent.cli.kubevirt import KINDS, Manifest, ManifestError, map_document
 from agent.errors import InvalidSpec
 
-__all__ = ["Verdict", "check_document", "validate_text"]
+__all__ = ["Verdict", "check_document", "check_manifest", "validate_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +30,14 @@ class Verdict:
     skipped: bool = False
     field: str = ""
     problem: str = ""
+    ignored: tuple[str, ...] = ()
 
     def line(self) -> str:
         what = f"document {self.document}: {self.kind or '?'} {self.name or '?'}"
         if self.skipped:
             return f"{what}: skipped (not a VirtualMachine or VirtualMachineInstance)"
+        if self.accepted and self.ignored:
+            return f"{what}: accepted (ignored {', '.join(self.ignored)})"
         if self.accepted:
             return f"{what}: accepted"
         return f"{what}: {self.field}: {self.problem}" if self.field else f"{what}: {self.problem}"
@@ -49,16 +52,22 @@ def check_document(document: Any, index: int, *, default_namespace: str) -> Verd
         return Verdict(index, kind, name, skipped=True)
     try:
         manifest = map_document(document, default_namespace=default_namespace)
-        spec_from_proto(manifest.vm)
+        check_manifest(manifest)
     except ManifestError as exc:
         return Verdict(index, kind, name, field=exc.path, problem=exc.problem)
+    return Verdict(index, kind, name, accepted=True, ignored=manifest.ignored)
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Run the agent's parser on a mapped document; its refusal becomes a ManifestError
+    naming the field as the user wrote it (a VMI's fields are a VM template's to the agent)."""
+    try:
+        spec_from_proto(manifest.vm)
     except InvalidSpec as exc:
         field = exc.field
-        if kind == "VirtualMachineInstance":
-            # The agent sees a VMI as a VM's template; name the field as the user wrote it.
+        if manifest.kind == "VirtualMachineInstance":
             field = field.replace("spec.template.spec", "spec", 1)
-        return Verdict(index, kind, name, field=field, problem=exc.problem)
-    return Verdict(index, kind, name, accepted=True)
+        raise ManifestError(field, exc.problem) from None
 
 
 def validate_text(text: str, *, default_namespace: str) -> list[Verdict]:

@@ -124,8 +124,11 @@ def _cloud_init(node: Node) -> CloudInitNoCloud:
         user_data_secret=_secret_name(node, "secretRef"),
         network_data_secret=_secret_name(node, "networkDataSecretRef"),
     )
-    if not (source.user_data or source.user_data_secret):
-        raise InvalidSpec(node.path, "needs userData, userDataBase64 or secretRef")
+    # Network data alone is enough, as in KubeVirt: the seed then has an empty user-data.
+    if not any(
+        (source.user_data, source.user_data_secret, source.network_data, source.network_data_secret)
+    ):
+        raise InvalidSpec(node.path, "needs userData, userDataBase64, secretRef or network data")
     return source
 
 

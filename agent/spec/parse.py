@@ -204,12 +204,16 @@ def _parse_memory(domain: Node, requests: dict[str, str], limits: dict[str, str]
     guest = quantity(memory_node, "guest") if memory_node else None
     if memory_node:
         memory_node.done()
-    requested = parse_quantity(requests["memory"]) if "memory" in requests else None
+    # No guest size and no request: KubeVirt sizes the guest from the memory limit.
+    sized_by = "requests" if "memory" in requests else "limits"
+    written = requests.get("memory") or limits.get("memory")
+    requested = parse_quantity(written) if written else None
     memory = guest or requested
-    field = "memory.guest" if guest else "resources.requests.memory"
+    field = "memory.guest" if guest else f"resources.{sized_by}.memory"
     if memory is None:
         raise InvalidSpec(
-            f"{domain.path}.memory.guest", "is required (or resources.requests.memory)"
+            f"{domain.path}.memory.guest",
+            "is required (or resources.requests.memory or resources.limits.memory)",
         )
     if memory < _MIN_MEMORY:
         raise InvalidSpec(f"{domain.path}.{field}", "must be at least 16Mi")

@@ -229,8 +229,8 @@ def running(value: Any) -> dict[str, Any]:
             "spec.dataVolumeTemplates: field is not supported",
         ),
         (
-            vm_with("spec.template.spec.affinity", {"nodeAffinity": {}}),
-            "spec.template.spec.affinity: field is not supported",
+            vm_with("spec.template.spec.accessCredentials", [{"sshPublicKey": {}}]),
+            "spec.template.spec.accessCredentials: field is not supported",
         ),
         (
             vm_with("spec.template.spec.domain.devices.interfaces[0].sriov", {}),
@@ -276,7 +276,7 @@ def running(value: Any) -> dict[str, Any]:
         "host-devices",
         "pvc-volume",
         "data-volume-templates",
-        "affinity",
+        "access-credentials",
         "sriov-binding",
         "two-network-sources",
         "owner-references",
@@ -309,21 +309,38 @@ def test_status_and_cluster_bookkeeping_are_ignored() -> None:
 
 def test_multi_document_stream_skips_empty_documents() -> None:
     second = FEDORA.replace("name: fedora-vm\n", "name: second\n", 1)
-    manifests = load_manifests(f"---\n{FEDORA}---\n---\n{second}", default_namespace="default")
-    assert [(m.vm.metadata.name, m.document) for m in manifests] == [
+    loaded = load_manifests(f"---\n{FEDORA}---\n---\n{second}", default_namespace="default")
+    assert [(m.vm.metadata.name, m.document) for m in loaded.vms] == [
         ("fedora-vm", 1),
         ("second", 3),
     ]
 
 
-def test_error_in_a_stream_names_the_document_and_kind() -> None:
+def test_documents_of_other_kinds_are_skipped_by_name() -> None:
+    service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n"
+    claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n"
+    loaded = load_manifests(f"{service}---\n{FEDORA}---\n{claim}", default_namespace="default")
+    assert [m.document for m in loaded.vms] == [2]
+    assert [str(s) for s in loaded.skipped] == [
+        "document 1 (Service web)",
+        "document 3 (PersistentVolumeClaim data)",
+    ]
+
+
+def test_a_stream_without_vms_is_an_error() -> None:
     service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n"
     with pytest.raises(ManifestError) as caught:
-        load_manifests(f"{FEDORA}---\n{service}", default_namespace="default")
+        load_manifests(service, default_namespace="default")
     assert str(caught.value) == (
-        "document 2: kind: 'Service' (apiVersion 'v1') is not supported: "
-        "want VirtualMachine or VirtualMachineInstance"
+        "no VirtualMachine or VirtualMachineInstance documents found "
+        "(only document 1 (Service web))"
     )
+
+
+def test_a_document_without_a_kind_in_a_stream_is_named() -> None:
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(f"{FEDORA}---\nmetadata: {{name: x}}\n", default_namespace="default")
+    assert str(caught.value).startswith("document 2: kind: None (apiVersion None)")
 
 
 def test_the_same_vm_twice_in_a_stream_is_an_error() -> None:
@@ -392,7 +409,7 @@ spec:
 
 
 def test_an_upstream_style_vmi_without_nics_gets_kubevirts_default_pod_nic() -> None:
-    (manifest,) = load_manifests(UPSTREAM_STYLE_VMI, default_namespace="default")
+    (manifest,) = load_manifests(UPSTREAM_STYLE_VMI, default_namespace="default").vms
     instance = manifest.vm.spec.template.spec
     assert [i.name for i in instance.domain.devices.interfaces] == ["default"]
     assert instance.domain.devices.interfaces[0].HasField("masquerade")

@@ -15,6 +15,7 @@ from tests.unit.grpc_fake import FakeAgent, serve
 
 COMMANDS = [
     "apply",
+    "validate",
     "get",
     "list",
     "describe",
