@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 
 from agent.defaults import GRACE_PERIOD_SECONDS
+from agent.hardware import Hardware
 from agent.imageref import ImageRef
 
 __all__ = [
@@ -99,6 +100,7 @@ class Firmware:
     bootloader: str = "bios"  # "bios" or "efi"
     kernel_boot: KernelBoot | None = None
     secure_boot: bool = False
+    serial: str = ""  # SMBIOS system serial (firmware.uuid is the VM's uid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,8 @@ class Disk:
     boot_order: int | None = None
     serial: str = ""
     cache: str = ""
+    shareable: bool = False
+    dedicated_io_thread: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +224,7 @@ class VMSpec:
     networks: tuple[Network, ...] = ()
     termination_grace_period_seconds: int = GRACE_PERIOD_SECONDS
     hostname: str = ""
+    hardware: Hardware = field(default_factory=Hardware)
 
     @property
     def key(self) -> str:

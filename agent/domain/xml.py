@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import copy
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
 
+from agent.domain.hardware_xml import (
+    clock_element,
+    disk_io_thread,
+    features_element,
+    hardware_devices,
+    io_threads,
+    sysinfo_element,
+)
 from agent.domain.plan import HostPlan
 from agent.models import CPU, Disk, DiskBacking, Interface, NicBacking, VMSpec
 
@@ -34,10 +41,13 @@ def build_domain(spec: VMSpec, plan: HostPlan) -> ET.Element:
     if plan.metadata is not None:
         ET.SubElement(domain, "metadata").append(_metadata_child(plan.metadata))
     domain.extend(_resources(spec))
+    sysinfo = sysinfo_element(spec)
+    if sysinfo is not None:
+        domain.append(sysinfo)
     domain.append(_os(spec, plan))
-    domain.append(_features(spec))
+    domain.append(features_element(spec))
     domain.append(_cpu(spec.cpu, plan.virt_type))
-    ET.SubElement(domain, "clock", offset="utc")
+    domain.append(clock_element(spec.hardware.clock))
     # destroy on poweroff/crash: the agent, not libvirt, decides whether to restart (runStrategy).
     for event, action in (("poweroff", "destroy"), ("reboot", "restart"), ("crash", "destroy")):
         _text(domain, f"on_{event}", action)
@@ -82,7 +92,12 @@ def _resources(spec: VMSpec) -> list[ET.Element]:
     current.text = size
     vcpu = ET.Element("vcpu")
     vcpu.text = str(spec.cpu.vcpus)
-    return [memory, current, vcpu]
+    elements = [memory, current, vcpu]
+    if io_threads(spec):
+        threads = ET.Element("iothreads")
+        threads.text = str(io_threads(spec))
+        elements.append(threads)
+    return elements
 
 
 def _os(spec: VMSpec, plan: HostPlan) -> ET.Element:
@@ -101,6 +116,8 @@ def _os(spec: VMSpec, plan: HostPlan) -> ET.Element:
     # libvirt refuses <os><boot dev> together with per-device <boot order>.
     elif not any(d.boot_order is not None for d in spec.disks):
         ET.SubElement(os_el, "boot", dev="hd")
+    if spec.firmware.serial:
+        ET.SubElement(os_el, "smbios", mode="sysinfo")
     return os_el
 
 
@@ -122,17 +139,6 @@ def _efi(os_el: ET.Element, secure: bool, plan: HostPlan) -> None:
             nvram.set("template", plan.efi_vars_template)
         if plan.efi_vars:
             nvram.text = plan.efi_vars
-
-
-def _features(spec: VMSpec) -> ET.Element:
-    features = ET.Element("features")
-    # ACPI carries the power-button event behind graceful shutdown.
-    ET.SubElement(features, "acpi")
-    ET.SubElement(features, "apic")
-    if spec.firmware.secure_boot:
-        # OVMF's secure-boot builds keep the variable store safe only with SMM on.
-        ET.SubElement(features, "smm", state="on")
-    return features
 
 
 def _cpu(cpu: CPU, virt_type: str) -> ET.Element:
@@ -165,7 +171,7 @@ def _devices(spec: VMSpec, plan: HostPlan) -> ET.Element:
     devices = ET.Element("devices")
     if plan.emulator:
         _text(devices, "emulator", plan.emulator)
-    devices.extend(_disks(spec.disks, plan))
+    devices.extend(_disks(spec, plan))
     if any(d.bus == "scsi" for d in spec.disks):
         ET.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for iface in spec.interfaces:
@@ -173,6 +179,7 @@ def _devices(spec: VMSpec, plan: HostPlan) -> ET.Element:
         assert nic is not None  # _check_plan
         devices.append(_interface(iface, nic, plan.virt_type))
     devices.extend(_console(plan.console_log))
+    devices.extend(hardware_devices(spec))
     balloon = ET.SubElement(devices, "memballoon", model="virtio")
     # A stats period makes the guest report its memory usage through the balloon driver.
     ET.SubElement(balloon, "stats", period="10")
@@ -181,18 +188,31 @@ def _devices(spec: VMSpec, plan: HostPlan) -> ET.Element:
     return devices
 
 
-def _disks(disks: Iterable[Disk], plan: HostPlan) -> list[ET.Element]:
+def _disks(spec: VMSpec, plan: HostPlan) -> list[ET.Element]:
     # sata and scsi share the sd* names, so the counter is per prefix, not per bus.
     used: dict[str, int] = {}
     elements = []
-    for disk in disks:
+    for disk in spec.disks:
         prefix = _BUS_PREFIX[disk.bus]
         index = used.get(prefix, 0)
         used[prefix] = index + 1
         backing = plan.disk(disk.name)
         assert backing is not None  # _check_plan
-        elements.append(_disk(disk, backing, prefix + _drive_letters(index)))
+        element = _disk(disk, backing, prefix + _drive_letters(index))
+        _tune_driver(spec, disk, element)
+        elements.append(element)
     return elements
+
+
+def _tune_driver(spec: VMSpec, disk: Disk, element: ET.Element) -> None:
+    """I/O thread and queues of a virtio disk (ioThreadsPolicy, blockMultiQueue)."""
+    driver = element.find("driver")
+    assert driver is not None
+    thread = disk_io_thread(spec, disk)
+    if thread:
+        driver.set("iothread", str(thread))
+    if spec.hardware.block_multi_queue and disk.bus == "virtio" and disk.device == "disk":
+        driver.set("queues", str(spec.cpu.vcpus))
 
 
 def _drive_letters(index: int) -> str:
@@ -216,6 +236,8 @@ def _disk(disk: Disk, backing: DiskBacking, target: str) -> ET.Element:
     # A CD-ROM is read-only media whatever the spec says; QEMU's cd devices cannot write.
     if disk.readonly or disk.device == "cdrom":
         ET.SubElement(element, "readonly")
+    if disk.shareable:
+        ET.SubElement(element, "shareable")
     if disk.serial:
         _text(element, "serial", disk.serial)
     if disk.boot_order is not None:
@@ -230,7 +252,7 @@ def _interface(iface: Interface, nic: NicBacking, virt_type: str) -> ET.Element:
     # managed='no': the agent creates the tap (name, MTU, queues) and libvirt only opens it.
     ET.SubElement(element, "target", dev=nic.tap, managed="no")
     ET.SubElement(element, "model", type=iface.model)
-    if nic.queues > 1:
+    if nic.queues > 1 and iface.model == "virtio":
         driver = ET.SubElement(element, "driver")
         # libvirt never opens vhost-net for a non-KVM domain (qemuInterfaceOpenVhostNet),
         # so under TCG name='vhost' would only claim something that does not happen.

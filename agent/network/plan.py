@@ -95,8 +95,14 @@ def resolv_conf_nameservers(text: str) -> tuple[str, ...]:
     return tuple(servers)
 
 
-def queues_for(spec: VMSpec) -> int:
-    """virtio-net queues: one per vCPU (multiqueue when there are several)."""
+def queues_for(spec: VMSpec, nic: str) -> int:
+    """virtio-net queues: one per vCPU (multiqueue when there are several), unless the VM
+    turns networkInterfaceMultiqueue off; emulated NIC models (e1000, ...) have one queue."""
+    iface = next((i for i in spec.interfaces if i.name == nic), None)
+    if iface is None or iface.model != "virtio":
+        return 1
+    if spec.hardware.network_interface_multiqueue is False:
+        return 1
     return max(1, min(spec.cpu.vcpus, MAX_QUEUES))
 
 
@@ -116,7 +122,7 @@ def nic_backings(
                 tap=nic.tap,
                 mac=nic.mac,
                 mtu=mtus.get(link, 0),
-                queues=queues_for(spec),
+                queues=queues_for(spec, nic.name),
             )
         )
     return tuple(backings)
@@ -130,7 +136,6 @@ def plumbing(
     mtus: Mapping[str, int],
 ) -> Plumbing:
     """The plan for one VM; ``mtus`` maps the uplink and bridges to their MTU."""
-    multi_queue = queues_for(spec) > 1
     taps = []
     leases = []
     sources = set()
@@ -140,6 +145,7 @@ def plumbing(
     for nic in allocation.nics:
         alias = names.tap_alias(domain, nic.name)
         host_mac = names.gateway_mac(nic.mac)
+        multi_queue = queues_for(spec, nic.name) > 1
         if nic.binding == BRIDGE:
             mtu = mtus.get(nic.bridge, 0)
             taps.append(TapPlan(nic.tap, alias, host_mac, mtu, multi_queue, bridge=nic.bridge))

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 from agent.errors import InvalidSpec
+from agent.hardware import NIC_MODELS
 from agent.imageref import BadReference, parse_reference
 from agent.models import (
     CloudInitNoCloud,
@@ -56,9 +57,13 @@ def parse_disk(node: Node) -> Disk:
     cache = node.get("cache", str, "")
     if cache and cache not in ("none", "writethrough", "writeback"):
         raise InvalidSpec(node.at("cache"), f"{cache!r} is not none, writethrough or writeback")
+    shareable = node.get("shareable", bool, False)
+    dedicated = node.get("dedicatedIOThread", bool, False)
     node.done()
     device, bus, readonly = target
-    return Disk(name, device, bus, readonly, boot_order, serial, cache)
+    if dedicated and bus != "virtio":
+        raise InvalidSpec(node.at("dedicatedIOThread"), "needs a virtio disk")
+    return Disk(name, device, bus, readonly, boot_order, serial, cache, shareable, dedicated)
 
 
 def parse_volume(node: Node) -> Volume:
@@ -167,7 +172,7 @@ def parse_interface(node: Node) -> Interface:
     mac = node.get("macAddress", str, "").lower()
     if mac and (not _MAC.match(mac) or int(mac[:2], 16) & 1):
         raise InvalidSpec(node.at("macAddress"), f"{mac!r} is not a unicast MAC address")
-    model = choice(node, "model", ("virtio",), "virtio")
+    model = choice(node, "model", NIC_MODELS, "virtio")
     node.done()
     return Interface(name, binding, ports, mac, model)
 
@@ -221,6 +226,11 @@ def _check_disks(vm: VMSpec, path: str, devices: str) -> None:
     for index, volume in enumerate(vm.volumes):
         if volume.name not in disk_names:
             raise InvalidSpec(f"{path}.volumes[{index}].name", f"no disk named {volume.name!r}")
+    for index, disk in enumerate(vm.disks):
+        source = vm.volume(disk.name)
+        if disk.shareable and not (source and isinstance(source.source, HostDisk)):
+            # QEMU shares only raw files; every other volume is a qcow2 overlay.
+            raise InvalidSpec(f"{devices}.disks[{index}].shareable", "needs a hostDisk volume")
     boot_orders: dict[int, str] = {}
     for index, disk in enumerate(vm.disks):
         if disk.boot_order is not None:

@@ -25,6 +25,7 @@ from agent.spec.devices import (
     parse_network,
     parse_volume,
 )
+from agent.spec.hardware import parse_hardware
 from agent.spec.reader import (
     Node,
     check_text,
@@ -88,6 +89,7 @@ def _parse_instance(
     run_strategy: RunStrategy,
 ) -> VMSpec:
     domain = node.child("domain") or Node(node.at("domain"), {})
+    uid = _firmware_uuid(domain.child("firmware"), uid)
     grace = node.get("terminationGracePeriodSeconds", int, GRACE_PERIOD_SECONDS)
     if grace < 0:
         raise InvalidSpec(node.at("terminationGracePeriodSeconds"), "must not be negative")
@@ -121,6 +123,9 @@ def _parse_domain(node: Node) -> dict[str, Any]:
     machine = _parse_machine(node.child("machine"))
     firmware = _parse_firmware(node.child("firmware"))
     devices = node.child("devices") or Node(node.at("devices"), {})
+    hardware = parse_hardware(node, devices)
+    if hardware.features.smm is False and firmware.secure_boot:
+        raise InvalidSpec(f"{node.path}.features.smm", "secure boot needs SMM")
     rng = devices.child("rng")  # every guest gets a virtio RNG: asking for one is fine
     if rng is not None:
         rng.done()
@@ -137,6 +142,7 @@ def _parse_domain(node: Node) -> dict[str, Any]:
         "firmware": firmware,
         "disks": disks,
         "interfaces": interfaces,
+        "hardware": hardware,
     }
 
 
@@ -225,9 +231,28 @@ def _parse_memory(domain: Node, requests: dict[str, str], limits: dict[str, str]
     return memory
 
 
+def _firmware_uuid(node: Node | None, uid: str) -> str:
+    """firmware.uuid is the SMBIOS UUID, which libvirt keeps equal to the domain UUID: the
+    VM's uid. Without a uid it becomes the uid; with a different one it is an error."""
+    text = node.get("uuid", str, "") if node is not None else ""
+    if not text or node is None:
+        return uid
+    try:
+        value = str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidSpec(node.at("uuid"), f"{text!r} is not a UUID") from None
+    if uid and uid != value:
+        raise InvalidSpec(node.at("uuid"), f"must equal metadata.uid {uid} (the domain UUID)")
+    return value
+
+
 def _parse_firmware(node: Node | None) -> Firmware:
     if node is None:
         return Firmware()
+    node.allowed.add("uuid")  # read by _firmware_uuid
+    serial = node.get("serial", str, "")
+    if serial and not re.match(r"^[A-Za-z0-9 _.:/+-]{1,64}$", serial):
+        raise InvalidSpec(node.at("serial"), "must be 1-64 letters, digits, spaces or _.:/+-")
     bootloader, secure = "bios", False
     loader = node.child("bootloader")
     if loader is not None:
@@ -260,4 +285,6 @@ def _parse_firmware(node: Node | None) -> Firmware:
         container.done()
         kb.done()
     node.done()
-    return Firmware(bootloader=bootloader, kernel_boot=kernel_boot, secure_boot=secure)
+    return Firmware(
+        bootloader=bootloader, kernel_boot=kernel_boot, secure_boot=secure, serial=serial
+    )

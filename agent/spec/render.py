@@ -15,6 +15,7 @@ from agent.models import (
     Volume,
 )
 from agent.quantity import format_bytes
+from agent.spec.hardware_render import render_device_hardware, render_domain_hardware
 
 __all__ = ["render_vm"]
 
@@ -70,9 +71,12 @@ def _render_domain(vm: VMSpec) -> dict[str, Any]:
         if kb.initrd_path:
             container["initrdPath"] = kb.initrd_path
         firmware["kernelBoot"] = {"kernelArgs": kb.kernel_args, "container": container}
+    if vm.firmware.serial:
+        firmware["serial"] = vm.firmware.serial
     if firmware:
         domain["firmware"] = firmware
-    devices: dict[str, Any] = {}
+    domain.update(render_domain_hardware(vm.hardware))
+    devices: dict[str, Any] = render_device_hardware(vm.hardware)
     if vm.disks:
         devices["disks"] = [_render_disk(d) for d in vm.disks]
     if vm.interfaces:
@@ -91,6 +95,10 @@ def _render_disk(disk: Disk) -> dict[str, Any]:
         out["serial"] = disk.serial
     if disk.cache:
         out["cache"] = disk.cache
+    if disk.shareable:
+        out["shareable"] = True
+    if disk.dedicated_io_thread:
+        out["dedicatedIOThread"] = True
     return out
 
 

@@ -3,7 +3,7 @@
 Layers, bottom to top (a unit may import its own modules and any unit of a lower layer;
 units of one layer stay independent of each other):
 
-    errors, naming → value types (quantity, labels, paths, imageref, models), generated
+    errors, naming, imageref, hardware → value types (quantity, labels, paths, models), generated
     protobuf, the agent's metric hooks (metrics.agent_metrics) → ports (and metrics.ports) →
     spec → disks, network → domain, adapters, config → api, client, metrics (the collector
     and its server) → cli, healthcheck → app → __main__
@@ -22,7 +22,8 @@ AGENT = Path(__file__).resolve().parents[2] / "agent"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(units)
     for units in (
-        {"agent", "agent.errors", "agent.naming", "agent.defaults", "agent.imageref"},
+        {"agent", "agent.errors", "agent.naming", "agent.defaults", "agent.imageref"}
+        | {"agent.hardware"},
         {"agent.quantity", "agent.labels", "agent.paths", "agent.logs"}
         | {"agent.metrics.agent_metrics"}
         | {"agent.models", "agent.api._gen"},

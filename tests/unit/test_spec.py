@@ -186,7 +186,7 @@ BAD = [
         _all(_delete(f"{_NIC0}.masquerade"), _set(f"{_NIC0}.bridge", {})),
         f"{DEVICES}.interfaces[0].ports",
     ),
-    ("nic-model", _set(f"{_NIC0}.model", "e1000"), f"{DEVICES}.interfaces[0].model"),
+    ("nic-model", _set(f"{_NIC0}.model", "ne2k_pci"), f"{DEVICES}.interfaces[0].model"),
     (
         "port-too-big",
         _set(f"{_NIC0}.ports.0.port", 65536),

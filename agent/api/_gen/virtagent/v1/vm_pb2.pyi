@@ -248,6 +248,11 @@ class DomainSpec(_message.Message):
     MACHINE_FIELD_NUMBER: _builtins.int
     FIRMWARE_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    IO_THREADS_POLICY_FIELD_NUMBER: _builtins.int
+    io_threads_policy: _builtins.str
+    """shared or auto: disks get I/O threads (dedicatedIOThread disks one of their own)."""
     @_builtins.property
     def resources(self) -> Global___ResourceRequirements: ...
     @_builtins.property
@@ -260,6 +265,10 @@ class DomainSpec(_message.Message):
     def firmware(self) -> Global___Firmware: ...
     @_builtins.property
     def devices(self) -> Global___Devices: ...
+    @_builtins.property
+    def features(self) -> Global___Features: ...
+    @_builtins.property
+    def clock(self) -> Global___Clock: ...
     def __init__(
         self,
         *,
@@ -269,14 +278,549 @@ class DomainSpec(_message.Message):
         machine: Global___Machine | None = ...,
         firmware: Global___Firmware | None = ...,
         devices: Global___Devices | None = ...,
+        features: Global___Features | None = ...,
+        clock: Global___Clock | None = ...,
+        io_threads_policy: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "devices", b"devices", "firmware", b"firmware", "machine", b"machine", "memory", b"memory", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "cpu", b"cpu", "devices", b"devices", "features", b"features", "firmware", b"firmware", "machine", b"machine", "memory", b"memory", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "devices", b"devices", "firmware", b"firmware", "machine", b"machine", "memory", b"memory", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "cpu", b"cpu", "devices", b"devices", "features", b"features", "firmware", b"firmware", "io_threads_policy", b"io_threads_policy", "machine", b"machine", "memory", b"memory", "resources", b"resources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DomainSpec: _TypeAlias = DomainSpec  # noqa: Y015
+
+@_typing.final
+class Features(_message.Message):
+    """Features are the machine features of the guest (KubeVirt's domain.features)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACPI_FIELD_NUMBER: _builtins.int
+    APIC_FIELD_NUMBER: _builtins.int
+    SMM_FIELD_NUMBER: _builtins.int
+    HYPERV_FIELD_NUMBER: _builtins.int
+    KVM_FIELD_NUMBER: _builtins.int
+    PVSPINLOCK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acpi(self) -> Global___FeatureState:
+        """ACPI and the APIC are on unless disabled; ACPI carries graceful shutdown."""
+
+    @_builtins.property
+    def apic(self) -> Global___FeatureAPIC: ...
+    @_builtins.property
+    def smm(self) -> Global___FeatureState:
+        """System management mode (on whenever secure boot is)."""
+
+    @_builtins.property
+    def hyperv(self) -> Global___FeatureHyperv: ...
+    @_builtins.property
+    def kvm(self) -> Global___FeatureKVM: ...
+    @_builtins.property
+    def pvspinlock(self) -> Global___FeatureState: ...
+    def __init__(
+        self,
+        *,
+        acpi: Global___FeatureState | None = ...,
+        apic: Global___FeatureAPIC | None = ...,
+        smm: Global___FeatureState | None = ...,
+        hyperv: Global___FeatureHyperv | None = ...,
+        kvm: Global___FeatureKVM | None = ...,
+        pvspinlock: Global___FeatureState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acpi", b"acpi", "apic", b"apic", "hyperv", b"hyperv", "kvm", b"kvm", "pvspinlock", b"pvspinlock", "smm", b"smm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acpi", b"acpi", "apic", b"apic", "hyperv", b"hyperv", "kvm", b"kvm", "pvspinlock", b"pvspinlock", "smm", b"smm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Features: _TypeAlias = Features  # noqa: Y015
+
+@_typing.final
+class FeatureState(_message.Message):
+    """FeatureState: a feature that is on when present, unless enabled is false."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___FeatureState: _TypeAlias = FeatureState  # noqa: Y015
+
+@_typing.final
+class FeatureAPIC(_message.Message):
+    """FeatureAPIC: the APIC, optionally with end-of-interrupt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    END_OF_INTERRUPT_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    end_of_interrupt: _builtins.bool
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        end_of_interrupt: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_end_of_interrupt", b"_end_of_interrupt", "enabled", b"enabled", "end_of_interrupt", b"end_of_interrupt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_end_of_interrupt", b"_end_of_interrupt", "enabled", b"enabled", "end_of_interrupt", b"end_of_interrupt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__end_of_interrupt: _TypeAlias = _typing.Literal["end_of_interrupt"]  # noqa: Y015
+    _WhichOneofArgType__end_of_interrupt: _TypeAlias = _typing.Literal["_end_of_interrupt", b"_end_of_interrupt"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_of_interrupt) -> _WhichOneofReturnType__end_of_interrupt | None: ...
+
+Global___FeatureAPIC: _TypeAlias = FeatureAPIC  # noqa: Y015
+
+@_typing.final
+class FeatureKVM(_message.Message):
+    """FeatureKVM: hide the KVM signature from the guest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    hidden: _builtins.bool
+    def __init__(
+        self,
+        *,
+        hidden: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden", b"hidden"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureKVM: _TypeAlias = FeatureKVM  # noqa: Y015
+
+@_typing.final
+class FeatureHyperv(_message.Message):
+    """FeatureHyperv: Hyper-V enlightenments for Windows guests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELAXED_FIELD_NUMBER: _builtins.int
+    VAPIC_FIELD_NUMBER: _builtins.int
+    SPINLOCKS_FIELD_NUMBER: _builtins.int
+    VPINDEX_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    SYNIC_FIELD_NUMBER: _builtins.int
+    SYNICTIMER_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    VENDORID_FIELD_NUMBER: _builtins.int
+    FREQUENCIES_FIELD_NUMBER: _builtins.int
+    REENLIGHTENMENT_FIELD_NUMBER: _builtins.int
+    TLBFLUSH_FIELD_NUMBER: _builtins.int
+    IPI_FIELD_NUMBER: _builtins.int
+    EVMCS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def relaxed(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def vapic(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def spinlocks(self) -> Global___FeatureSpinlocks: ...
+    @_builtins.property
+    def vpindex(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def runtime(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def synic(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def synictimer(self) -> Global___SyNICTimer: ...
+    @_builtins.property
+    def reset(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def vendorid(self) -> Global___FeatureVendorID: ...
+    @_builtins.property
+    def frequencies(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def reenlightenment(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def tlbflush(self) -> Global___TLBFlush: ...
+    @_builtins.property
+    def ipi(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def evmcs(self) -> Global___FeatureState: ...
+    def __init__(
+        self,
+        *,
+        relaxed: Global___FeatureState | None = ...,
+        vapic: Global___FeatureState | None = ...,
+        spinlocks: Global___FeatureSpinlocks | None = ...,
+        vpindex: Global___FeatureState | None = ...,
+        runtime: Global___FeatureState | None = ...,
+        synic: Global___FeatureState | None = ...,
+        synictimer: Global___SyNICTimer | None = ...,
+        reset: Global___FeatureState | None = ...,
+        vendorid: Global___FeatureVendorID | None = ...,
+        frequencies: Global___FeatureState | None = ...,
+        reenlightenment: Global___FeatureState | None = ...,
+        tlbflush: Global___TLBFlush | None = ...,
+        ipi: Global___FeatureState | None = ...,
+        evmcs: Global___FeatureState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evmcs", b"evmcs", "frequencies", b"frequencies", "ipi", b"ipi", "reenlightenment", b"reenlightenment", "relaxed", b"relaxed", "reset", b"reset", "runtime", b"runtime", "spinlocks", b"spinlocks", "synic", b"synic", "synictimer", b"synictimer", "tlbflush", b"tlbflush", "vapic", b"vapic", "vendorid", b"vendorid", "vpindex", b"vpindex"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evmcs", b"evmcs", "frequencies", b"frequencies", "ipi", b"ipi", "reenlightenment", b"reenlightenment", "relaxed", b"relaxed", "reset", b"reset", "runtime", b"runtime", "spinlocks", b"spinlocks", "synic", b"synic", "synictimer", b"synictimer", "tlbflush", b"tlbflush", "vapic", b"vapic", "vendorid", b"vendorid", "vpindex", b"vpindex"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureHyperv: _TypeAlias = FeatureHyperv  # noqa: Y015
+
+@_typing.final
+class FeatureSpinlocks(_message.Message):
+    """FeatureSpinlocks: spinlock retries before the guest yields (at least 4095)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    SPINLOCKS_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    spinlocks: _builtins.int
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        spinlocks: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_spinlocks", b"_spinlocks", "enabled", b"enabled", "spinlocks", b"spinlocks"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_spinlocks", b"_spinlocks", "enabled", b"enabled", "spinlocks", b"spinlocks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__spinlocks: _TypeAlias = _typing.Literal["spinlocks"]  # noqa: Y015
+    _WhichOneofArgType__spinlocks: _TypeAlias = _typing.Literal["_spinlocks", b"_spinlocks"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__spinlocks) -> _WhichOneofReturnType__spinlocks | None: ...
+
+Global___FeatureSpinlocks: _TypeAlias = FeatureSpinlocks  # noqa: Y015
+
+@_typing.final
+class SyNICTimer(_message.Message):
+    """SyNICTimer: Hyper-V synthetic timers, optionally in direct mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    @_builtins.property
+    def direct(self) -> Global___FeatureState: ...
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        direct: Global___FeatureState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "direct", b"direct", "enabled", b"enabled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "direct", b"direct", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___SyNICTimer: _TypeAlias = SyNICTimer  # noqa: Y015
+
+@_typing.final
+class TLBFlush(_message.Message):
+    """TLBFlush: paravirtual TLB flushes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
+    EXTENDED_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    @_builtins.property
+    def direct(self) -> Global___FeatureState: ...
+    @_builtins.property
+    def extended(self) -> Global___FeatureState: ...
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        direct: Global___FeatureState | None = ...,
+        extended: Global___FeatureState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "direct", b"direct", "enabled", b"enabled", "extended", b"extended"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "direct", b"direct", "enabled", b"enabled", "extended", b"extended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___TLBFlush: _TypeAlias = TLBFlush  # noqa: Y015
+
+@_typing.final
+class FeatureVendorID(_message.Message):
+    """FeatureVendorID: the Hyper-V vendor id the guest sees (at most 12 characters)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    VENDORID_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    vendorid: _builtins.str
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        vendorid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "vendorid", b"vendorid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___FeatureVendorID: _TypeAlias = FeatureVendorID  # noqa: Y015
+
+@_typing.final
+class Clock(_message.Message):
+    """Clock: the guest's real-time clock and its timers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UTC_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    TIMER_FIELD_NUMBER: _builtins.int
+    timezone: _builtins.str
+    """An IANA time zone such as Europe/Berlin (Windows guests keep local time)."""
+    @_builtins.property
+    def utc(self) -> Global___ClockOffsetUTC: ...
+    @_builtins.property
+    def timer(self) -> Global___Timer: ...
+    def __init__(
+        self,
+        *,
+        utc: Global___ClockOffsetUTC | None = ...,
+        timezone: _builtins.str = ...,
+        timer: Global___Timer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "timer", b"timer", "timezone", b"timezone", "utc", b"utc"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "timer", b"timer", "timezone", b"timezone", "utc", b"utc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_offset: _TypeAlias = _typing.Literal["utc", "timezone"]  # noqa: Y015
+    _WhichOneofArgType_offset: _TypeAlias = _typing.Literal["offset", b"offset"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_offset) -> _WhichOneofReturnType_offset | None: ...
+
+Global___Clock: _TypeAlias = Clock  # noqa: Y015
+
+@_typing.final
+class ClockOffsetUTC(_message.Message):
+    """ClockOffsetUTC: UTC, optionally shifted by offset_seconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_SECONDS_FIELD_NUMBER: _builtins.int
+    offset_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        offset_seconds: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_offset_seconds", b"_offset_seconds", "offset_seconds", b"offset_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset_seconds", b"_offset_seconds", "offset_seconds", b"offset_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__offset_seconds: _TypeAlias = _typing.Literal["offset_seconds"]  # noqa: Y015
+    _WhichOneofArgType__offset_seconds: _TypeAlias = _typing.Literal["_offset_seconds", b"_offset_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offset_seconds) -> _WhichOneofReturnType__offset_seconds | None: ...
+
+Global___ClockOffsetUTC: _TypeAlias = ClockOffsetUTC  # noqa: Y015
+
+@_typing.final
+class Timer(_message.Message):
+    """Timer configures the guest's timers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HPET_FIELD_NUMBER: _builtins.int
+    KVM_FIELD_NUMBER: _builtins.int
+    PIT_FIELD_NUMBER: _builtins.int
+    RTC_FIELD_NUMBER: _builtins.int
+    HYPERV_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hpet(self) -> Global___HPETTimer: ...
+    @_builtins.property
+    def kvm(self) -> Global___KVMTimer: ...
+    @_builtins.property
+    def pit(self) -> Global___PITTimer: ...
+    @_builtins.property
+    def rtc(self) -> Global___RTCTimer: ...
+    @_builtins.property
+    def hyperv(self) -> Global___HypervTimer: ...
+    def __init__(
+        self,
+        *,
+        hpet: Global___HPETTimer | None = ...,
+        kvm: Global___KVMTimer | None = ...,
+        pit: Global___PITTimer | None = ...,
+        rtc: Global___RTCTimer | None = ...,
+        hyperv: Global___HypervTimer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hpet", b"hpet", "hyperv", b"hyperv", "kvm", b"kvm", "pit", b"pit", "rtc", b"rtc"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hpet", b"hpet", "hyperv", b"hyperv", "kvm", b"kvm", "pit", b"pit", "rtc", b"rtc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Timer: _TypeAlias = Timer  # noqa: Y015
+
+@_typing.final
+class HPETTimer(_message.Message):
+    """HPETTimer: the high precision event timer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICK_POLICY_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    tick_policy: _builtins.str
+    """delay, catchup, merge or discard."""
+    present: _builtins.bool
+    def __init__(
+        self,
+        *,
+        tick_policy: _builtins.str = ...,
+        present: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present", "tick_policy", b"tick_policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__present: _TypeAlias = _typing.Literal["present"]  # noqa: Y015
+    _WhichOneofArgType__present: _TypeAlias = _typing.Literal["_present", b"_present"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__present) -> _WhichOneofReturnType__present | None: ...
+
+Global___HPETTimer: _TypeAlias = HPETTimer  # noqa: Y015
+
+@_typing.final
+class PITTimer(_message.Message):
+    """PITTimer: the programmable interval timer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICK_POLICY_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    tick_policy: _builtins.str
+    present: _builtins.bool
+    def __init__(
+        self,
+        *,
+        tick_policy: _builtins.str = ...,
+        present: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present", "tick_policy", b"tick_policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__present: _TypeAlias = _typing.Literal["present"]  # noqa: Y015
+    _WhichOneofArgType__present: _TypeAlias = _typing.Literal["_present", b"_present"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__present) -> _WhichOneofReturnType__present | None: ...
+
+Global___PITTimer: _TypeAlias = PITTimer  # noqa: Y015
+
+@_typing.final
+class RTCTimer(_message.Message):
+    """RTCTimer: the real-time clock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICK_POLICY_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    TRACK_FIELD_NUMBER: _builtins.int
+    tick_policy: _builtins.str
+    present: _builtins.bool
+    track: _builtins.str
+    """guest or wall."""
+    def __init__(
+        self,
+        *,
+        tick_policy: _builtins.str = ...,
+        present: _builtins.bool | None = ...,
+        track: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present", "tick_policy", b"tick_policy", "track", b"track"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__present: _TypeAlias = _typing.Literal["present"]  # noqa: Y015
+    _WhichOneofArgType__present: _TypeAlias = _typing.Literal["_present", b"_present"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__present) -> _WhichOneofReturnType__present | None: ...
+
+Global___RTCTimer: _TypeAlias = RTCTimer  # noqa: Y015
+
+@_typing.final
+class KVMTimer(_message.Message):
+    """KVMTimer: the kvmclock paravirtual clock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESENT_FIELD_NUMBER: _builtins.int
+    present: _builtins.bool
+    def __init__(
+        self,
+        *,
+        present: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__present: _TypeAlias = _typing.Literal["present"]  # noqa: Y015
+    _WhichOneofArgType__present: _TypeAlias = _typing.Literal["_present", b"_present"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__present) -> _WhichOneofReturnType__present | None: ...
+
+Global___KVMTimer: _TypeAlias = KVMTimer  # noqa: Y015
+
+@_typing.final
+class HypervTimer(_message.Message):
+    """HypervTimer: the Hyper-V reference time counter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESENT_FIELD_NUMBER: _builtins.int
+    present: _builtins.bool
+    def __init__(
+        self,
+        *,
+        present: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_present", b"_present", "present", b"present"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__present: _TypeAlias = _typing.Literal["present"]  # noqa: Y015
+    _WhichOneofArgType__present: _TypeAlias = _typing.Literal["_present", b"_present"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__present) -> _WhichOneofReturnType__present | None: ...
+
+Global___HypervTimer: _TypeAlias = HypervTimer  # noqa: Y015
 
 @_typing.final
 class ResourceRequirements(_message.Message):
@@ -427,6 +971,12 @@ class Firmware(_message.Message):
 
     BOOTLOADER_FIELD_NUMBER: _builtins.int
     KERNEL_BOOT_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    """SMBIOS system UUID; it is the domain UUID, so it becomes the VM's uid."""
+    serial: _builtins.str
+    """SMBIOS system serial number."""
     @_builtins.property
     def bootloader(self) -> Global___Bootloader: ...
     @_builtins.property
@@ -436,10 +986,12 @@ class Firmware(_message.Message):
         *,
         bootloader: Global___Bootloader | None = ...,
         kernel_boot: Global___KernelBoot | None = ...,
+        uuid: _builtins.str = ...,
+        serial: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bootloader", b"bootloader", "kernel_boot", b"kernel_boot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootloader", b"bootloader", "kernel_boot", b"kernel_boot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootloader", b"bootloader", "kernel_boot", b"kernel_boot", "serial", b"serial", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,6 +1131,18 @@ class Devices(_message.Message):
     DISKS_FIELD_NUMBER: _builtins.int
     INTERFACES_FIELD_NUMBER: _builtins.int
     RNG_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    AUTOATTACH_GRAPHICS_DEVICE_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    WATCHDOG_FIELD_NUMBER: _builtins.int
+    BLOCK_MULTI_QUEUE_FIELD_NUMBER: _builtins.int
+    NETWORK_INTERFACE_MULTIQUEUE_FIELD_NUMBER: _builtins.int
+    autoattach_graphics_device: _builtins.bool
+    """true: a VGA display adapter (the agent serves no graphical console)."""
+    block_multi_queue: _builtins.bool
+    """virtio-blk disks get one queue per vCPU."""
+    network_interface_multiqueue: _builtins.bool
+    """false: virtio NICs get one queue (default: one per vCPU)."""
     @_builtins.property
     def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Disk]: ...
     @_builtins.property
@@ -589,20 +1153,139 @@ class Devices(_message.Message):
         for KubeVirt manifests that ask for it.
         """
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]: ...
+    @_builtins.property
+    def video(self) -> Global___VideoDevice: ...
+    @_builtins.property
+    def watchdog(self) -> Global___Watchdog: ...
     def __init__(
         self,
         *,
         disks: _abc.Iterable[Global___Disk] | None = ...,
         interfaces: _abc.Iterable[Global___Interface] | None = ...,
         rng: Global___Rng | None = ...,
+        inputs: _abc.Iterable[Global___Input] | None = ...,
+        autoattach_graphics_device: _builtins.bool | None = ...,
+        video: Global___VideoDevice | None = ...,
+        watchdog: Global___Watchdog | None = ...,
+        block_multi_queue: _builtins.bool | None = ...,
+        network_interface_multiqueue: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["rng", b"rng"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device", "_block_multi_queue", b"_block_multi_queue", "_network_interface_multiqueue", b"_network_interface_multiqueue", "autoattach_graphics_device", b"autoattach_graphics_device", "block_multi_queue", b"block_multi_queue", "network_interface_multiqueue", b"network_interface_multiqueue", "rng", b"rng", "video", b"video", "watchdog", b"watchdog"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disks", b"disks", "interfaces", b"interfaces", "rng", b"rng"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device", "_block_multi_queue", b"_block_multi_queue", "_network_interface_multiqueue", b"_network_interface_multiqueue", "autoattach_graphics_device", b"autoattach_graphics_device", "block_multi_queue", b"block_multi_queue", "disks", b"disks", "inputs", b"inputs", "interfaces", b"interfaces", "network_interface_multiqueue", b"network_interface_multiqueue", "rng", b"rng", "video", b"video", "watchdog", b"watchdog"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__autoattach_graphics_device: _TypeAlias = _typing.Literal["autoattach_graphics_device"]  # noqa: Y015
+    _WhichOneofArgType__autoattach_graphics_device: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device"]  # noqa: Y015
+    _WhichOneofReturnType__block_multi_queue: _TypeAlias = _typing.Literal["block_multi_queue"]  # noqa: Y015
+    _WhichOneofArgType__block_multi_queue: _TypeAlias = _typing.Literal["_block_multi_queue", b"_block_multi_queue"]  # noqa: Y015
+    _WhichOneofReturnType__network_interface_multiqueue: _TypeAlias = _typing.Literal["network_interface_multiqueue"]  # noqa: Y015
+    _WhichOneofArgType__network_interface_multiqueue: _TypeAlias = _typing.Literal["_network_interface_multiqueue", b"_network_interface_multiqueue"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__autoattach_graphics_device) -> _WhichOneofReturnType__autoattach_graphics_device | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__block_multi_queue) -> _WhichOneofReturnType__block_multi_queue | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__network_interface_multiqueue) -> _WhichOneofReturnType__network_interface_multiqueue | None: ...
+
+Global___Devices: _TypeAlias = Devices  # noqa: Y015
+
+@_typing.final
+class Input(_message.Message):
+    """Input is a pointing device: a tablet on usb (default) or virtio."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    BUS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    bus: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        bus: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bus", b"bus", "name", b"name", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Devices: _TypeAlias = Devices  # noqa: Y015
+Global___Input: _TypeAlias = Input  # noqa: Y015
+
+@_typing.final
+class VideoDevice(_message.Message):
+    """VideoDevice is the display adapter: virtio, vga, bochs or cirrus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VideoDevice: _TypeAlias = VideoDevice  # noqa: Y015
+
+@_typing.final
+class Watchdog(_message.Message):
+    """Watchdog is a hardware watchdog the guest must keep feeding."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    I6300ESB_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def i6300esb(self) -> Global___I6300ESBWatchdog: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        i6300esb: Global___I6300ESBWatchdog | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["i6300esb", b"i6300esb", "watchdog_device", b"watchdog_device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["i6300esb", b"i6300esb", "name", b"name", "watchdog_device", b"watchdog_device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_watchdog_device: _TypeAlias = _typing.Literal["i6300esb"]  # noqa: Y015
+    _WhichOneofArgType_watchdog_device: _TypeAlias = _typing.Literal["watchdog_device", b"watchdog_device"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_watchdog_device) -> _WhichOneofReturnType_watchdog_device | None: ...
+
+Global___Watchdog: _TypeAlias = Watchdog  # noqa: Y015
+
+@_typing.final
+class I6300ESBWatchdog(_message.Message):
+    """I6300ESBWatchdog: Intel's 6300ESB watchdog; action poweroff, reset (default) or shutdown."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___I6300ESBWatchdog: _TypeAlias = I6300ESBWatchdog  # noqa: Y015
 
 @_typing.final
 class Rng(_message.Message):
@@ -633,11 +1316,17 @@ class Disk(_message.Message):
     BOOT_ORDER_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    DEDICATED_IO_THREAD_FIELD_NUMBER: _builtins.int
+    SHAREABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     boot_order: _builtins.int
     serial: _builtins.str
     cache: _builtins.str
     """none, writethrough or writeback."""
+    dedicated_io_thread: _builtins.bool
+    """The disk gets an I/O thread of its own."""
+    shareable: _builtins.bool
+    """Several writers may share the disk (a raw hostDisk only)."""
     @_builtins.property
     def disk(self) -> Global___DiskTarget: ...
     @_builtins.property
@@ -651,17 +1340,27 @@ class Disk(_message.Message):
         boot_order: _builtins.int | None = ...,
         serial: _builtins.str = ...,
         cache: _builtins.str = ...,
+        dedicated_io_thread: _builtins.bool | None = ...,
+        shareable: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_boot_order", b"_boot_order", "boot_order", b"boot_order", "cdrom", b"cdrom", "device", b"device", "disk", b"disk"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_boot_order", b"_boot_order", "_dedicated_io_thread", b"_dedicated_io_thread", "_shareable", b"_shareable", "boot_order", b"boot_order", "cdrom", b"cdrom", "dedicated_io_thread", b"dedicated_io_thread", "device", b"device", "disk", b"disk", "shareable", b"shareable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_boot_order", b"_boot_order", "boot_order", b"boot_order", "cache", b"cache", "cdrom", b"cdrom", "device", b"device", "disk", b"disk", "name", b"name", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_boot_order", b"_boot_order", "_dedicated_io_thread", b"_dedicated_io_thread", "_shareable", b"_shareable", "boot_order", b"boot_order", "cache", b"cache", "cdrom", b"cdrom", "dedicated_io_thread", b"dedicated_io_thread", "device", b"device", "disk", b"disk", "name", b"name", "serial", b"serial", "shareable", b"shareable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__boot_order: _TypeAlias = _typing.Literal["boot_order"]  # noqa: Y015
     _WhichOneofArgType__boot_order: _TypeAlias = _typing.Literal["_boot_order", b"_boot_order"]  # noqa: Y015
+    _WhichOneofReturnType__dedicated_io_thread: _TypeAlias = _typing.Literal["dedicated_io_thread"]  # noqa: Y015
+    _WhichOneofArgType__dedicated_io_thread: _TypeAlias = _typing.Literal["_dedicated_io_thread", b"_dedicated_io_thread"]  # noqa: Y015
+    _WhichOneofReturnType__shareable: _TypeAlias = _typing.Literal["shareable"]  # noqa: Y015
+    _WhichOneofArgType__shareable: _TypeAlias = _typing.Literal["_shareable", b"_shareable"]  # noqa: Y015
     _WhichOneofReturnType_device: _TypeAlias = _typing.Literal["disk", "cdrom"]  # noqa: Y015
     _WhichOneofArgType_device: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__boot_order) -> _WhichOneofReturnType__boot_order | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dedicated_io_thread) -> _WhichOneofReturnType__dedicated_io_thread | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shareable) -> _WhichOneofReturnType__shareable | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_device) -> _WhichOneofReturnType_device | None: ...
 
@@ -734,7 +1433,7 @@ class Interface(_message.Message):
     name: _builtins.str
     mac_address: _builtins.str
     model: _builtins.str
-    """virtio (default)."""
+    """virtio (default), e1000, e1000e or rtl8139."""
     @_builtins.property
     def masquerade(self) -> Global___InterfaceMasquerade: ...
     @_builtins.property
