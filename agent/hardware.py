@@ -42,8 +42,6 @@ class Hyperv:
     synic_timer: bool = False
     synic_timer_direct: bool = False
     tlb_flush: bool = False
-    tlb_flush_direct: bool = False
-    tlb_flush_extended: bool = False
     vendor_id: str = ""
 
 

@@ -76,11 +76,7 @@ def _hyperv(hyperv: Hyperv) -> ET.Element:
         elif name == "vendor_id" and hyperv.vendor_id:
             ET.SubElement(element, name, state="on", value=hyperv.vendor_id)
         elif name == "tlbflush" and hyperv.tlb_flush:
-            flush = ET.SubElement(element, name, state="on")
-            if hyperv.tlb_flush_direct:
-                ET.SubElement(flush, "direct", state="on")
-            if hyperv.tlb_flush_extended:
-                ET.SubElement(flush, "extended", state="on")
+            ET.SubElement(element, name, state="on")
     return element
 
 

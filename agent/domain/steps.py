@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import threading
 
+from agent.domain.capabilities import require_node_support
 from agent.domain.files import VMFiles
 from agent.domain.metadata import (
     CorruptMetadata,
@@ -142,6 +143,7 @@ class DomainSteps:
 
     def define(self, domain: str, spec: VMSpec, books: Bookkeeping, *, new: bool) -> None:
         """Resolve the VM's files and (re)define its domain; a new VM's files go on failure."""
+        require_node_support(spec, self.virt_type)
         try:
             prepared = self.files.prepare(spec, domain)
             plan = HostPlan(

@@ -105,9 +105,7 @@ def _hyperv(node: Node | None) -> Hyperv | None:
         spinlocks.done()
     timer = node.child("synictimer")
     timer_direct = _state(timer.child("direct")) if timer is not None else None
-    flush = node.child("tlbflush")
-    flush_direct = _state(flush.child("direct")) if flush is not None else None
-    flush_extended = _state(flush.child("extended")) if flush is not None else None
+    flush = node.child("tlbflush")  # direct/extended: not in libvirt 9.0's schema, refused
     vendor = node.child("vendorid")
     vendor_id = _vendor_id(vendor) if vendor is not None else ""
     hyperv = Hyperv(
@@ -115,9 +113,7 @@ def _hyperv(node: Node | None) -> Hyperv | None:
         spinlocks=retries,
         synic_timer=bool(_state(timer, "direct")),
         synic_timer_direct=bool(timer_direct),
-        tlb_flush=bool(_state(flush, "direct", "extended")),
-        tlb_flush_direct=bool(flush_direct),
-        tlb_flush_extended=bool(flush_extended),
+        tlb_flush=bool(_state(flush)),
         vendor_id=vendor_id,
     )
     node.done()

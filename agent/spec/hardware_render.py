@@ -67,12 +67,7 @@ def _hyperv(hyperv: Hyperv) -> dict[str, Any]:
     if hyperv.synic_timer:
         out["synictimer"] = {"direct": {}} if hyperv.synic_timer_direct else {}
     if hyperv.tlb_flush:
-        flush: dict[str, Any] = {}
-        if hyperv.tlb_flush_direct:
-            flush["direct"] = {}
-        if hyperv.tlb_flush_extended:
-            flush["extended"] = {}
-        out["tlbflush"] = flush
+        out["tlbflush"] = {}
     if hyperv.vendor_id:
         out["vendorid"] = {"vendorid": hyperv.vendor_id}
     return out

@@ -491,3 +491,23 @@ def test_slow_calls_are_capped_and_quick_ones_still_answer(
         release.set()
         for future in futures:
             future.exception(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("features", "field"),
+    [
+        ({"hyperv": {"relaxed": {}, "vpindex": {}}}, "features.hyperv.vpindex"),
+        ({"pvspinlock": {}}, "features.pvspinlock"),
+    ],
+    ids=["hyperv-vpindex", "pvspinlock"],
+)
+def test_settings_tcg_cannot_run_are_failed_precondition_naming_the_field(
+    agent: Agent, features: dict[str, Any], field: str
+) -> None:
+    doc = vm_doc()
+    doc["spec"]["template"]["spec"]["domain"]["features"] = features
+    code, details = code_of(lambda: apply(agent, doc))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith(f"spec.template.spec.domain.{field}: needs KVM"), details
+    assert agent.hv.list_domains() == []
+    assert not (agent.state_dir / "vms" / "default_web").exists()

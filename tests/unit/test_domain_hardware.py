@@ -242,6 +242,7 @@ def _refusal(domain: dict[str, Any], **instance: Any) -> str:
         ),
         ({"features": {"hyperv": {"vendorid": {"vendorid": "x" * 13}}}}, {}, "vendorid"),
         ({"features": {"hyperv": {"evil": {}}}}, {}, "features.hyperv.evil"),
+        ({"features": {"hyperv": {"tlbflush": {"direct": {}}}}}, {}, "tlbflush.direct"),
         (
             {
                 "features": {"smm": {"enabled": False}},

@@ -1,0 +1,81 @@
+"""A VM with KubeVirt machine settings boots: features, clock, SMBIOS serial, a USB tablet,
+an i6300esb watchdog and an e1000e NIC, with the real agent, libvirtd and QEMU (TCG).
+
+The test guest's kernel (Debian's cloud kernel) has no e1000e and no i6300esb driver, so
+the guest is reached over its virtio NIC and the e1000e NIC and the watchdog are checked in
+the domain libvirt runs (the live XML lists the devices QEMU was started with)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import pytest
+
+from agent.api._gen.virtagent.v1 import vm_pb2
+from tests.system.agentproc import AgentProcess, guest_vm
+from tests.system.netbed import node_get
+from tests.testbed.wait import wait_for
+
+BRIDGE = "vbrhw0"
+
+
+@pytest.fixture
+def bridge(agent: AgentProcess) -> Iterator[str]:
+    """A host bridge in the node for the e1000e NIC (bridge binding)."""
+    agent.node.exec(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    agent.node.exec(["ip", "link", "set", BRIDGE, "up"], check=True)
+    try:
+        yield BRIDGE
+    finally:
+        agent.delete_all()
+        agent.node.exec(["ip", "link", "del", BRIDGE])
+
+
+def hardware_vm(bridge: str) -> dict[str, object]:
+    doc = guest_vm(
+        "hardware",
+        interfaces=[
+            {"name": "default", "masquerade": {}},
+            {"name": "lan", "bridge": {}, "model": "e1000e"},
+        ],
+        networks=[
+            {"name": "default", "pod": {}},
+            {"name": "lan", "multus": {"networkName": bridge}},
+        ],
+    )
+    domain = doc["spec"]["template"]["spec"]["domain"]  # type: ignore[index]
+    domain["features"] = {"acpi": {}, "apic": {}, "smm": {"enabled": True}}
+    domain["clock"] = {
+        "timezone": "Europe/Berlin",
+        "timer": {"hpet": {"present": False}, "pit": {"tickPolicy": "delay"}, "rtc": {}},
+    }
+    domain["firmware"]["serial"] = "HW-0001"
+    devices = domain["devices"]
+    devices["inputs"] = [{"name": "tablet", "type": "tablet", "bus": "usb"}]
+    devices["watchdog"] = {"name": "wd", "i6300esb": {"action": "reset"}}
+    return doc
+
+
+def test_vm_with_hardware_settings_boots_and_runs_them(agent: AgentProcess, bridge: str) -> None:
+    vm = agent.apply(hardware_vm(bridge))
+    assert vm.status.phase == vm_pb2.PHASE_RUNNING
+    agent.wait_console("hardware", "VIRT-AGENT-READY")
+    address = vm.status.interfaces[0].ip_addresses[0]
+    page = wait_for(lambda: node_get(agent.node, address), 30, message="the guest's page")
+    assert "hostname=hardware" in page
+
+    live = ET.fromstring(agent.node.virsh("dumpxml", "default_hardware"))
+    assert live.find("features/smm").get("state") == "on"  # type: ignore[union-attr]
+    clock = live.find("clock")
+    assert clock is not None and clock.get("timezone") == "Europe/Berlin"
+    timers = {t.get("name"): t.attrib for t in clock.iter("timer")}
+    assert timers["hpet"]["present"] == "no" and timers["pit"]["tickpolicy"] == "delay"
+    assert live.findtext("sysinfo/system/entry[@name='serial']") == "HW-0001"
+    assert [(i.get("type"), i.get("bus")) for i in live.iter("input")].count(("tablet", "usb")) == 1
+    watchdog = live.find("devices/watchdog")
+    assert watchdog is not None and watchdog.attrib["model"] == "i6300esb"
+    assert watchdog.attrib["action"] == "reset" and watchdog.find("alias") is not None
+    models = [i.find("model").get("type") for i in live.iter("interface")]  # type: ignore[union-attr]
+    assert models == ["virtio", "e1000e"]
+    assert agent.node.virsh("domstate", "default_hardware").strip() == "running"
