@@ -6,10 +6,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -31,6 +33,7 @@ from agent.config import ConfigError, Settings
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
+from agent.domain.capabilities import NodeSupport
 from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
 from agent.domain.pullstatus import PullStatusPublisher
@@ -88,6 +91,15 @@ class Agent:
             self.dhcp.stop()
 
 
+def _node_support() -> NodeSupport:
+    """swtpm for TPMs, and an x86_64 OVMF build described for libvirt's firmware selection."""
+    descriptors = Path("/usr/share/qemu/firmware").glob("*.json")
+    return NodeSupport(
+        swtpm=shutil.which("swtpm") is not None,
+        uefi_firmware=any("x86_64" in d.name and "edk2" in d.name for d in descriptors),
+    )
+
+
 def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32) -> Agent:
     """Everything the agent is made of, wired, nothing started (``Agent.start`` does that)."""
     access, credentials = access_control(settings), server_credentials(settings)
@@ -102,6 +114,7 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         node_name=settings.node_name,
         virt_type=_virt_type(settings.virt_type),
         network=networking[0] if networking else None,
+        support=_node_support(),
     )
     hv.subscribe(service)
     views = VMViews(registry, service.files)

@@ -14,6 +14,7 @@ __all__ = [
     "Hyperv",
     "Input",
     "Timer",
+    "Tpm",
     "Watchdog",
 ]
 
@@ -95,6 +96,13 @@ class Watchdog:
 
 
 @dataclass(frozen=True, slots=True)
+class Tpm:
+    """An emulated TPM 2.0 (swtpm); libvirt keeps its state per VM until the VM is deleted."""
+
+    persistent: bool = False  # as written; the state is kept across restarts either way
+
+
+@dataclass(frozen=True, slots=True)
 class Hardware:
     """Everything here defaults to what a VM gets without asking."""
 
@@ -107,3 +115,4 @@ class Hardware:
     io_threads_policy: str = ""  # "", shared or auto
     block_multi_queue: bool = False
     network_interface_multiqueue: bool | None = None  # None: one queue per vCPU
+    tpm: Tpm | None = None

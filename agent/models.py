@@ -100,6 +100,8 @@ class Firmware:
     bootloader: str = "bios"  # "bios" or "efi"
     kernel_boot: KernelBoot | None = None
     secure_boot: bool = False
+    # NVRAM kept across restarts: libvirt keeps it per VM (removed with the VM) either way.
+    efi_persistent: bool = False
     serial: str = ""  # SMBIOS system serial (firmware.uuid is the VM's uid)
 
 

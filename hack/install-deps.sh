@@ -10,6 +10,7 @@ APT_PACKAGES=(
   busybox-static cpio iproute2 socat curl pkg-config gcc python3-venv python3-dev
   syslinux-common extlinux mtools dosfstools fdisk e2fsprogs
   docker-registry skopeo umoci openssl
+  ovmf swtpm swtpm-tools
   prometheus   # promtool, and the Prometheus server the metrics system test starts itself
 )
 

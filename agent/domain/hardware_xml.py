@@ -140,4 +140,9 @@ def hardware_devices(spec: VMSpec) -> list[ET.Element]:
     if hardware.watchdog is not None:
         action = hardware.watchdog.action
         elements.append(ET.Element("watchdog", model="i6300esb", action=action))
+    if hardware.tpm is not None:
+        # tpm-tis works on pc and q35 alike (KubeVirt's choice too); swtpm runs per VM.
+        tpm = ET.Element("tpm", model="tpm-tis")
+        ET.SubElement(tpm, "backend", type="emulator", version="2.0")
+        elements.append(tpm)
     return elements

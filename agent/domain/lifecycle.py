@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import agent.metrics.agent_metrics as agent_metrics
+from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport
 from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
@@ -69,6 +70,7 @@ class VMService:
         readiness: Readiness | None = None,
         clock: Clock = SYSTEM_CLOCK,
         spawn: Spawn = spawn_thread,
+        support: NodeSupport = ASSUMED_SUPPORT,
     ) -> None:
         self.hv = hv
         self.registry = registry
@@ -87,6 +89,7 @@ class VMService:
             node_name=node_name,
             virt_type=virt_type,
             clock=clock,
+            support=support,
         )
         self.requests = RequestLog()
         self._guard = threading.Lock()

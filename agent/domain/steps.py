@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 
-from agent.domain.capabilities import require_node_support
+from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport, require_node_support
 from agent.domain.files import VMFiles
 from agent.domain.metadata import (
     CorruptMetadata,
@@ -66,6 +66,7 @@ class DomainSteps:
         node_name: str,
         virt_type: str,
         clock: Clock,
+        support: NodeSupport = ASSUMED_SUPPORT,
     ) -> None:
         self.hv = hv
         self.files = files
@@ -73,6 +74,7 @@ class DomainSteps:
         self.registry = registry
         self.node_name = node_name
         self.virt_type = virt_type
+        self.support = support
         self.clock = clock
         self._starting: set[str] = set()
         self._refresh_lock = threading.Lock()
@@ -143,7 +145,7 @@ class DomainSteps:
 
     def define(self, domain: str, spec: VMSpec, books: Bookkeeping, *, new: bool) -> None:
         """Resolve the VM's files and (re)define its domain; a new VM's files go on failure."""
-        require_node_support(spec, self.virt_type)
+        require_node_support(spec, self.virt_type, self.support)
         try:
             prepared = self.files.prepare(spec, domain)
             plan = HostPlan(

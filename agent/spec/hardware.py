@@ -14,6 +14,7 @@ from agent.hardware import (
     Hyperv,
     Input,
     Timer,
+    Tpm,
     Watchdog,
 )
 from agent.spec.reader import Node, choice, one_of, validate_name
@@ -51,7 +52,16 @@ def parse_hardware(domain: Node, devices: Node) -> Hardware:
         io_threads_policy=policy,
         block_multi_queue=devices.get("blockMultiQueue", bool, False),
         network_interface_multiqueue=_optional_bool(devices, "networkInterfaceMultiqueue"),
+        tpm=_tpm(devices.child("tpm")),
     )
+
+
+def _tpm(node: Node | None) -> Tpm | None:
+    if node is None or not node.get("enabled", bool, True):
+        return None
+    tpm = Tpm(persistent=node.get("persistent", bool, False))
+    node.done()
+    return tpm
 
 
 def _optional_bool(node: Node, key: str) -> bool | None:

@@ -36,6 +36,8 @@ def render_device_hardware(hardware: Hardware) -> dict[str, Any]:
         out["watchdog"] = {"name": watchdog.name, "i6300esb": {"action": watchdog.action}}
     if hardware.block_multi_queue:
         out["blockMultiQueue"] = True
+    if hardware.tpm is not None:
+        out["tpm"] = {"persistent": True} if hardware.tpm.persistent else {}
     if hardware.network_interface_multiqueue is not None:
         out["networkInterfaceMultiqueue"] = hardware.network_interface_multiqueue
     return out

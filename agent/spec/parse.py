@@ -253,18 +253,22 @@ def _parse_firmware(node: Node | None) -> Firmware:
     serial = node.get("serial", str, "")
     if serial and not re.match(r"^[A-Za-z0-9 _.:/+-]{1,64}$", serial):
         raise InvalidSpec(node.at("serial"), "must be 1-64 letters, digits, spaces or _.:/+-")
-    bootloader, secure = "bios", False
+    bootloader, secure, persistent = "bios", False, False
     loader = node.child("bootloader")
     if loader is not None:
         kind = one_of(
             loader,
             {
-                "bios": lambda n: ("bios", False),
-                "efi": lambda n: ("efi", n.get("secureBoot", bool, False)),
+                "bios": lambda n: ("bios", False, False),
+                "efi": lambda n: (
+                    "efi",
+                    n.get("secureBoot", bool, False),
+                    n.get("persistent", bool, False),
+                ),
             },
         )
         if kind is not None:
-            bootloader, secure = kind
+            bootloader, secure, persistent = kind
         loader.done()
     kernel_boot = None
     kb = node.child("kernelBoot")
@@ -286,5 +290,9 @@ def _parse_firmware(node: Node | None) -> Firmware:
         kb.done()
     node.done()
     return Firmware(
-        bootloader=bootloader, kernel_boot=kernel_boot, secure_boot=secure, serial=serial
+        bootloader=bootloader,
+        kernel_boot=kernel_boot,
+        secure_boot=secure,
+        efi_persistent=persistent,
+        serial=serial,
     )

@@ -62,17 +62,7 @@ def _render_domain(vm: VMSpec) -> dict[str, Any]:
         domain["resources"] = resources
     if vm.machine_type:
         domain["machine"] = {"type": vm.machine_type}
-    firmware: dict[str, Any] = {}
-    if vm.firmware.bootloader == "efi":
-        firmware["bootloader"] = {"efi": {"secureBoot": vm.firmware.secure_boot}}
-    kb = vm.firmware.kernel_boot
-    if kb is not None:
-        container = {"kernelPath": kb.kernel_path}
-        if kb.initrd_path:
-            container["initrdPath"] = kb.initrd_path
-        firmware["kernelBoot"] = {"kernelArgs": kb.kernel_args, "container": container}
-    if vm.firmware.serial:
-        firmware["serial"] = vm.firmware.serial
+    firmware = _render_firmware(vm)
     if firmware:
         domain["firmware"] = firmware
     domain.update(render_domain_hardware(vm.hardware))
@@ -84,6 +74,24 @@ def _render_domain(vm: VMSpec) -> dict[str, Any]:
     if devices:
         domain["devices"] = devices
     return domain
+
+
+def _render_firmware(vm: VMSpec) -> dict[str, Any]:
+    firmware: dict[str, Any] = {}
+    if vm.firmware.bootloader == "efi":
+        efi: dict[str, Any] = {"secureBoot": vm.firmware.secure_boot}
+        if vm.firmware.efi_persistent:
+            efi["persistent"] = True
+        firmware["bootloader"] = {"efi": efi}
+    kb = vm.firmware.kernel_boot
+    if kb is not None:
+        container = {"kernelPath": kb.kernel_path}
+        if kb.initrd_path:
+            container["initrdPath"] = kb.initrd_path
+        firmware["kernelBoot"] = {"kernelArgs": kb.kernel_args, "container": container}
+    if vm.firmware.serial:
+        firmware["serial"] = vm.firmware.serial
+    return firmware
 
 
 def _render_disk(disk: Disk) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.api._gen.virtagent.v1 import vm_pb2
+from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.netbed import node_get
 from tests.testbed.wait import wait_for
@@ -79,3 +80,31 @@ def test_vm_with_hardware_settings_boots_and_runs_them(agent: AgentProcess, brid
     models = [i.find("model").get("type") for i in live.iter("interface")]  # type: ignore[union-attr]
     assert models == ["virtio", "e1000e"]
     assert agent.node.virsh("domstate", "default_hardware").strip() == "running"
+
+
+def test_tpm_and_persistent_uefi_variables_survive_a_restart(agent: AgentProcess) -> None:
+    doc = guest_vm("secure")
+    domain = doc["spec"]["template"]["spec"]["domain"]  # type: ignore[index]
+    domain["firmware"]["bootloader"] = {"efi": {"persistent": True, "secureBoot": False}}
+    domain["devices"]["tpm"] = {"persistent": True}
+    agent.apply(doc)
+    agent.wait_console("secure", "VIRT-AGENT-READY", timeout=180)
+
+    live = ET.fromstring(agent.node.virsh("dumpxml", "default_secure"))
+    tpm = live.find("devices/tpm")
+    assert tpm is not None and tpm.find("alias") is not None  # QEMU runs it
+    assert tpm.find("backend").get("type") == "emulator"  # type: ignore[union-attr]
+    nvram = live.findtext("os/nvram")
+    assert nvram and agent.node.exec(["test", "-s", nvram]).returncode == 0
+
+    ref = pb.StopVirtualMachineRequest(namespace="default", name="secure", force=True)
+    agent.vms.StopVirtualMachine(ref, timeout=60)
+    assert agent.node.exec(["test", "-s", nvram]).returncode == 0  # kept while stopped
+    agent.vms.StartVirtualMachine(
+        pb.StartVirtualMachineRequest(namespace="default", name="secure"), timeout=60
+    )
+    agent.wait_console("secure", "VIRT-AGENT-READY", count=2, timeout=180)
+    restarted = ET.fromstring(agent.node.virsh("dumpxml", "default_secure"))
+    assert restarted.findtext("os/nvram") == nvram
+    agent.delete_all()
+    assert agent.node.exec(["test", "-e", nvram]).returncode != 0  # removed with the VM

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from agent.domain.capabilities import NodeSupport, require_node_support
 from agent.domain.plan import HostPlan
 from agent.domain.xml import build_domain, domain_xml
-from agent.errors import InvalidSpec
+from agent.errors import FailedPrecondition, InvalidSpec
 from agent.models import DiskBacking, NicBacking, VMSpec
 from agent.naming import domain_name
 from agent.network.plan import queues_for
@@ -146,10 +147,22 @@ def _utc_offset() -> tuple[VMSpec, HostPlan]:
     return spec, HostPlan(domain_name=domain_name(spec.namespace, spec.name), uuid=spec.uid)
 
 
+def _tpm_efi() -> tuple[VMSpec, HostPlan]:
+    spec = _vm(
+        {
+            "memory": {"guest": "1Gi"},
+            "firmware": {"bootloader": {"efi": {"persistent": True}}},
+            "devices": {"tpm": {"persistent": True}},
+        }
+    )
+    return spec, HostPlan(domain_name=domain_name(spec.namespace, spec.name), uuid=spec.uid)
+
+
 CASES = {
     "hardware_windows_hyperv_iothreads": _windows,
     "hardware_watchdog_tablet_timezone": _watchdog_tablet,
     "hardware_utc_offset_no_acpi": _utc_offset,
+    "hardware_tpm_efi_persistent": _tpm_efi,
 }
 
 
@@ -286,3 +299,29 @@ def test_bad_settings_are_named(domain: dict[str, Any], instance: Any, field: st
 def test_firmware_uuid_must_match_the_uid() -> None:
     other = "00000000-0000-4000-8000-000000000001"
     assert _refusal({"firmware": {"uuid": other}}) == f"{DOMAIN}.firmware.uuid"
+
+
+def test_a_disabled_tpm_is_no_tpm() -> None:
+    spec = _vm({"memory": {"guest": "256Mi"}, "devices": {"tpm": {"enabled": False}}})
+    assert spec.hardware.tpm is None
+
+
+@pytest.mark.parametrize(
+    ("support", "virt_type", "field"),
+    [
+        (NodeSupport(swtpm=False), "kvm", "devices.tpm: needs swtpm"),
+        (NodeSupport(uefi_firmware=False), "kvm", "firmware.bootloader.efi: needs OVMF"),
+        (NodeSupport(), "qemu", None),
+        (NodeSupport(), "kvm", None),
+    ],
+    ids=["no-swtpm", "no-ovmf", "tcg-has-both", "kvm-has-both"],
+)
+def test_tpm_and_uefi_need_their_packages(
+    support: NodeSupport, virt_type: str, field: str | None
+) -> None:
+    spec, _ = _tpm_efi()
+    if field is None:
+        require_node_support(spec, virt_type, support)
+        return
+    with pytest.raises(FailedPrecondition, match=f"^{DOMAIN}.{field}"):
+        require_node_support(spec, virt_type, support)

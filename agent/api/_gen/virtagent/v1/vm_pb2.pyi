@@ -1049,18 +1049,27 @@ class EFI(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SECURE_BOOT_FIELD_NUMBER: _builtins.int
+    PERSISTENT_FIELD_NUMBER: _builtins.int
     secure_boot: _builtins.bool
+    persistent: _builtins.bool
+    """Keep the UEFI variables (NVRAM) across restarts; the agent keeps them per VM always."""
     def __init__(
         self,
         *,
         secure_boot: _builtins.bool | None = ...,
+        persistent: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_secure_boot", b"_secure_boot", "secure_boot", b"secure_boot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_persistent", b"_persistent", "_secure_boot", b"_secure_boot", "persistent", b"persistent", "secure_boot", b"secure_boot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_secure_boot", b"_secure_boot", "secure_boot", b"secure_boot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_persistent", b"_persistent", "_secure_boot", b"_secure_boot", "persistent", b"persistent", "secure_boot", b"secure_boot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__persistent: _TypeAlias = _typing.Literal["persistent"]  # noqa: Y015
+    _WhichOneofArgType__persistent: _TypeAlias = _typing.Literal["_persistent", b"_persistent"]  # noqa: Y015
     _WhichOneofReturnType__secure_boot: _TypeAlias = _typing.Literal["secure_boot"]  # noqa: Y015
     _WhichOneofArgType__secure_boot: _TypeAlias = _typing.Literal["_secure_boot", b"_secure_boot"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__persistent) -> _WhichOneofReturnType__persistent | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__secure_boot) -> _WhichOneofReturnType__secure_boot | None: ...
 
 Global___EFI: _TypeAlias = EFI  # noqa: Y015
@@ -1137,6 +1146,7 @@ class Devices(_message.Message):
     WATCHDOG_FIELD_NUMBER: _builtins.int
     BLOCK_MULTI_QUEUE_FIELD_NUMBER: _builtins.int
     NETWORK_INTERFACE_MULTIQUEUE_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
     autoattach_graphics_device: _builtins.bool
     """true: a VGA display adapter (the agent serves no graphical console)."""
     block_multi_queue: _builtins.bool
@@ -1159,6 +1169,8 @@ class Devices(_message.Message):
     def video(self) -> Global___VideoDevice: ...
     @_builtins.property
     def watchdog(self) -> Global___Watchdog: ...
+    @_builtins.property
+    def tpm(self) -> Global___TPMDevice: ...
     def __init__(
         self,
         *,
@@ -1171,10 +1183,11 @@ class Devices(_message.Message):
         watchdog: Global___Watchdog | None = ...,
         block_multi_queue: _builtins.bool | None = ...,
         network_interface_multiqueue: _builtins.bool | None = ...,
+        tpm: Global___TPMDevice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device", "_block_multi_queue", b"_block_multi_queue", "_network_interface_multiqueue", b"_network_interface_multiqueue", "autoattach_graphics_device", b"autoattach_graphics_device", "block_multi_queue", b"block_multi_queue", "network_interface_multiqueue", b"network_interface_multiqueue", "rng", b"rng", "video", b"video", "watchdog", b"watchdog"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device", "_block_multi_queue", b"_block_multi_queue", "_network_interface_multiqueue", b"_network_interface_multiqueue", "autoattach_graphics_device", b"autoattach_graphics_device", "block_multi_queue", b"block_multi_queue", "network_interface_multiqueue", b"network_interface_multiqueue", "rng", b"rng", "tpm", b"tpm", "video", b"video", "watchdog", b"watchdog"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device", "_block_multi_queue", b"_block_multi_queue", "_network_interface_multiqueue", b"_network_interface_multiqueue", "autoattach_graphics_device", b"autoattach_graphics_device", "block_multi_queue", b"block_multi_queue", "disks", b"disks", "inputs", b"inputs", "interfaces", b"interfaces", "network_interface_multiqueue", b"network_interface_multiqueue", "rng", b"rng", "video", b"video", "watchdog", b"watchdog"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device", "_block_multi_queue", b"_block_multi_queue", "_network_interface_multiqueue", b"_network_interface_multiqueue", "autoattach_graphics_device", b"autoattach_graphics_device", "block_multi_queue", b"block_multi_queue", "disks", b"disks", "inputs", b"inputs", "interfaces", b"interfaces", "network_interface_multiqueue", b"network_interface_multiqueue", "rng", b"rng", "tpm", b"tpm", "video", b"video", "watchdog", b"watchdog"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__autoattach_graphics_device: _TypeAlias = _typing.Literal["autoattach_graphics_device"]  # noqa: Y015
     _WhichOneofArgType__autoattach_graphics_device: _TypeAlias = _typing.Literal["_autoattach_graphics_device", b"_autoattach_graphics_device"]  # noqa: Y015
@@ -1190,6 +1203,37 @@ class Devices(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__network_interface_multiqueue) -> _WhichOneofReturnType__network_interface_multiqueue | None: ...
 
 Global___Devices: _TypeAlias = Devices  # noqa: Y015
+
+@_typing.final
+class TPMDevice(_message.Message):
+    """TPMDevice is an emulated TPM 2.0 (swtpm); its state is kept per VM."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    PERSISTENT_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    persistent: _builtins.bool
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        persistent: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_persistent", b"_persistent", "enabled", b"enabled", "persistent", b"persistent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_persistent", b"_persistent", "enabled", b"enabled", "persistent", b"persistent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__persistent: _TypeAlias = _typing.Literal["persistent"]  # noqa: Y015
+    _WhichOneofArgType__persistent: _TypeAlias = _typing.Literal["_persistent", b"_persistent"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__persistent) -> _WhichOneofReturnType__persistent | None: ...
+
+Global___TPMDevice: _TypeAlias = TPMDevice  # noqa: Y015
 
 @_typing.final
 class Input(_message.Message):
