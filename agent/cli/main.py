@@ -95,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    _add_apply(command("apply", "Create or update VMs from a KubeVirt manifest.", commands.apply))
-    _add_validate(command("validate", "Check manifests as the agent would.", commands.validate))
+    _add_manifest_commands(command)
     _add_get(
         command("get", "Show one VM, or list the VMs of a namespace.", commands.get), name=True
     )
@@ -125,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("-o", "--output", choices=("json", "yaml"), help="output format")
     top.add_arguments(command("top", "Show VMs' CPU use, memory and network rates.", top.top))
     return parser
+
+
+def _add_manifest_commands(command: Callable[[str, str, Callable[..., int]], Parser]) -> None:
+    _add_apply(command("apply", "Create or update VMs from a KubeVirt manifest.", commands.apply))
+    _add_validate(command("validate", "Check manifests as the agent would.", commands.validate))
 
 
 def _add_connection_options(parser: Parser, *, defaults: bool) -> None:
