@@ -7,7 +7,8 @@ templates: they are rendered with stub osinfo lookups for x86_64 and a few flavo
 their ${PARAMETERS} are filled with placeholder values). Every written file starts with a
 ``# source:`` line naming the repository, path and commit. VirtualMachine and
 VirtualMachineInstance documents are de-duplicated by content; other documents in the same
-file are kept (vmctl skips them and says so).
+file are kept (vmctl skips them and says so). Files with only instancetypes or preferences
+go to instancetypes/ (the folder hack/corpus.py hands vmctl as --instancetypes).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import yaml
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "kubevirt"
 VM_KINDS = ("VirtualMachine", "VirtualMachineInstance")
+TYPE_KINDS = ("VirtualMachineInstancetype", "VirtualMachineClusterInstancetype")
+TYPE_KINDS += ("VirtualMachinePreference", "VirtualMachineClusterPreference")
 MAX_VMS = 300
 FLAVOURS = (
     {"flavor": "small", "workload": "server", "memsize": "2Gi", "cpus": 1},
@@ -80,6 +83,12 @@ class Corpus:
                 self.vms += 1
             kept.append(document)
         if not any(d.get("kind") in VM_KINDS for d in kept):
+            types = [d for d in kept if d.get("kind") in TYPE_KINDS]
+            if types:  # what the VMs refer to: hack/corpus.py passes it as --instancetypes
+                body = yaml.safe_dump_all(types, sort_keys=False, default_flow_style=False)
+                path = OUT / "instancetypes" / name.replace("/", "-")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"# source: {source}\n{body}")
             return
         body = yaml.safe_dump_all(kept, sort_keys=False, default_flow_style=False)
         path = OUT / name

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2
+from agent.cli.instancetypes import Catalog
 from agent.cli.kubevirt import ManifestError, Manifests, load_manifests
 from agent.cli.output import (
     describe_node,
@@ -107,7 +108,7 @@ def _explained(action: str, vm: str | None = None) -> Iterator[None]:
 
 def apply(args: argparse.Namespace) -> int:
     text = _read_input(args.filename)
-    loaded = load_manifests(text, default_namespace=args.namespace)
+    loaded = load_manifests(text, default_namespace=args.namespace, catalog=_catalog(args))
     _say_what_is_left_out(loaded)
     if args.dry_run:
         for manifest in loaded.vms:  # what the agent's Apply would say about it
@@ -151,10 +152,24 @@ def _say_what_is_left_out(loaded: Manifests) -> None:
 def validate(args: argparse.Namespace) -> int:
     refused = 0
     for filename in args.filename:
-        for verdict in validate_text(_read_input(filename), default_namespace=args.namespace):
+        text = _read_input(filename)
+        for verdict in validate_text(
+            text, default_namespace=args.namespace, catalog=_catalog(args)
+        ):
             print(f"{filename}: {verdict.line()}")
             refused += not (verdict.accepted or verdict.skipped)
     return 2 if refused else 0
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    """KubeVirt's common instancetypes and preferences, then those in --instancetypes DIR."""
+    catalog = Catalog.with_builtins()
+    if args.instancetypes:
+        folder = Path(args.instancetypes)
+        if not folder.is_dir():
+            raise UsageError(f"--instancetypes {folder}: not a folder")
+        catalog.add_folder(folder)
+    return catalog
 
 
 def _applied(response: vm_service_pb2.ApplyVirtualMachineResponse) -> str:

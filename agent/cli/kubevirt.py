@@ -48,6 +48,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from agent.api._gen.virtagent.v1 import vm_pb2
+from agent.cli.instancetypes import Catalog, resolve
 from agent.cli.webhook import admit, check_annotations
 from agent.cli.yamlpath import UNSUPPORTED, ManifestError
 from agent.cli.yamlpath import boolean as _bool
@@ -118,9 +119,13 @@ class Manifests:
     skipped: tuple[Skipped, ...] = ()
 
 
-def load_manifests(text: str, *, default_namespace: str) -> Manifests:
+def load_manifests(
+    text: str, *, default_namespace: str, catalog: Catalog | None = None
+) -> Manifests:
     """Map every VM document of a (multi-document) YAML stream; empty documents are skipped,
-    and so are documents of other kinds (Services, claims, instancetypes, ...), by name."""
+    and so are documents of other kinds (Services, claims, instancetypes, ...), by name.
+    Instancetypes and preferences come from ``catalog`` (default: KubeVirt's common ones)
+    and from the stream itself."""
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
@@ -129,6 +134,8 @@ def load_manifests(text: str, *, default_namespace: str) -> Manifests:
     if not numbered:
         raise ManifestError("", "no documents found")
     several = len(numbered) > 1
+    catalog = catalog or Catalog.with_builtins()
+    catalog.add_documents(doc for _, doc in numbered)
     manifests: list[Manifest] = []
     skipped: list[Skipped] = []
     seen: dict[tuple[str, str], int] = {}
@@ -138,7 +145,7 @@ def load_manifests(text: str, *, default_namespace: str) -> Manifests:
             skipped.append(other)
             continue
         try:
-            manifest = map_document(document, default_namespace=default_namespace)
+            manifest = map_document(document, default_namespace=default_namespace, catalog=catalog)
         except ManifestError as exc:
             document_index = index if several else None
             raise ManifestError(exc.path, exc.problem, document=document_index) from None
@@ -169,8 +176,19 @@ def _other_kind(document: Any, index: int) -> Skipped | None:
     return Skipped(index, kind, name if isinstance(name, str) else "")
 
 
-def map_document(document: Any, *, default_namespace: str) -> Manifest:
-    """Map one parsed KubeVirt document; raises ManifestError naming the offending path."""
+def map_document(
+    document: Any, *, default_namespace: str, catalog: Catalog | None = None
+) -> Manifest:
+    """Map one parsed KubeVirt document (its instancetype and preference resolved from
+    ``catalog``); raises ManifestError naming the offending path."""
+    resolved, from_types = resolve(_mapping(document, ""), catalog or Catalog.with_builtins())
+    manifest = _map(resolved, default_namespace)
+    if not from_types:
+        return manifest
+    return dataclasses.replace(manifest, ignored=(*from_types, *manifest.ignored))
+
+
+def _map(document: Any, default_namespace: str) -> Manifest:
     root = _mapping(document, "")
     _only(root, "", {"apiVersion", "kind", "metadata", "spec", "status"})
     kind = root.get("kind")

@@ -173,6 +173,15 @@ def _add_apply(parser: Parser) -> None:
         action="store_true",
         help="print the resulting virt-agent VirtualMachine(s) as YAML; call nothing",
     )
+    _add_instancetypes(parser)
+
+
+def _add_instancetypes(parser: Parser) -> None:
+    parser.add_argument(
+        "--instancetypes",
+        metavar="DIR",
+        help="folder of instancetype and preference YAML files (besides KubeVirt's common ones)",
+    )
 
 
 def _add_validate(parser: Parser) -> None:
@@ -184,6 +193,7 @@ def _add_validate(parser: Parser) -> None:
         metavar="FILE",
         help="YAML file to check, repeatable ('-': stdin); prints one line per document",
     )
+    _add_instancetypes(parser)
 
 
 def _add_selection(parser: Parser) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from agent.api.convert import spec_from_proto
+from agent.cli.instancetypes import Catalog
 from agent.cli.kubevirt import KINDS, Manifest, ManifestError, map_document
 from agent.errors import InvalidSpec
 
@@ -43,7 +44,9 @@ class Verdict:
         return f"{what}: {self.field}: {self.problem}" if self.field else f"{what}: {self.problem}"
 
 
-def check_document(document: Any, index: int, *, default_namespace: str) -> Verdict:
+def check_document(
+    document: Any, index: int, *, default_namespace: str, catalog: Catalog | None = None
+) -> Verdict:
     """Map and parse one YAML document; refusals name the first field that blocks it."""
     kind = str(document.get("kind", "")) if isinstance(document, dict) else ""
     metadata = document.get("metadata") if isinstance(document, dict) else None
@@ -51,7 +54,7 @@ def check_document(document: Any, index: int, *, default_namespace: str) -> Verd
     if kind not in KINDS:
         return Verdict(index, kind, name, skipped=True)
     try:
-        manifest = map_document(document, default_namespace=default_namespace)
+        manifest = map_document(document, default_namespace=default_namespace, catalog=catalog)
         check_manifest(manifest)
     except ManifestError as exc:
         return Verdict(index, kind, name, field=exc.path, problem=exc.problem)
@@ -70,14 +73,18 @@ def check_manifest(manifest: Manifest) -> None:
         raise ManifestError(field, exc.problem) from None
 
 
-def validate_text(text: str, *, default_namespace: str) -> list[Verdict]:
+def validate_text(
+    text: str, *, default_namespace: str, catalog: Catalog | None = None
+) -> list[Verdict]:
     """Every non-empty document of a YAML stream, numbered from 1 as in the file."""
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         raise ManifestError("", f"invalid YAML: {exc}") from None
+    catalog = catalog or Catalog.with_builtins()
+    catalog.add_documents(documents)
     return [
-        check_document(document, index, default_namespace=default_namespace)
+        check_document(document, index, default_namespace=default_namespace, catalog=catalog)
         for index, document in enumerate(documents, start=1)
         if document is not None
     ]
