@@ -58,7 +58,7 @@ def build_domain(spec: VMSpec, plan: HostPlan) -> ET.Element:
 def _check_plan(spec: VMSpec, plan: HostPlan) -> None:
     """A plan that does not cover the spec is a bug in the caller, not a user error."""
     for disk in spec.disks:
-        if plan.disk(disk.name) is None:
+        if plan.disk(disk.name) is None and not _empty_cdrom(spec, disk):
             raise ValueError(f"HostPlan has no backing for disk {disk.name!r}")
     for iface in spec.interfaces:
         if plan.nic(iface.name) is None:
@@ -196,8 +196,7 @@ def _disks(spec: VMSpec, plan: HostPlan) -> list[ET.Element]:
         prefix = _BUS_PREFIX[disk.bus]
         index = used.get(prefix, 0)
         used[prefix] = index + 1
-        backing = plan.disk(disk.name)
-        assert backing is not None  # _check_plan
+        backing = plan.disk(disk.name)  # None: an empty CD-ROM (_check_plan)
         element = _disk(disk, backing, prefix + _drive_letters(index))
         _tune_driver(spec, disk, element)
         elements.append(element)
@@ -225,12 +224,18 @@ def _drive_letters(index: int) -> str:
     return letters
 
 
-def _disk(disk: Disk, backing: DiskBacking, target: str) -> ET.Element:
+def _empty_cdrom(spec: VMSpec, disk: Disk) -> bool:
+    return disk.device == "cdrom" and spec.volume(disk.name) is None
+
+
+def _disk(disk: Disk, backing: DiskBacking | None, target: str) -> ET.Element:
     element = ET.Element("disk", type="file", device=disk.device)
-    driver = ET.SubElement(element, "driver", name="qemu", type=backing.format)
+    fmt = backing.format if backing is not None else "raw"
+    driver = ET.SubElement(element, "driver", name="qemu", type=fmt)
     if disk.cache:
         driver.set("cache", disk.cache)
-    ET.SubElement(element, "source", file=backing.path)
+    if backing is not None:  # no source: an empty CD-ROM drive
+        ET.SubElement(element, "source", file=backing.path)
     ET.SubElement(element, "target", dev=target, bus=disk.bus)
     # Children in the order libvirt writes them back, so stored and built XML diff cleanly.
     # A CD-ROM is read-only media whatever the spec says; QEMU's cd devices cannot write.

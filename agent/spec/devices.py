@@ -220,7 +220,8 @@ def check_references(vm: VMSpec, path: str) -> None:
 def _check_disks(vm: VMSpec, path: str, devices: str) -> None:
     volume_names = {v.name for v in vm.volumes}
     for index, disk in enumerate(vm.disks):
-        if disk.name not in volume_names:
+        # A CD-ROM without a volume is an empty drive, as KubeVirt allows.
+        if disk.name not in volume_names and disk.device != "cdrom":
             raise InvalidSpec(f"{devices}.disks[{index}].name", f"no volume named {disk.name!r}")
     disk_names = {d.name for d in vm.disks}
     for index, volume in enumerate(vm.volumes):

@@ -55,6 +55,7 @@ def hardware_vm(bridge: str) -> dict[str, object]:
     devices = domain["devices"]
     devices["inputs"] = [{"name": "tablet", "type": "tablet", "bus": "usb"}]
     devices["watchdog"] = {"name": "wd", "i6300esb": {"action": "reset"}}
+    devices["disks"] = [{"name": "tray", "cdrom": {"bus": "sata"}}]  # an empty drive
     return doc
 
 
@@ -79,6 +80,8 @@ def test_vm_with_hardware_settings_boots_and_runs_them(agent: AgentProcess, brid
     assert watchdog.attrib["action"] == "reset" and watchdog.find("alias") is not None
     models = [i.find("model").get("type") for i in live.iter("interface")]  # type: ignore[union-attr]
     assert models == ["virtio", "e1000e"]
+    (cdrom,) = [d for d in live.iter("disk") if d.get("device") == "cdrom"]
+    assert cdrom.find("source") is None and cdrom.find("alias") is not None
     assert agent.node.virsh("domstate", "default_hardware").strip() == "running"
 
 

@@ -136,12 +136,17 @@ def _watchdog_tablet() -> tuple[VMSpec, HostPlan]:
 
 
 def _utc_offset() -> tuple[VMSpec, HostPlan]:
+    """Also an empty CD-ROM drive (a cdrom disk without a volume)."""
     spec = _vm(
         {
             "memory": {"guest": "256Mi"},
             "features": {"acpi": {"enabled": False}, "smm": {"enabled": False}},
             "clock": {"utc": {"offsetSeconds": -3600}, "timer": {"kvm": {"present": True}}},
-            "devices": {"video": {"type": "bochs"}, "autoattachGraphicsDevice": False},
+            "devices": {
+                "video": {"type": "bochs"},
+                "autoattachGraphicsDevice": False,
+                "disks": [{"name": "tray", "cdrom": {"bus": "sata"}}],
+            },
         }
     )
     return spec, HostPlan(domain_name=domain_name(spec.namespace, spec.name), uuid=spec.uid)
@@ -299,6 +304,12 @@ def test_bad_settings_are_named(domain: dict[str, Any], instance: Any, field: st
 def test_firmware_uuid_must_match_the_uid() -> None:
     other = "00000000-0000-4000-8000-000000000001"
     assert _refusal({"firmware": {"uuid": other}}) == f"{DOMAIN}.firmware.uuid"
+
+
+def test_only_a_cdrom_may_go_without_a_volume() -> None:
+    assert _utc_offset()[0].disks[0].device == "cdrom"
+    field = _refusal({"devices": {"disks": [{"name": "data", "disk": {}}]}})
+    assert field == f"{DOMAIN}.devices.disks[0].name"
 
 
 def test_a_disabled_tpm_is_no_tpm() -> None:
