@@ -227,6 +227,7 @@ class VMSpec:
     termination_grace_period_seconds: int = GRACE_PERIOD_SECONDS
     hostname: str = ""
     hardware: Hardware = field(default_factory=Hardware)
+    ignition_data: str = ""  # handed to the guest over fw_cfg (opt/com.coreos/config)
 
     @property
     def key(self) -> str:

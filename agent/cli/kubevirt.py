@@ -49,7 +49,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.cli.instancetypes import Catalog, resolve
-from agent.cli.webhook import admit, check_annotations
+from agent.cli.webhook import admit, check_annotations, ignition
 from agent.cli.yamlpath import UNSUPPORTED, ManifestError
 from agent.cli.yamlpath import boolean as _bool
 from agent.cli.yamlpath import join as _join
@@ -217,10 +217,14 @@ def _map(document: Any, default_namespace: str) -> Manifest:
         _, template_labels = _metadata(template_meta, "spec.template.metadata", None)
         labels = {**template_labels, **labels}
         instance_path, instance = "spec.template.spec", template.get("spec")
+        ignition_data = ignition(template_meta, "spec.template.metadata")
     else:
         run_strategy, instance_path, instance = "Manual", "spec", spec
+        ignition_data = ignition(root.get("metadata"), "metadata")
     instance, dropped = admit(_mapping(instance, instance_path), instance_path)
     instance_spec = _message(instance, vm_pb2.VirtualMachineInstanceSpec.DESCRIPTOR, instance_path)
+    if ignition_data:
+        instance_spec["ignitionData"] = ignition_data
     if labels:
         metadata["labels"] = labels
     vm_spec: dict[str, Any] = {"template": {"spec": instance_spec}}

@@ -7,8 +7,9 @@ it calls the agent: default devices, and fields that only a cluster scheduler re
 - Scheduling and cluster fields (node selectors, affinity, tolerations, DNS policy, ...)
   mean nothing on one node: they are dropped, and their paths are returned so vmctl can say
   it ignored them. ``architecture`` is accepted when it is the node's (amd64).
-- Annotations that would change the VM and are not supported (sidecar hooks, ignition
-  data) are refused by name; every other annotation is cluster bookkeeping.
+- Annotations that would change the VM and are not supported (sidecar hooks) are refused
+  by name; ``kubevirt.io/ignitiondata`` becomes the spec's ignitionData; every other
+  annotation is cluster bookkeeping.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from agent.cli.yamlpath import ManifestError, boolean, join, mapping, string
 
-__all__ = ["SCHEDULER_FIELDS", "admit", "check_annotations"]
+__all__ = ["IGNITION_ANNOTATION", "SCHEDULER_FIELDS", "admit", "check_annotations", "ignition"]
 
 SCHEDULER_FIELDS = (
     "affinity",
@@ -36,8 +37,8 @@ SCHEDULER_FIELDS = (
 _NODE_ARCHITECTURES = ("amd64", "x86_64")
 _REFUSED_ANNOTATIONS = {
     "hooks.kubevirt.io/hookSidecars": "sidecar hooks are not supported by virt-agent",
-    "kubevirt.io/ignitiondata": "ignition data is not supported by virt-agent yet",
 }
+IGNITION_ANNOTATION = "kubevirt.io/ignitiondata"
 
 
 def admit(instance: Mapping[str, Any], path: str) -> tuple[dict[str, Any], list[str]]:
@@ -68,6 +69,14 @@ def check_annotations(value: Any, path: str) -> None:
     for key in mapping(value, path):
         if key in _REFUSED_ANNOTATIONS:
             raise ManifestError(f"{path}.{key}", _REFUSED_ANNOTATIONS[key])
+
+
+def ignition(metadata: Any, path: str) -> str:
+    """The ``kubevirt.io/ignitiondata`` annotation of an ObjectMeta (KubeVirt hands it to
+    the guest over fw_cfg; the agent does the same with its ignitionData field)."""
+    annotations = mapping(mapping(metadata, path).get("annotations"), f"{path}.annotations")
+    value = annotations.get(IGNITION_ANNOTATION)
+    return "" if value is None else string(value, f"{path}.annotations.{IGNITION_ANNOTATION}")
 
 
 def _devices(out: dict[str, Any], path: str) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class PreparedFiles:
     initrd: str
     console_log: str
     disks: tuple[DiskBacking, ...]
+    ignition: str = ""  # the ignition config file handed over fw_cfg
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,11 @@ class VMFiles:
             if created_dir:
                 self.remove(domain)
             raise
-        return PreparedFiles(kernel, initrd, self.console_log(domain), disks)
+        ignition = ""
+        if vm.ignition_data:
+            ignition = os.path.join(self.vm_dir(domain), "ignition.json")
+            _write_if_changed(ignition, vm.ignition_data.encode())
+        return PreparedFiles(kernel, initrd, self.console_log(domain), disks, ignition)
 
     def _disk(self, vm: VMSpec, domain: str, index: int) -> DiskBacking:
         volume = vm.volumes[index]
@@ -216,3 +221,18 @@ class VMFiles:
         except OSError:
             # Never fails a delete: the next GC (on the next delete or at start) retries.
             log.exception("releasing cached container disks of %s", domain)
+
+
+def _write_if_changed(path: str, data: bytes) -> None:
+    """Write ``data`` atomically unless the file holds it already (a running guest's QEMU
+    read it at start; a changed file takes effect at the next boot, like any spec change)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read() == data:
+                return
+    except FileNotFoundError:
+        pass
+    partial = f"{path}.partial"
+    with open(partial, "wb") as handle:
+        handle.write(data)
+    os.replace(partial, path)

@@ -14,7 +14,7 @@ __all__ = [
     "features_element",
     "hardware_devices",
     "io_threads",
-    "sysinfo_element",
+    "sysinfo_elements",
 ]
 
 # KubeVirt's timer names → libvirt's.
@@ -100,14 +100,20 @@ def clock_element(clock: Clock) -> ET.Element:
     return element
 
 
-def sysinfo_element(spec: VMSpec) -> ET.Element | None:
-    """SMBIOS system serial (``<os><smbios mode='sysinfo'/>`` makes QEMU use it)."""
-    if not spec.firmware.serial:
-        return None
-    sysinfo = ET.Element("sysinfo", type="smbios")
-    entry = ET.SubElement(ET.SubElement(sysinfo, "system"), "entry", name="serial")
-    entry.text = spec.firmware.serial
-    return sysinfo
+def sysinfo_elements(spec: VMSpec, ignition: str) -> list[ET.Element]:
+    """SMBIOS system serial (``<os><smbios mode='sysinfo'/>`` makes QEMU use it), and the
+    ignition file as fw_cfg opt/com.coreos/config (where Ignition looks, as in KubeVirt)."""
+    elements = []
+    if spec.firmware.serial:
+        sysinfo = ET.Element("sysinfo", type="smbios")
+        entry = ET.SubElement(ET.SubElement(sysinfo, "system"), "entry", name="serial")
+        entry.text = spec.firmware.serial
+        elements.append(sysinfo)
+    if ignition:
+        fw_cfg = ET.Element("sysinfo", type="fwcfg")
+        ET.SubElement(fw_cfg, "entry", name="opt/com.coreos/config", file=ignition)
+        elements.append(fw_cfg)
+    return elements
 
 
 def io_threads(spec: VMSpec) -> int:

@@ -43,6 +43,7 @@ class HostPlan:
     disks: tuple[DiskBacking, ...] = ()
     nics: tuple[NicBacking, ...] = ()
     console_log: str = ""
+    ignition: str = ""  # a file QEMU hands the guest as fw_cfg opt/com.coreos/config
     # The agent's own element for <metadata>; a string is parsed. Never mutated.
     metadata: ET.Element | str | None = None
 

@@ -155,6 +155,7 @@ class DomainSteps:
                 kernel=prepared.kernel,
                 initrd=prepared.initrd,
                 console_log=prepared.console_log,
+                ignition=prepared.ignition,
                 disks=prepared.disks,
                 nics=self.network.nics(domain, spec, books.network),
                 metadata=metadata_element(spec, books),

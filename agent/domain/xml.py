@@ -11,7 +11,7 @@ from agent.domain.hardware_xml import (
     features_element,
     hardware_devices,
     io_threads,
-    sysinfo_element,
+    sysinfo_elements,
 )
 from agent.domain.plan import HostPlan
 from agent.models import CPU, Disk, DiskBacking, Interface, NicBacking, VMSpec
@@ -41,9 +41,7 @@ def build_domain(spec: VMSpec, plan: HostPlan) -> ET.Element:
     if plan.metadata is not None:
         ET.SubElement(domain, "metadata").append(_metadata_child(plan.metadata))
     domain.extend(_resources(spec))
-    sysinfo = sysinfo_element(spec)
-    if sysinfo is not None:
-        domain.append(sysinfo)
+    domain.extend(sysinfo_elements(spec, plan.ignition))
     domain.append(_os(spec, plan))
     domain.append(features_element(spec))
     domain.append(_cpu(spec.cpu, plan.virt_type))
@@ -63,6 +61,8 @@ def _check_plan(spec: VMSpec, plan: HostPlan) -> None:
     for iface in spec.interfaces:
         if plan.nic(iface.name) is None:
             raise ValueError(f"HostPlan has no tap for interface {iface.name!r}")
+    if bool(spec.ignition_data) != bool(plan.ignition):
+        raise ValueError("HostPlan and spec disagree about an ignition file")
     if spec.firmware.kernel_boot is not None and not plan.kernel:
         raise ValueError("HostPlan has no kernel path for direct kernel boot")
     unknown = {d.name for d in plan.disks} - {d.name for d in spec.disks}

@@ -39,6 +39,7 @@ __all__ = ["parse_vm"]
 
 _MAX_VCPUS = 256
 _MIN_MEMORY = 16 * 1024 * 1024
+_MAX_IGNITION = 256 * 1024
 
 
 def parse_vm(document: Mapping[str, Any]) -> VMSpec:
@@ -93,6 +94,9 @@ def _parse_instance(
     grace = node.get("terminationGracePeriodSeconds", int, GRACE_PERIOD_SECONDS)
     if grace < 0:
         raise InvalidSpec(node.at("terminationGracePeriodSeconds"), "must not be negative")
+    ignition = node.get("ignitionData", str, "")
+    if len(ignition.encode()) > _MAX_IGNITION:
+        raise InvalidSpec(node.at("ignitionData"), "is more than 256 KiB")
     hostname = node.get("hostname", str, "")
     if hostname:
         validate_name(node.at("hostname"), hostname)
@@ -111,6 +115,7 @@ def _parse_instance(
         **hardware,
         termination_grace_period_seconds=grace,
         hostname=hostname,
+        ignition_data=ignition,
     )
     check_references(vm, node.path)
     return vm

@@ -28,6 +28,8 @@ def render_vm(vm: VMSpec) -> dict[str, Any]:
     }
     if vm.hostname:
         instance["hostname"] = vm.hostname
+    if vm.ignition_data:
+        instance["ignitionData"] = vm.ignition_data
     if vm.volumes:
         instance["volumes"] = [_render_volume(v) for v in vm.volumes]
     if vm.networks:

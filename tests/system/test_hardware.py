@@ -19,6 +19,7 @@ from tests.system.netbed import node_get
 from tests.testbed.wait import wait_for
 
 BRIDGE = "vbrhw0"
+IGNITION = '{"ignition": {"version": "3.3.0"}}'
 
 
 @pytest.fixture
@@ -56,6 +57,7 @@ def hardware_vm(bridge: str) -> dict[str, object]:
     devices["inputs"] = [{"name": "tablet", "type": "tablet", "bus": "usb"}]
     devices["watchdog"] = {"name": "wd", "i6300esb": {"action": "reset"}}
     devices["disks"] = [{"name": "tray", "cdrom": {"bus": "sata"}}]  # an empty drive
+    doc["spec"]["template"]["spec"]["ignitionData"] = IGNITION  # type: ignore[index]
     return doc
 
 
@@ -80,6 +82,9 @@ def test_vm_with_hardware_settings_boots_and_runs_them(agent: AgentProcess, brid
     assert watchdog.attrib["action"] == "reset" and watchdog.find("alias") is not None
     models = [i.find("model").get("type") for i in live.iter("interface")]  # type: ignore[union-attr]
     assert models == ["virtio", "e1000e"]
+    fw_cfg = live.find("sysinfo[@type='fwcfg']/entry[@name='opt/com.coreos/config']")
+    assert fw_cfg is not None
+    assert agent.node.exec(["cat", fw_cfg.attrib["file"]]).stdout == IGNITION
     (cdrom,) = [d for d in live.iter("disk") if d.get("device") == "cdrom"]
     assert cdrom.find("source") is None and cdrom.find("alias") is not None
     assert agent.node.virsh("domstate", "default_hardware").strip() == "running"

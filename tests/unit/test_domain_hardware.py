@@ -125,10 +125,12 @@ def _watchdog_tablet() -> tuple[VMSpec, HostPlan]:
         },
         volumes=[{"name": "shared", "hostDisk": {"path": "/data/shared.img", "type": "Disk"}}],
         networks=[{"name": "lan", "multus": {"networkName": "br-lan"}}],
+        ignitionData='{"ignition": {"version": "3.3.0"}}',
     )
     plan = HostPlan(
         domain_name=domain_name(spec.namespace, spec.name),
         uuid=spec.uid,
+        ignition=f"{STATE}/ignition.json",
         disks=(DiskBacking("shared", "/data/shared.img", "raw"),),
         nics=(NicBacking("lan", tap="va-6b1f7c1e-0", mac="52:54:00:6b:1f:7c"),),
     )

@@ -89,13 +89,29 @@ def test_template_name_is_ignored_and_another_architecture_refused() -> None:
     [
         ("metadata.annotations", "hooks.kubevirt.io/hookSidecars"),
         ("spec.template.metadata.annotations", "hooks.kubevirt.io/hookSidecars"),
-        ("metadata.annotations", "kubevirt.io/ignitiondata"),
     ],
-    ids=["vm-sidecar", "template-sidecar", "ignition"],
+    ids=["vm-sidecar", "template-sidecar"],
 )
 def test_annotations_that_change_the_vm_are_refused(path: str, key: str) -> None:
     with pytest.raises(ManifestError, match=f"{path}.{key}: .* not supported"):
         map_document(_with({path: {key: "[]"}}), default_namespace="d")
+
+
+IGNITION = '{"ignition": {"version": "3.3.0"}}'
+
+
+def test_ignition_data_annotation_becomes_the_specs_ignition_data() -> None:
+    annotated = _with(
+        {"spec.template.metadata.annotations": {"kubevirt.io/ignitiondata": IGNITION}}
+    )
+    assert _spec(annotated).ignition_data == IGNITION
+    vmi = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "vmi", "annotations": {"kubevirt.io/ignitiondata": IGNITION}},
+        "spec": VM["spec"]["template"]["spec"],
+    }
+    assert _spec(vmi).ignition_data == IGNITION
 
 
 def test_a_volume_without_a_disk_gets_a_virtio_disk() -> None:

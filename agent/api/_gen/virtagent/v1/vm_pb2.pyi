@@ -207,10 +207,15 @@ class VirtualMachineInstanceSpec(_message.Message):
     VOLUMES_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    IGNITION_DATA_FIELD_NUMBER: _builtins.int
     termination_grace_period_seconds: _builtins.int
     """Seconds between the ACPI shutdown request and a forced stop (default 30)."""
     hostname: _builtins.str
     """Host name handed to the guest by DHCP and cloud-init (default: the VM's name)."""
+    ignition_data: _builtins.str
+    """Ignition config handed to the guest over QEMU's fw_cfg as opt/com.coreos/config (agent
+    extension: KubeVirt's kubevirt.io/ignitiondata annotation, which vmctl maps here).
+    """
     @_builtins.property
     def domain(self) -> Global___DomainSpec: ...
     @_builtins.property
@@ -225,10 +230,11 @@ class VirtualMachineInstanceSpec(_message.Message):
         volumes: _abc.Iterable[Global___Volume] | None = ...,
         networks: _abc.Iterable[Global___Network] | None = ...,
         hostname: _builtins.str = ...,
+        ignition_data: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "termination_grace_period_seconds", b"termination_grace_period_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "hostname", b"hostname", "networks", b"networks", "termination_grace_period_seconds", b"termination_grace_period_seconds", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "hostname", b"hostname", "ignition_data", b"ignition_data", "networks", b"networks", "termination_grace_period_seconds", b"termination_grace_period_seconds", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__termination_grace_period_seconds: _TypeAlias = _typing.Literal["termination_grace_period_seconds"]  # noqa: Y015
     _WhichOneofArgType__termination_grace_period_seconds: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds"]  # noqa: Y015
