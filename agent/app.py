@@ -21,6 +21,7 @@ from agent.adapters.iso import PycdlibIso
 from agent.adapters.libvirt import LibvirtHypervisor
 from agent.adapters.netlink import PyRoute2Links
 from agent.adapters.nft import NftCli
+from agent.adapters.probing import SocketProber
 from agent.adapters.qemuimg import QemuImg
 from agent.adapters.registry import HttpxRegistry
 from agent.adapters.x509 import certificate_names
@@ -36,6 +37,7 @@ from agent.disks.containerdisk import ContainerDisks
 from agent.domain.capabilities import NodeSupport
 from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
+from agent.domain.probes import ProbeRunner
 from agent.domain.pullstatus import PullStatusPublisher
 from agent.domain.registry import Registry
 from agent.domain.views import VMViews
@@ -65,6 +67,7 @@ class Agent:
     network: RoutedNetwork | None = None
     dhcp: DhcpServer | None = None
     access: Access | None = None
+    probes: ProbeRunner | None = None
     stop_metrics: Callable[[], None] = lambda: None
 
     def start(self) -> None:
@@ -79,10 +82,14 @@ class Agent:
         )
         self.server.grpc_server.start()
         self.hv.open(wait=False)
+        if self.probes is not None:
+            self.probes.start()
 
     def stop(self, grace: float | None) -> None:
         """Stop serving (in-flight calls get ``grace`` seconds); VMs and their plumbing stay."""
         self.server.set_serving(False)
+        if self.probes is not None:
+            self.probes.stop()
         self.server.grpc_server.stop(grace).wait()
         self.stop_metrics()
         self.hv.close()
@@ -131,7 +138,11 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         access=access,
     )
     network, dhcp = networking if networking else (None, None)
-    return Agent(settings, hv, registry, service, views, vm_servicer, server, network, dhcp, access)
+    probes = ProbeRunner(service, SocketProber())
+    service.steps.probe_ready = probes.ready
+    return Agent(
+        settings, hv, registry, service, views, vm_servicer, server, network, dhcp, access, probes
+    )
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:

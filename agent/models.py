@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from agent.defaults import GRACE_PERIOD_SECONDS
 from agent.hardware import Hardware
 from agent.imageref import ImageRef
+from agent.probe import Probe
 
 __all__ = [
     "CPU",
@@ -228,6 +229,8 @@ class VMSpec:
     hostname: str = ""
     hardware: Hardware = field(default_factory=Hardware)
     ignition_data: str = ""  # handed to the guest over fw_cfg (opt/com.coreos/config)
+    readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
 
     @property
     def key(self) -> str:

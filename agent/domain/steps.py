@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 
 from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport, require_node_support
 from agent.domain.files import VMFiles
@@ -24,7 +25,7 @@ from agent.domain.registry import Registry, VMRecord
 from agent.domain.status import ACTIVE_PHASES, derive_status
 from agent.domain.xml import domain_xml
 from agent.errors import AlreadyExists, FailedPrecondition, NotFound
-from agent.models import Bookkeeping, RunStrategy, VMSpec
+from agent.models import Bookkeeping, Condition, Phase, RunStrategy, VMSpec, VMStatus
 from agent.naming import vm_key
 from agent.ports import Clock, DomainInfo, DomainState, Hypervisor, VMNetwork
 
@@ -75,6 +76,8 @@ class DomainSteps:
         self.node_name = node_name
         self.virt_type = virt_type
         self.support = support
+        # Whether a VM with a readiness probe passed it (set by the probe runner).
+        self.probe_ready: Callable[[str], bool] = lambda domain: False
         self.clock = clock
         self._starting: set[str] = set()
         self._refresh_lock = threading.Lock()
@@ -134,6 +137,8 @@ class DomainSteps:
             )
             interfaces = self.network.interfaces(domain, spec, books.network)
             status = dataclasses.replace(status, interfaces=interfaces)
+            if spec.readiness_probe is not None and status.phase == Phase.RUNNING:
+                status = _gate_ready(status, self.probe_ready(domain))
             record = VMRecord(spec=spec, books=books, status=status)
             self.registry.put(domain, record)
             return record
@@ -253,3 +258,12 @@ class DomainSteps:
 
     def save_books(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         self.hv.set_metadata(domain, metadata_payload(spec, books), live=False)
+
+
+def _gate_ready(status: VMStatus, passed: bool) -> VMStatus:
+    """A running VM with a readiness probe is Ready only once the probe passes."""
+    ready = Condition("Ready", passed, reason="" if passed else "ReadinessProbe")
+    if not passed:
+        ready = dataclasses.replace(ready, message="the readiness probe has not passed yet")
+    conditions = tuple(ready if c.type == "Ready" else c for c in status.conditions)
+    return dataclasses.replace(status, conditions=conditions)

@@ -26,6 +26,7 @@ from agent.spec.devices import (
     parse_volume,
 )
 from agent.spec.hardware import parse_hardware
+from agent.spec.probes import parse_probe
 from agent.spec.reader import (
     Node,
     check_text,
@@ -103,6 +104,8 @@ def _parse_instance(
     volumes = tuple(parse_volume(v) for v in node.items("volumes"))
     networks = tuple(parse_network(n) for n in node.items("networks"))
     hardware = _parse_domain(domain)
+    readiness = parse_probe(node.child("readinessProbe"), liveness=False)
+    liveness = parse_probe(node.child("livenessProbe"), liveness=True)
     node.done()
     vm = VMSpec(
         namespace=namespace,
@@ -116,6 +119,8 @@ def _parse_instance(
         termination_grace_period_seconds=grace,
         hostname=hostname,
         ignition_data=ignition,
+        readiness_probe=readiness,
+        liveness_probe=liveness,
     )
     check_references(vm, node.path)
     return vm

@@ -16,6 +16,7 @@ from agent.models import (
 )
 from agent.quantity import format_bytes
 from agent.spec.hardware_render import render_device_hardware, render_domain_hardware
+from agent.spec.probes import render_probe
 
 __all__ = ["render_vm"]
 
@@ -30,6 +31,12 @@ def render_vm(vm: VMSpec) -> dict[str, Any]:
         instance["hostname"] = vm.hostname
     if vm.ignition_data:
         instance["ignitionData"] = vm.ignition_data
+    for key, probe in (
+        ("readinessProbe", vm.readiness_probe),
+        ("livenessProbe", vm.liveness_probe),
+    ):
+        if probe is not None:
+            instance[key] = render_probe(probe)
     if vm.volumes:
         instance["volumes"] = [_render_volume(v) for v in vm.volumes]
     if vm.networks:

@@ -208,6 +208,8 @@ class VirtualMachineInstanceSpec(_message.Message):
     NETWORKS_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     IGNITION_DATA_FIELD_NUMBER: _builtins.int
+    READINESS_PROBE_FIELD_NUMBER: _builtins.int
+    LIVENESS_PROBE_FIELD_NUMBER: _builtins.int
     termination_grace_period_seconds: _builtins.int
     """Seconds between the ACPI shutdown request and a forced stop (default 30)."""
     hostname: _builtins.str
@@ -222,6 +224,14 @@ class VirtualMachineInstanceSpec(_message.Message):
     def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Volume]: ...
     @_builtins.property
     def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Network]: ...
+    @_builtins.property
+    def readiness_probe(self) -> Global___Probe:
+        """Probed by the agent against the guest's address: readiness drives the Ready condition."""
+
+    @_builtins.property
+    def liveness_probe(self) -> Global___Probe:
+        """A guest failing its liveness probe is hard-restarted."""
+
     def __init__(
         self,
         *,
@@ -231,16 +241,167 @@ class VirtualMachineInstanceSpec(_message.Message):
         networks: _abc.Iterable[Global___Network] | None = ...,
         hostname: _builtins.str = ...,
         ignition_data: _builtins.str = ...,
+        readiness_probe: Global___Probe | None = ...,
+        liveness_probe: Global___Probe | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "termination_grace_period_seconds", b"termination_grace_period_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "liveness_probe", b"liveness_probe", "readiness_probe", b"readiness_probe", "termination_grace_period_seconds", b"termination_grace_period_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "hostname", b"hostname", "ignition_data", b"ignition_data", "networks", b"networks", "termination_grace_period_seconds", b"termination_grace_period_seconds", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "hostname", b"hostname", "ignition_data", b"ignition_data", "liveness_probe", b"liveness_probe", "networks", b"networks", "readiness_probe", b"readiness_probe", "termination_grace_period_seconds", b"termination_grace_period_seconds", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__termination_grace_period_seconds: _TypeAlias = _typing.Literal["termination_grace_period_seconds"]  # noqa: Y015
     _WhichOneofArgType__termination_grace_period_seconds: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__termination_grace_period_seconds) -> _WhichOneofReturnType__termination_grace_period_seconds | None: ...
 
 Global___VirtualMachineInstanceSpec: _TypeAlias = VirtualMachineInstanceSpec  # noqa: Y015
+
+@_typing.final
+class Probe(_message.Message):
+    """Probe is KubeVirt's (and Kubernetes') probe: one action and its timing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TCP_SOCKET_FIELD_NUMBER: _builtins.int
+    HTTP_GET_FIELD_NUMBER: _builtins.int
+    EXEC_FIELD_NUMBER: _builtins.int
+    GUEST_AGENT_PING_FIELD_NUMBER: _builtins.int
+    INITIAL_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    SUCCESS_THRESHOLD_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    initial_delay_seconds: _builtins.int
+    period_seconds: _builtins.int
+    timeout_seconds: _builtins.int
+    success_threshold: _builtins.int
+    failure_threshold: _builtins.int
+    @_builtins.property
+    def tcp_socket(self) -> Global___TCPSocketAction: ...
+    @_builtins.property
+    def http_get(self) -> Global___HTTPGetAction: ...
+    @_builtins.property
+    def exec(self) -> Global___ExecAction:
+        """Refused until the agent talks to a guest agent."""
+
+    @_builtins.property
+    def guest_agent_ping(self) -> Global___GuestAgentPing:
+        """Refused until the agent talks to a guest agent."""
+
+    def __init__(
+        self,
+        *,
+        tcp_socket: Global___TCPSocketAction | None = ...,
+        http_get: Global___HTTPGetAction | None = ...,
+        exec: Global___ExecAction | None = ...,
+        guest_agent_ping: Global___GuestAgentPing | None = ...,
+        initial_delay_seconds: _builtins.int = ...,
+        period_seconds: _builtins.int = ...,
+        timeout_seconds: _builtins.int = ...,
+        success_threshold: _builtins.int = ...,
+        failure_threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "guest_agent_ping", b"guest_agent_ping", "http_get", b"http_get", "tcp_socket", b"tcp_socket"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "failure_threshold", b"failure_threshold", "guest_agent_ping", b"guest_agent_ping", "http_get", b"http_get", "initial_delay_seconds", b"initial_delay_seconds", "period_seconds", b"period_seconds", "success_threshold", b"success_threshold", "tcp_socket", b"tcp_socket", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Probe: _TypeAlias = Probe  # noqa: Y015
+
+@_typing.final
+class TCPSocketAction(_message.Message):
+    """TCPSocketAction: success when a TCP connection to the port opens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    host: _builtins.str
+    """Only the guest's own address is probed: host must be empty."""
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TCPSocketAction: _TypeAlias = TCPSocketAction  # noqa: Y015
+
+@_typing.final
+class HTTPGetAction(_message.Message):
+    """HTTPGetAction: success when GET path answers 200-399."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    SCHEME_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    path: _builtins.str
+    host: _builtins.str
+    """Only the guest's own address is probed: host must be empty."""
+    scheme: _builtins.str
+    """HTTP (default); HTTPS is not probed."""
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        path: _builtins.str = ...,
+        host: _builtins.str = ...,
+        scheme: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "path", b"path", "port", b"port", "scheme", b"scheme"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HTTPGetAction: _TypeAlias = HTTPGetAction  # noqa: Y015
+
+@_typing.final
+class ExecAction(_message.Message):
+    """ExecAction runs a command in the guest (needs a guest agent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecAction: _TypeAlias = ExecAction  # noqa: Y015
+
+@_typing.final
+class GuestAgentPing(_message.Message):
+    """GuestAgentPing asks the guest agent (needs a guest agent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestAgentPing: _TypeAlias = GuestAgentPing  # noqa: Y015
 
 @_typing.final
 class DomainSpec(_message.Message):
