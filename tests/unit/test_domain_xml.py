@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +30,8 @@ from agent.models import (
 )
 from agent.naming import METADATA_URI, domain_name, parse_domain_name
 from agent.spec import parse_vm
+from tests.unit.golden_files import GOLDEN, assert_golden
 
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 UID = "6b1f7c1e-4a4e-4f5e-9a57-3a1d2f8f0c11"
 STATE = "/var/lib/virt-agent/vms/" + UID
 BOOKKEEPING = Bookkeeping(generation=3, created_at=1700000000.5, node_name="node-a")
@@ -215,11 +212,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_golden(case: str) -> None:
     spec, plan = CASES[case]()
-    actual = domain_xml(spec, plan)
-    path = GOLDEN / f"{case}.xml"
-    if UPDATE:
-        path.write_text(actual)
-    assert actual == path.read_text(), f"regenerate with UPDATE_GOLDEN=1 and review {path}"
+    assert_golden(f"{case}.xml", domain_xml(spec, plan))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import ipaddress
 import json
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,9 +28,8 @@ from agent.network.ruleset import (
     summary,
 )
 from agent.spec import parse_vm
+from tests.unit.golden_files import assert_golden
 
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 CONFIG = NetworkConfig(
     cidr=ipaddress.IPv4Network("10.250.0.0/16"), uplink="eth0", dns=("192.0.2.53",)
 )
@@ -104,11 +102,7 @@ WEB = VMAllocation(
 
 
 def golden(name: str, actual: Any) -> None:
-    text = json.dumps(actual, indent=1) + "\n"
-    path = GOLDEN / name
-    if UPDATE:
-        path.write_text(text)
-    assert text == path.read_text(), f"regenerate with UPDATE_GOLDEN=1 and review {path}"
+    assert_golden(name, json.dumps(actual, indent=1) + "\n")
 
 
 def test_plan_of_a_vm_golden() -> None:

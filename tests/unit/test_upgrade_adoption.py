@@ -20,9 +20,10 @@ from agent.domain.lifecycle import VMService
 from agent.domain.registry import Registry
 from agent.network.plan import NetworkConfig
 from agent.network.service import RoutedNetwork
+from tests.unit.golden_files import GOLDEN
 from tests.unit.network_fakes import FakeConntrack, FakeDhcp, FakeFirewall, FakeLinks
 
-FIXTURE = Path(__file__).parent / "golden" / "domain_before_typed_allocation.xml"
+FIXTURE = GOLDEN / "domain_before_typed_allocation.xml"
 CONFIG = NetworkConfig(
     cidr=ipaddress.IPv4Network("10.250.0.0/16"), node_ports=(30000, 32767), uplink="eth0"
 )
