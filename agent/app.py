@@ -44,6 +44,7 @@ from agent.domain.views import VMViews
 from agent.errors import InvalidSpec
 from agent.metrics.setup import start_metrics
 from agent.network.dhcpd import DhcpServer
+from agent.network.ipam import parse_pool
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
 from agent.network.service import RoutedNetwork
@@ -219,15 +220,24 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
                 dns = resolv_conf_nameservers(handle.read())
         except OSError:
             dns = ()
+    cidr = settings.vm_cidr
+    pool = parse_pool(settings.node_vm_pool, cidr) if settings.node_vm_pool else None
+    if pool is None and settings.migration:
+        log.warning(
+            "no --node-vm-pool: this node hands out addresses from all of %s, so a guest "
+            "migrating in may hold an address another node gave out; give each node its "
+            "own pool (docs/networking.md)",
+            cidr,
+        )
     config = NetworkConfig(
-        cidr=settings.vm_cidr, node_ports=settings.node_port_range, uplink=uplink, dns=dns
+        cidr=cidr, pool=pool, node_ports=settings.node_port_range, uplink=uplink, dns=dns
     )
     dhcp = DhcpServer()
     network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)
     low, high = config.node_ports
     log.info(
-        "VM network %s via %s (gateway %s, node ports %s-%s, dns %s)",
-        config.cidr, uplink, config.gateway, low, high, ",".join(dns) or "none",
+        "VM network %s (pool %s) via %s (gateway %s, node ports %s-%s, dns %s)",
+        config.cidr, pool or cidr, uplink, config.gateway, low, high, ",".join(dns) or "none",
     )  # fmt: skip
     return network, dhcp
 

@@ -28,7 +28,7 @@ from agent.config.flags import VIRT_TYPES, parser
 from agent.defaults import UNIX_SOCKET
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
-from agent.network.ipam import parse_cidr, parse_port_range
+from agent.network.ipam import parse_cidr, parse_pool, parse_port_range
 from agent.quantity import parse_quantity
 
 __all__ = ["ConfigError", "Settings", "check_files", "load_settings"]
@@ -62,6 +62,7 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     vm_network: bool = True
     vm_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.250.0.0/16")
+    node_vm_pool: str = ""  # empty: the whole --vm-cidr (one node, or no migration)
     node_port_range: tuple[int, int] = (30000, 32767)
     uplink: str = ""  # empty: the link of the default route
     dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback
@@ -75,6 +76,11 @@ class Settings:
     # Metrics (see agent.metrics): off unless an address is given.
     metrics_listen: str = ""
     metrics_insecure: bool = False
+    # Live migration (see agent.migration).
+    migration: bool = True
+    migration_address: str = ""  # empty: the uplink's address
+    max_outbound_migrations: int = 2
+    max_inbound_migrations: int = 2
 
 
 # Settings naming files the daemon reads at startup (see check_files).
@@ -180,6 +186,21 @@ def _not_negative(value: float) -> None:
         raise ValueError(f"{value} is negative")
 
 
+def _optional(check: Callable[[str], object]) -> Callable[[str], None]:
+    """``check`` unless the value is empty (the setting's "not given")."""
+
+    def check_given(value: str) -> None:
+        if value:
+            check(value)
+
+    return check_given
+
+
+def _positive(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{value} is not 1 or more")
+
+
 def _ipv4(value: str) -> None:
     try:
         ipaddress.IPv4Address(value)
@@ -209,6 +230,10 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "log_format": _one_of(FORMATS),
     "log_level": _one_of(LEVELS),
     "shutdown_grace_seconds": _not_negative,
+    "node_vm_pool": _optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
+    "migration_address": _optional(_ipv4),
+    "max_outbound_migrations": _positive,
+    "max_inbound_migrations": _positive,
     "dns": _each(_ipv4),
     "uplink": _interface_name,
     "listen": _each(_host_port),
@@ -302,6 +327,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "authz-config: roles are given to client certificates; it needs --tls-client-ca"
         )
+    if settings.node_vm_pool:
+        try:
+            parse_pool(settings.node_vm_pool, settings.vm_cidr)
+        except ValueError as exc:
+            raise ConfigError(f"node-vm-pool: {exc}") from None
     if not settings.listen and not settings.unix_socket:
         raise ConfigError("listen/unix-socket: give at least one address to serve on")
 

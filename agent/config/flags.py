@@ -58,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     _network_flags(add)
     _disk_flags(add)
     _metrics_flags(add)
+    _migration_flags(add)
     return result
 
 
@@ -101,6 +102,11 @@ def _network_flags(add: Any) -> None:
         help="no VM networking (taps, NAT, DHCP): VMs with interfaces are refused",
     )
     add("--vm-cidr", help="IPv4 network guest addresses come from (default 10.250.0.0/16)")
+    add(
+        "--node-vm-pool",
+        help="subnet of --vm-cidr this node hands guest addresses out from "
+        "(default: all of --vm-cidr; give each node its own when VMs migrate)",
+    )
     add("--node-port-range", help="node ports for published guest ports (default 30000-32767)")
     add("--uplink", help="the node's outside link (default: the link of the default route)")
     add(
@@ -108,6 +114,22 @@ def _network_flags(add: Any) -> None:
         action="append",
         help="DNS server for guests (repeatable; default: /etc/resolv.conf's, not loopback)",
     )
+
+
+def _migration_flags(add: Any) -> None:
+    add(
+        "--no-migration",
+        dest="migration",
+        action="store_const",
+        const=False,
+        help="refuse live migrations in and out of this node",
+    )
+    add(
+        "--migration-address",
+        help="this node's address for incoming migration streams (default: the uplink's)",
+    )
+    add("--max-outbound-migrations", help="migrations leaving this node at once (default 2)")
+    add("--max-inbound-migrations", help="migrations arriving on this node at once (default 2)")
 
 
 def _disk_flags(add: Any) -> None:

@@ -14,7 +14,7 @@ from agent.errors import FailedPrecondition
 from agent.models import VMAllocation
 from agent.network import names
 
-__all__ = ["Ledger", "parse_cidr", "parse_port_range"]
+__all__ = ["Ledger", "parse_cidr", "parse_pool", "parse_port_range"]
 
 
 def parse_cidr(text: str) -> ipaddress.IPv4Network:
@@ -23,6 +23,25 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network:
     if network.prefixlen > 30:
         raise ValueError(f"{text} is too small: a /30 or larger is needed")
     return network
+
+
+def parse_pool(text: str, cidr: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """The node's pool: a subnet of the cluster's VM network with room for a guest."""
+    pool = ipaddress.IPv4Network(text, strict=True)
+    if not pool.subnet_of(cidr):
+        raise ValueError(f"{text} is not inside the VM network {cidr}")
+    guests = _guest_range(pool, cidr)
+    if guests[0] > guests[1]:
+        raise ValueError(f"{text} holds no guest address (the gateway and {cidr}'s edges are out)")
+    return pool
+
+
+def _guest_range(pool: ipaddress.IPv4Network, cidr: ipaddress.IPv4Network) -> tuple[int, int]:
+    """First and last address of ``pool`` a guest may get: never the cluster network's own
+    address, broadcast or gateway (its first host, the same on every node)."""
+    first = max(int(pool.network_address), int(cidr.network_address) + 2)
+    last = min(int(pool.broadcast_address), int(cidr.broadcast_address) - 1)
+    return first, last
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -39,6 +58,11 @@ def parse_port_range(text: str) -> tuple[int, int]:
 class Ledger:
     """Who holds what, keyed by domain name.
 
+    ``cidr`` is the cluster-wide VM network (the guest's mask; its first host is the gateway
+    on every node); ``pool`` the part of it this node hands addresses out from (default: all
+    of it). An address outside the pool can still be claimed, for a guest that migrated in
+    from another node: it is held like any other and never handed out while claimed.
+
     Usage::
 
         ledger = Ledger(parse_cidr("10.250.0.0/16"), (30000, 32767))
@@ -48,13 +72,19 @@ class Ledger:
         ledger.release("default_web")
     """
 
-    def __init__(self, cidr: ipaddress.IPv4Network, node_ports: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        cidr: ipaddress.IPv4Network,
+        node_ports: tuple[int, int],
+        pool: ipaddress.IPv4Network | None = None,
+    ) -> None:
         self.cidr = cidr
+        self.pool = pool or cidr
+        if not self.pool.subnet_of(cidr):
+            raise ValueError(f"pool {self.pool} is not inside the VM network {cidr}")
         self.node_ports = node_ports
-        hosts = cidr.hosts()
-        self.gateway = str(next(hosts))  # the first host address
-        self._first_guest = int(cidr.network_address) + 2
-        self._last_guest = int(cidr.broadcast_address) - 1
+        self.gateway = str(cidr.network_address + 1)  # the first host address
+        self._first_guest, self._last_guest = _guest_range(self.pool, cidr)
         self._claims: dict[str, VMAllocation] = {}
         self._holders: dict[tuple[str, str], str] = {}
         self._groups: dict[int, dict[str, int]] = {}  # group -> namespace -> VMs
@@ -80,13 +110,16 @@ class Ledger:
         raise FailedPrecondition("no free isolation group for a new namespace")
 
     def free_ip(self, exclude: Iterable[str] = ()) -> str:
-        """The lowest guest address nobody holds."""
+        """The lowest address of the node's pool nobody holds."""
         skip = set(exclude)
         for value in range(self._first_guest, self._last_guest + 1):
             address = str(ipaddress.IPv4Address(value))
             if ("ip", address) not in self._holders and address not in skip:
                 return address
-        raise FailedPrecondition(f"the VM network {self.cidr} has no free address left")
+        where = f"the VM network {self.cidr}"
+        if self.pool != self.cidr:
+            where = f"this node's pool {self.pool} of {where}"
+        raise FailedPrecondition(f"{where} has no free address left")
 
     def free_node_port(self, protocol: str, exclude: Iterable[int] = ()) -> int:
         """The lowest node port of ``protocol`` in the range that nobody holds."""

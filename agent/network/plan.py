@@ -38,9 +38,14 @@ MAX_QUEUES = 256  # KubeVirt's cap for virtio-net queues
 
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
-    """The node's VM network settings (from ``--vm-cidr`` and friends)."""
+    """The node's VM network settings (from ``--vm-cidr`` and friends).
+
+    ``cidr`` is the cluster-wide VM network, the same on every node (guest mask, gateway);
+    ``pool`` the part of it this node hands out (``--node-vm-pool``; None: all of it).
+    """
 
     cidr: ipaddress.IPv4Network
+    pool: ipaddress.IPv4Network | None = None
     node_ports: tuple[int, int] = (30000, 32767)
     uplink: str = ""
     dns: tuple[str, ...] = ()

@@ -72,7 +72,7 @@ class RoutedNetwork:
         self.firewall = firewall
         self.conntrack = conntrack
         self.dhcp = dhcp
-        self.ledger = Ledger(config.cidr, config.node_ports)
+        self.ledger = Ledger(config.cidr, config.node_ports, pool=config.pool)
         self._clock = clock
         self._check_interval = check_interval
         self._ready_timeout = ready_timeout

@@ -45,8 +45,22 @@ def test_flags_and_environment() -> None:
         (["--node-port-range", "32767-30000"], "node-port-range"),
         (["--dns", "dns.example"], "dns"),
         (["--uplink", "a-very-long-interface"], "uplink"),
+        (["--node-vm-pool", "10.9.0.1/24"], "node-vm-pool"),
+        (["--node-vm-pool", "10.251.0.0/24"], "node-vm-pool"),
+        (["--migration-address", "node-a"], "migration-address"),
+        (["--max-inbound-migrations", "0"], "max-inbound-migrations"),
     ],
 )
 def test_bad_values_name_the_flag(argv: list[str], flag: str) -> None:
     with pytest.raises(ConfigError, match=f"^{flag}:"):
         load_settings(argv, environ={})
+
+
+def test_node_vm_pool_and_migration_settings() -> None:
+    settings = load_settings(
+        ["--vm-cidr", "10.9.0.0/16", "--node-vm-pool", "10.9.3.0/24"], environ={}
+    )
+    assert settings.node_vm_pool == "10.9.3.0/24"
+    assert settings.migration is True and settings.migration_address == ""
+    assert (settings.max_outbound_migrations, settings.max_inbound_migrations) == (2, 2)
+    assert load_settings(["--no-migration"], environ={}).migration is False

@@ -11,7 +11,7 @@ from agent.domain.metadata import bookkeeping_from_json, bookkeeping_to_json
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.models import Bookkeeping, VMAllocation, VMSpec
 from agent.network.allocation import allocate_vm
-from agent.network.ipam import Ledger, parse_cidr, parse_port_range
+from agent.network.ipam import Ledger, parse_cidr, parse_pool, parse_port_range
 from agent.spec import parse_vm
 
 
@@ -160,3 +160,50 @@ def _stored(allocation: VMAllocation) -> VMAllocation | None:
     """The allocation as a restarted agent reads it back from the domain's metadata."""
     books = Bookkeeping(generation=1, created_at=0.0, network=allocation)
     return bookkeeping_from_json(bookkeeping_to_json(books)).network
+
+
+def pooled(pool: str, cidr: str = "10.250.0.0/16") -> Ledger:
+    network = parse_cidr(cidr)
+    return Ledger(network, parse_port_range("30000-30009"), pool=parse_pool(pool, network))
+
+
+def test_two_nodes_with_disjoint_pools_never_hand_out_the_same_address() -> None:
+    node_a, node_b = pooled("10.250.0.0/28"), pooled("10.250.0.16/28")
+    got_a = [allocate(node_a, spec(f"a{i}")).nics[0].ip for i in range(13)]
+    got_b = [allocate(node_b, spec(f"b{i}")).nics[0].ip for i in range(16)]
+    # the first pool starts after the gateway; the second uses its whole /28
+    assert got_a[0] == "10.250.0.2" and got_b[0] == "10.250.0.16"
+    assert not set(got_a) & set(got_b)
+    assert node_a.gateway == node_b.gateway == "10.250.0.1"
+    with pytest.raises(FailedPrecondition, match=r"pool 10\.250\.0\.16/28 .* no free address"):
+        allocate(node_b, spec("one-too-many"))
+
+
+def test_an_incoming_guest_keeps_its_address_from_another_pool_and_it_is_held() -> None:
+    node_a, node_b = pooled("10.250.0.0/30"), pooled("10.250.1.0/30")
+    moving = allocate(node_a, spec("moving"))
+    assert moving.nics[0].ip == "10.250.0.2"
+    # the target claims the allocation as it came (an address outside its own pool) ...
+    assert node_b.claim("default_moving", moving) == []
+    assert node_b.holder("ip", "10.250.0.2") == "default_moving"
+    # ... and hands out only its own pool meanwhile, never the held address
+    assert allocate(node_b, spec("local")).nics[0].ip == "10.250.1.0"
+    assert node_b.free_ip() == "10.250.1.1"
+    # restart-safe: the held address survives a rebuild from the books
+    node_b.reset(dict(node_b.claims()))
+    assert node_b.holder("ip", "10.250.0.2") == "default_moving"
+    node_b.release("default_moving")
+    assert node_b.holder("ip", "10.250.0.2") is None
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ("10.251.0.0/24", "not inside"),
+        ("10.250.0.0/31", "no guest address"),
+        ("10.250.0.5/24", "host bits"),
+    ],
+)
+def test_a_pool_must_be_a_subnet_of_the_vm_network_with_room(pool: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_pool(pool, parse_cidr("10.250.0.0/16"))
