@@ -1,0 +1,1 @@
+"""Live migration of VMs between agents: policy, monitor, source and target flows."""
