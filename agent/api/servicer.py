@@ -270,3 +270,23 @@ class MigrationServicer(mig_grpc.MigrationServiceServicer):
     def WatchMigration(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         self._unsupported()
         yield mig_pb2.WatchMigrationResponse()
+
+    @grpc_errors
+    def GetMigration(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unsupported()
+        return mig_pb2.GetMigrationResponse()
+
+    @grpc_errors
+    def ListMigrations(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unsupported()
+        return mig_pb2.ListMigrationsResponse()
+
+    @grpc_errors
+    def UpdateMigration(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unsupported()
+        return mig_pb2.UpdateMigrationResponse()
+
+    @grpc_errors
+    def FinishMigrationTarget(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unsupported()
+        return mig_pb2.FinishMigrationTargetResponse()

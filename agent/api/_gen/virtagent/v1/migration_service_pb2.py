@@ -22,33 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$virtagent/v1/migration_service.proto\x12\x0cvirtagent.v1\"\xb8\x01\n\x10MigrationOptions\x12 \n\x18\x62\x61ndwidth_mib_per_second\x18\x01 \x01(\x04\x12\x1b\n\x13\x61llow_auto_converge\x18\x02 \x01(\x08\x12\x17\n\x0f\x61llow_post_copy\x18\x03 \x01(\x08\x12*\n\"completion_timeout_per_gib_seconds\x18\x04 \x01(\r\x12 \n\x18progress_timeout_seconds\x18\x05 \x01(\r\"Q\n\x1dPrepareMigrationTargetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07vm_json\x18\x03 \x01(\x0c\"L\n\x1ePrepareMigrationTargetResponse\x12\x13\n\x0blibvirt_uri\x18\x01 \x01(\t\x12\x15\n\rmigration_uri\x18\x02 \x01(\t\"\x9a\x01\n\x1cMigrateVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0ctarget_agent\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.virtagent.v1.MigrationOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"5\n\x1dMigrateVirtualMachineResponse\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\".\n\x16\x43\x61ncelMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\x19\n\x17\x43\x61ncelMigrationResponse\"-\n\x15WatchMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\xf8\x01\n\x16WatchMigrationResponse\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x18\n\x10\x64\x61ta_total_bytes\x18\x03 \x01(\x04\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x04 \x01(\x04\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\x05 \x01(\x04\x12\x18\n\x10memory_iteration\x18\x06 \x01(\x04\x12#\n\x1b\x64irty_rate_bytes_per_second\x18\x07 \x01(\x04\x12\x13\n\x0b\x64owntime_ms\x18\x08 \x01(\x04\x12\x0f\n\x07message\x18\t \x01(\t2\xb8\x03\n\x10MigrationService\x12s\n\x16PrepareMigrationTarget\x12+.virtagent.v1.PrepareMigrationTargetRequest\x1a,.virtagent.v1.PrepareMigrationTargetResponse\x12p\n\x15MigrateVirtualMachine\x12*.virtagent.v1.MigrateVirtualMachineRequest\x1a+.virtagent.v1.MigrateVirtualMachineResponse\x12^\n\x0f\x43\x61ncelMigration\x12$.virtagent.v1.CancelMigrationRequest\x1a%.virtagent.v1.CancelMigrationResponse\x12]\n\x0eWatchMigration\x12#.virtagent.v1.WatchMigrationRequest\x1a$.virtagent.v1.WatchMigrationResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$virtagent/v1/migration_service.proto\x12\x0cvirtagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n\x10MigrationOptions\x12 \n\x18\x62\x61ndwidth_mib_per_second\x18\x01 \x01(\x04\x12\x1b\n\x13\x61llow_auto_converge\x18\x02 \x01(\x08\x12\x17\n\x0f\x61llow_post_copy\x18\x03 \x01(\x08\x12*\n\"completion_timeout_per_gib_seconds\x18\x04 \x01(\r\x12 \n\x18progress_timeout_seconds\x18\x05 \x01(\r\x12\x17\n\x0fmax_downtime_ms\x18\x06 \x01(\r\x12\x1c\n\x14parallel_connections\x18\x07 \x01(\r\x12\x38\n\non_timeout\x18\x08 \x01(\x0e\x32$.virtagent.v1.MigrationTimeoutAction\"\xbc\x02\n\x11MigrationProgress\x12\x18\n\x10\x64\x61ta_total_bytes\x18\x01 \x01(\x04\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x02 \x01(\x04\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\x03 \x01(\x04\x12\x18\n\x10memory_iteration\x18\x04 \x01(\x04\x12#\n\x1b\x64irty_rate_bytes_per_second\x18\x05 \x01(\x04\x12)\n!memory_bandwidth_bytes_per_second\x18\x06 \x01(\x04\x12\x12\n\nelapsed_ms\x18\x07 \x01(\x04\x12\x18\n\x10\x64isk_total_bytes\x18\x08 \x01(\x04\x12\x1c\n\x14\x64isk_processed_bytes\x18\t \x01(\x04\x12\x1b\n\x13\x61llowed_downtime_ms\x18\n \x01(\x04\"\xc5\x03\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12)\n\x04role\x18\x05 \x01(\x0e\x32\x1b.virtagent.v1.MigrationRole\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.virtagent.v1.MigrationState\x12\x13\n\x0bsource_node\x18\x07 \x01(\t\x12\x13\n\x0btarget_node\x18\x08 \x01(\t\x12\x14\n\x0ctarget_agent\x18\t \x01(\t\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x07options\x18\x0c \x01(\x0b\x32\x1e.virtagent.v1.MigrationOptions\x12\x31\n\x08progress\x18\r \x01(\x0b\x32\x1f.virtagent.v1.MigrationProgress\x12\x0f\n\x07message\x18\x0e \x01(\t\x12\x13\n\x0b\x64owntime_ms\x18\x0f \x01(\x04\"\x9a\x01\n\x1cMigrateVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0ctarget_agent\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.virtagent.v1.MigrationOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"K\n\x1dMigrateVirtualMachineResponse\x12*\n\tmigration\x18\x01 \x01(\x0b\x32\x17.virtagent.v1.Migration\"+\n\x13GetMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"B\n\x14GetMigrationResponse\x12*\n\tmigration\x18\x01 \x01(\x0b\x32\x17.virtagent.v1.Migration\"8\n\x15ListMigrationsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"E\n\x16ListMigrationsResponse\x12+\n\nmigrations\x18\x01 \x03(\x0b\x32\x17.virtagent.v1.Migration\"-\n\x15WatchMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"D\n\x16WatchMigrationResponse\x12*\n\tmigration\x18\x01 \x01(\x0b\x32\x17.virtagent.v1.Migration\".\n\x16\x43\x61ncelMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"E\n\x17\x43\x61ncelMigrationResponse\x12*\n\tmigration\x18\x01 \x01(\x0b\x32\x17.virtagent.v1.Migration\"\xa4\x01\n\x16UpdateMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12%\n\x18\x62\x61ndwidth_mib_per_second\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1c\n\x0fmax_downtime_ms\x18\x03 \x01(\rH\x01\x88\x01\x01\x42\x1b\n\x19_bandwidth_mib_per_secondB\x12\n\x10_max_downtime_ms\"E\n\x17UpdateMigrationResponse\x12*\n\tmigration\x18\x01 \x01(\x0b\x32\x17.virtagent.v1.Migration\"\x97\x01\n\x1dPrepareMigrationTargetRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0cmetadata_xml\x18\x04 \x01(\t\x12\x13\n\x0bsource_node\x18\x05 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\"u\n\x1ePrepareMigrationTargetResponse\x12\x13\n\x0blibvirt_uri\x18\x01 \x01(\t\x12\x15\n\rmigration_uri\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x14\n\x0cmetadata_xml\x18\x04 \x01(\t\"X\n\x1c\x46inishMigrationTargetRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x1f\n\x1d\x46inishMigrationTargetResponse*\x8e\x01\n\x16MigrationTimeoutAction\x12(\n$MIGRATION_TIMEOUT_ACTION_UNSPECIFIED\x10\x00\x12\"\n\x1eMIGRATION_TIMEOUT_ACTION_ABORT\x10\x01\x12&\n\"MIGRATION_TIMEOUT_ACTION_POST_COPY\x10\x02*\x83\x02\n\x0eMigrationState\x12\x1f\n\x1bMIGRATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_STATE_PENDING\x10\x01\x12\x1d\n\x19MIGRATION_STATE_PREPARING\x10\x02\x12\x1b\n\x17MIGRATION_STATE_RUNNING\x10\x03\x12\x1d\n\x19MIGRATION_STATE_POST_COPY\x10\x04\x12\x1d\n\x19MIGRATION_STATE_SUCCEEDED\x10\x05\x12\x1a\n\x16MIGRATION_STATE_FAILED\x10\x06\x12\x1d\n\x19MIGRATION_STATE_CANCELLED\x10\x07*e\n\rMigrationRole\x12\x1e\n\x1aMIGRATION_ROLE_UNSPECIFIED\x10\x00\x12\x19\n\x15MIGRATION_ROLE_SOURCE\x10\x01\x12\x19\n\x15MIGRATION_ROLE_TARGET\x10\x02\x32\xbe\x06\n\x10MigrationService\x12p\n\x15MigrateVirtualMachine\x12*.virtagent.v1.MigrateVirtualMachineRequest\x1a+.virtagent.v1.MigrateVirtualMachineResponse\x12U\n\x0cGetMigration\x12!.virtagent.v1.GetMigrationRequest\x1a\".virtagent.v1.GetMigrationResponse\x12[\n\x0eListMigrations\x12#.virtagent.v1.ListMigrationsRequest\x1a$.virtagent.v1.ListMigrationsResponse\x12]\n\x0eWatchMigration\x12#.virtagent.v1.WatchMigrationRequest\x1a$.virtagent.v1.WatchMigrationResponse0\x01\x12^\n\x0f\x43\x61ncelMigration\x12$.virtagent.v1.CancelMigrationRequest\x1a%.virtagent.v1.CancelMigrationResponse\x12^\n\x0fUpdateMigration\x12$.virtagent.v1.UpdateMigrationRequest\x1a%.virtagent.v1.UpdateMigrationResponse\x12s\n\x16PrepareMigrationTarget\x12+.virtagent.v1.PrepareMigrationTargetRequest\x1a,.virtagent.v1.PrepareMigrationTargetResponse\x12p\n\x15\x46inishMigrationTarget\x12*.virtagent.v1.FinishMigrationTargetRequest\x1a+.virtagent.v1.FinishMigrationTargetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtagent.v1.migration_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MIGRATIONOPTIONS']._serialized_start=55
-  _globals['_MIGRATIONOPTIONS']._serialized_end=239
-  _globals['_PREPAREMIGRATIONTARGETREQUEST']._serialized_start=241
-  _globals['_PREPAREMIGRATIONTARGETREQUEST']._serialized_end=322
-  _globals['_PREPAREMIGRATIONTARGETRESPONSE']._serialized_start=324
-  _globals['_PREPAREMIGRATIONTARGETRESPONSE']._serialized_end=400
-  _globals['_MIGRATEVIRTUALMACHINEREQUEST']._serialized_start=403
-  _globals['_MIGRATEVIRTUALMACHINEREQUEST']._serialized_end=557
-  _globals['_MIGRATEVIRTUALMACHINERESPONSE']._serialized_start=559
-  _globals['_MIGRATEVIRTUALMACHINERESPONSE']._serialized_end=612
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=614
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=660
-  _globals['_CANCELMIGRATIONRESPONSE']._serialized_start=662
-  _globals['_CANCELMIGRATIONRESPONSE']._serialized_end=687
-  _globals['_WATCHMIGRATIONREQUEST']._serialized_start=689
-  _globals['_WATCHMIGRATIONREQUEST']._serialized_end=734
-  _globals['_WATCHMIGRATIONRESPONSE']._serialized_start=737
-  _globals['_WATCHMIGRATIONRESPONSE']._serialized_end=985
-  _globals['_MIGRATIONSERVICE']._serialized_start=988
-  _globals['_MIGRATIONSERVICE']._serialized_end=1428
+  _globals['_MIGRATIONTIMEOUTACTION']._serialized_start=2509
+  _globals['_MIGRATIONTIMEOUTACTION']._serialized_end=2651
+  _globals['_MIGRATIONSTATE']._serialized_start=2654
+  _globals['_MIGRATIONSTATE']._serialized_end=2913
+  _globals['_MIGRATIONROLE']._serialized_start=2915
+  _globals['_MIGRATIONROLE']._serialized_end=3016
+  _globals['_MIGRATIONOPTIONS']._serialized_start=88
+  _globals['_MIGRATIONOPTIONS']._serialized_end=385
+  _globals['_MIGRATIONPROGRESS']._serialized_start=388
+  _globals['_MIGRATIONPROGRESS']._serialized_end=704
+  _globals['_MIGRATION']._serialized_start=707
+  _globals['_MIGRATION']._serialized_end=1160
+  _globals['_MIGRATEVIRTUALMACHINEREQUEST']._serialized_start=1163
+  _globals['_MIGRATEVIRTUALMACHINEREQUEST']._serialized_end=1317
+  _globals['_MIGRATEVIRTUALMACHINERESPONSE']._serialized_start=1319
+  _globals['_MIGRATEVIRTUALMACHINERESPONSE']._serialized_end=1394
+  _globals['_GETMIGRATIONREQUEST']._serialized_start=1396
+  _globals['_GETMIGRATIONREQUEST']._serialized_end=1439
+  _globals['_GETMIGRATIONRESPONSE']._serialized_start=1441
+  _globals['_GETMIGRATIONRESPONSE']._serialized_end=1507
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=1509
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=1565
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=1567
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=1636
+  _globals['_WATCHMIGRATIONREQUEST']._serialized_start=1638
+  _globals['_WATCHMIGRATIONREQUEST']._serialized_end=1683
+  _globals['_WATCHMIGRATIONRESPONSE']._serialized_start=1685
+  _globals['_WATCHMIGRATIONRESPONSE']._serialized_end=1753
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=1755
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=1801
+  _globals['_CANCELMIGRATIONRESPONSE']._serialized_start=1803
+  _globals['_CANCELMIGRATIONRESPONSE']._serialized_end=1872
+  _globals['_UPDATEMIGRATIONREQUEST']._serialized_start=1875
+  _globals['_UPDATEMIGRATIONREQUEST']._serialized_end=2039
+  _globals['_UPDATEMIGRATIONRESPONSE']._serialized_start=2041
+  _globals['_UPDATEMIGRATIONRESPONSE']._serialized_end=2110
+  _globals['_PREPAREMIGRATIONTARGETREQUEST']._serialized_start=2113
+  _globals['_PREPAREMIGRATIONTARGETREQUEST']._serialized_end=2264
+  _globals['_PREPAREMIGRATIONTARGETRESPONSE']._serialized_start=2266
+  _globals['_PREPAREMIGRATIONTARGETRESPONSE']._serialized_end=2383
+  _globals['_FINISHMIGRATIONTARGETREQUEST']._serialized_start=2385
+  _globals['_FINISHMIGRATIONTARGETREQUEST']._serialized_end=2473
+  _globals['_FINISHMIGRATIONTARGETRESPONSE']._serialized_start=2475
+  _globals['_FINISHMIGRATIONTARGETRESPONSE']._serialized_end=2506
+  _globals['_MIGRATIONSERVICE']._serialized_start=3019
+  _globals['_MIGRATIONSERVICE']._serialized_end=3849
 # @@protoc_insertion_point(module_scope)

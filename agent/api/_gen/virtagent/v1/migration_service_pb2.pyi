@@ -3,8 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,9 +20,83 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _MigrationTimeoutAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MigrationTimeoutActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MigrationTimeoutAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MIGRATION_TIMEOUT_ACTION_UNSPECIFIED: _MigrationTimeoutAction.ValueType  # 0
+    MIGRATION_TIMEOUT_ACTION_ABORT: _MigrationTimeoutAction.ValueType  # 1
+    MIGRATION_TIMEOUT_ACTION_POST_COPY: _MigrationTimeoutAction.ValueType  # 2
+    """Switch to post-copy; needs allow_post_copy."""
+
+class MigrationTimeoutAction(_MigrationTimeoutAction, metaclass=_MigrationTimeoutActionEnumTypeWrapper):
+    """MigrationTimeoutAction is what happens when a migration meets its completion timeout."""
+
+MIGRATION_TIMEOUT_ACTION_UNSPECIFIED: MigrationTimeoutAction.ValueType  # 0
+MIGRATION_TIMEOUT_ACTION_ABORT: MigrationTimeoutAction.ValueType  # 1
+MIGRATION_TIMEOUT_ACTION_POST_COPY: MigrationTimeoutAction.ValueType  # 2
+"""Switch to post-copy; needs allow_post_copy."""
+Global___MigrationTimeoutAction: _TypeAlias = MigrationTimeoutAction  # noqa: Y015
+
+class _MigrationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MigrationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MigrationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MIGRATION_STATE_UNSPECIFIED: _MigrationState.ValueType  # 0
+    MIGRATION_STATE_PENDING: _MigrationState.ValueType  # 1
+    """Waiting for a free slot (--max-outbound-migrations / --max-inbound-migrations)."""
+    MIGRATION_STATE_PREPARING: _MigrationState.ValueType  # 2
+    """The target is being prepared."""
+    MIGRATION_STATE_RUNNING: _MigrationState.ValueType  # 3
+    """Memory and disks are being copied."""
+    MIGRATION_STATE_POST_COPY: _MigrationState.ValueType  # 4
+    """The guest runs on the target; remaining memory follows on demand."""
+    MIGRATION_STATE_SUCCEEDED: _MigrationState.ValueType  # 5
+    MIGRATION_STATE_FAILED: _MigrationState.ValueType  # 6
+    MIGRATION_STATE_CANCELLED: _MigrationState.ValueType  # 7
+
+class MigrationState(_MigrationState, metaclass=_MigrationStateEnumTypeWrapper):
+    """MigrationState is where a migration is."""
+
+MIGRATION_STATE_UNSPECIFIED: MigrationState.ValueType  # 0
+MIGRATION_STATE_PENDING: MigrationState.ValueType  # 1
+"""Waiting for a free slot (--max-outbound-migrations / --max-inbound-migrations)."""
+MIGRATION_STATE_PREPARING: MigrationState.ValueType  # 2
+"""The target is being prepared."""
+MIGRATION_STATE_RUNNING: MigrationState.ValueType  # 3
+"""Memory and disks are being copied."""
+MIGRATION_STATE_POST_COPY: MigrationState.ValueType  # 4
+"""The guest runs on the target; remaining memory follows on demand."""
+MIGRATION_STATE_SUCCEEDED: MigrationState.ValueType  # 5
+MIGRATION_STATE_FAILED: MigrationState.ValueType  # 6
+MIGRATION_STATE_CANCELLED: MigrationState.ValueType  # 7
+Global___MigrationState: _TypeAlias = MigrationState  # noqa: Y015
+
+class _MigrationRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MigrationRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MigrationRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MIGRATION_ROLE_UNSPECIFIED: _MigrationRole.ValueType  # 0
+    MIGRATION_ROLE_SOURCE: _MigrationRole.ValueType  # 1
+    MIGRATION_ROLE_TARGET: _MigrationRole.ValueType  # 2
+
+class MigrationRole(_MigrationRole, metaclass=_MigrationRoleEnumTypeWrapper):
+    """MigrationRole says which end of the migration this agent is."""
+
+MIGRATION_ROLE_UNSPECIFIED: MigrationRole.ValueType  # 0
+MIGRATION_ROLE_SOURCE: MigrationRole.ValueType  # 1
+MIGRATION_ROLE_TARGET: MigrationRole.ValueType  # 2
+Global___MigrationRole: _TypeAlias = MigrationRole  # noqa: Y015
+
 @_typing.final
 class MigrationOptions(_message.Message):
-    """MigrationOptions tune a migration."""
+    """MigrationOptions tune a migration; zero values mean the defaults."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -27,11 +105,31 @@ class MigrationOptions(_message.Message):
     ALLOW_POST_COPY_FIELD_NUMBER: _builtins.int
     COMPLETION_TIMEOUT_PER_GIB_SECONDS_FIELD_NUMBER: _builtins.int
     PROGRESS_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    PARALLEL_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    ON_TIMEOUT_FIELD_NUMBER: _builtins.int
     bandwidth_mib_per_second: _builtins.int
+    """Bandwidth limit in MiB/s; 0 is unlimited."""
     allow_auto_converge: _builtins.bool
+    """Let QEMU slow the guest's vCPUs down when the migration does not converge. Not with
+    post-copy.
+    """
     allow_post_copy: _builtins.bool
+    """Allow switching to post-copy (the guest runs on the target while memory follows). Not
+    with auto-converge.
+    """
     completion_timeout_per_gib_seconds: _builtins.int
+    """The migration may take this many seconds per GiB of memory and disk (default 150)."""
     progress_timeout_seconds: _builtins.int
+    """Abort when the data still to send has not fallen for this long (default 150 s)."""
+    max_downtime_ms: _builtins.int
+    """The largest pause of the guest at the switch-over, in ms (default 500); the allowed
+    downtime grows towards it in steps while memory iterations stall.
+    """
+    parallel_connections: _builtins.int
+    """Parallel connections for the migration stream (default 1)."""
+    on_timeout: Global___MigrationTimeoutAction.ValueType
+    """What to do at the completion timeout (default abort)."""
     def __init__(
         self,
         *,
@@ -40,66 +138,136 @@ class MigrationOptions(_message.Message):
         allow_post_copy: _builtins.bool = ...,
         completion_timeout_per_gib_seconds: _builtins.int = ...,
         progress_timeout_seconds: _builtins.int = ...,
+        max_downtime_ms: _builtins.int = ...,
+        parallel_connections: _builtins.int = ...,
+        on_timeout: Global___MigrationTimeoutAction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_auto_converge", b"allow_auto_converge", "allow_post_copy", b"allow_post_copy", "bandwidth_mib_per_second", b"bandwidth_mib_per_second", "completion_timeout_per_gib_seconds", b"completion_timeout_per_gib_seconds", "progress_timeout_seconds", b"progress_timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_auto_converge", b"allow_auto_converge", "allow_post_copy", b"allow_post_copy", "bandwidth_mib_per_second", b"bandwidth_mib_per_second", "completion_timeout_per_gib_seconds", b"completion_timeout_per_gib_seconds", "max_downtime_ms", b"max_downtime_ms", "on_timeout", b"on_timeout", "parallel_connections", b"parallel_connections", "progress_timeout_seconds", b"progress_timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MigrationOptions: _TypeAlias = MigrationOptions  # noqa: Y015
 
 @_typing.final
-class PrepareMigrationTargetRequest(_message.Message):
-    """PrepareMigrationTargetRequest names the VM about to arrive."""
+class MigrationProgress(_message.Message):
+    """MigrationProgress is libvirt's job statistics of a running migration."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAMESPACE_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    VM_JSON_FIELD_NUMBER: _builtins.int
-    namespace: _builtins.str
-    name: _builtins.str
-    vm_json: _builtins.bytes
-    """The VM's spec as the source stores it (JSON of virtagent.v1.VirtualMachine)."""
+    DATA_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_PROCESSED_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_REMAINING_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_ITERATION_FIELD_NUMBER: _builtins.int
+    DIRTY_RATE_BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MEMORY_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_PROCESSED_BYTES_FIELD_NUMBER: _builtins.int
+    ALLOWED_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    data_total_bytes: _builtins.int
+    data_processed_bytes: _builtins.int
+    data_remaining_bytes: _builtins.int
+    memory_iteration: _builtins.int
+    dirty_rate_bytes_per_second: _builtins.int
+    memory_bandwidth_bytes_per_second: _builtins.int
+    elapsed_ms: _builtins.int
+    disk_total_bytes: _builtins.int
+    disk_processed_bytes: _builtins.int
+    allowed_downtime_ms: _builtins.int
+    """The downtime allowed now, in ms (raised in steps by the policy)."""
     def __init__(
         self,
         *,
-        namespace: _builtins.str = ...,
-        name: _builtins.str = ...,
-        vm_json: _builtins.bytes = ...,
+        data_total_bytes: _builtins.int = ...,
+        data_processed_bytes: _builtins.int = ...,
+        data_remaining_bytes: _builtins.int = ...,
+        memory_iteration: _builtins.int = ...,
+        dirty_rate_bytes_per_second: _builtins.int = ...,
+        memory_bandwidth_bytes_per_second: _builtins.int = ...,
+        elapsed_ms: _builtins.int = ...,
+        disk_total_bytes: _builtins.int = ...,
+        disk_processed_bytes: _builtins.int = ...,
+        allowed_downtime_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "vm_json", b"vm_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_downtime_ms", b"allowed_downtime_ms", "data_processed_bytes", b"data_processed_bytes", "data_remaining_bytes", b"data_remaining_bytes", "data_total_bytes", b"data_total_bytes", "dirty_rate_bytes_per_second", b"dirty_rate_bytes_per_second", "disk_processed_bytes", b"disk_processed_bytes", "disk_total_bytes", b"disk_total_bytes", "elapsed_ms", b"elapsed_ms", "memory_bandwidth_bytes_per_second", b"memory_bandwidth_bytes_per_second", "memory_iteration", b"memory_iteration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PrepareMigrationTargetRequest: _TypeAlias = PrepareMigrationTargetRequest  # noqa: Y015
+Global___MigrationProgress: _TypeAlias = MigrationProgress  # noqa: Y015
 
 @_typing.final
-class PrepareMigrationTargetResponse(_message.Message):
-    """PrepareMigrationTargetResponse says where to send the VM."""
+class Migration(_message.Message):
+    """Migration is one migration as this agent knows it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    LIBVIRT_URI_FIELD_NUMBER: _builtins.int
-    MIGRATION_URI_FIELD_NUMBER: _builtins.int
-    libvirt_uri: _builtins.str
-    migration_uri: _builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SOURCE_NODE_FIELD_NUMBER: _builtins.int
+    TARGET_NODE_FIELD_NUMBER: _builtins.int
+    TARGET_AGENT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    namespace: _builtins.str
+    name: _builtins.str
+    uid: _builtins.str
+    role: Global___MigrationRole.ValueType
+    state: Global___MigrationState.ValueType
+    source_node: _builtins.str
+    target_node: _builtins.str
+    target_agent: _builtins.str
+    """gRPC address of the target agent (on the source)."""
+    message: _builtins.str
+    """Why it failed or was cancelled, or what it is doing."""
+    downtime_ms: _builtins.int
+    """The guest's actual pause at the switch-over, in ms (once it succeeded)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def options(self) -> Global___MigrationOptions: ...
+    @_builtins.property
+    def progress(self) -> Global___MigrationProgress: ...
     def __init__(
         self,
         *,
-        libvirt_uri: _builtins.str = ...,
-        migration_uri: _builtins.str = ...,
+        id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+        uid: _builtins.str = ...,
+        role: Global___MigrationRole.ValueType = ...,
+        state: Global___MigrationState.ValueType = ...,
+        source_node: _builtins.str = ...,
+        target_node: _builtins.str = ...,
+        target_agent: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        options: Global___MigrationOptions | None = ...,
+        progress: Global___MigrationProgress | None = ...,
+        message: _builtins.str = ...,
+        downtime_ms: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "options", b"options", "progress", b"progress", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["libvirt_uri", b"libvirt_uri", "migration_uri", b"migration_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms", "end_time", b"end_time", "id", b"id", "message", b"message", "name", b"name", "namespace", b"namespace", "options", b"options", "progress", b"progress", "role", b"role", "source_node", b"source_node", "start_time", b"start_time", "state", b"state", "target_agent", b"target_agent", "target_node", b"target_node", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PrepareMigrationTargetResponse: _TypeAlias = PrepareMigrationTargetResponse  # noqa: Y015
+Global___Migration: _TypeAlias = Migration  # noqa: Y015
 
 @_typing.final
 class MigrateVirtualMachineRequest(_message.Message):
@@ -115,8 +283,9 @@ class MigrateVirtualMachineRequest(_message.Message):
     namespace: _builtins.str
     name: _builtins.str
     target_agent: _builtins.str
-    """gRPC address of the target node's agent."""
+    """gRPC address (host:port) of the target node's agent."""
     request_id: _builtins.str
+    """A retried request with the same id returns the same migration."""
     @_builtins.property
     def options(self) -> Global___MigrationOptions: ...
     def __init__(
@@ -138,28 +307,29 @@ Global___MigrateVirtualMachineRequest: _TypeAlias = MigrateVirtualMachineRequest
 
 @_typing.final
 class MigrateVirtualMachineResponse(_message.Message):
-    """MigrateVirtualMachineResponse returns the migration's id."""
+    """MigrateVirtualMachineResponse returns the migration just started."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MIGRATION_ID_FIELD_NUMBER: _builtins.int
-    migration_id: _builtins.str
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migration(self) -> Global___Migration: ...
     def __init__(
         self,
         *,
-        migration_id: _builtins.str = ...,
+        migration: Global___Migration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration_id", b"migration_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MigrateVirtualMachineResponse: _TypeAlias = MigrateVirtualMachineResponse  # noqa: Y015
 
 @_typing.final
-class CancelMigrationRequest(_message.Message):
-    """CancelMigrationRequest names the migration."""
+class GetMigrationRequest(_message.Message):
+    """GetMigrationRequest names a migration."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -176,24 +346,75 @@ class CancelMigrationRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CancelMigrationRequest: _TypeAlias = CancelMigrationRequest  # noqa: Y015
+Global___GetMigrationRequest: _TypeAlias = GetMigrationRequest  # noqa: Y015
 
 @_typing.final
-class CancelMigrationResponse(_message.Message):
-    """CancelMigrationResponse is empty."""
+class GetMigrationResponse(_message.Message):
+    """GetMigrationResponse is the migration."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migration(self) -> Global___Migration: ...
     def __init__(
         self,
+        *,
+        migration: Global___Migration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CancelMigrationResponse: _TypeAlias = CancelMigrationResponse  # noqa: Y015
+Global___GetMigrationResponse: _TypeAlias = GetMigrationResponse  # noqa: Y015
+
+@_typing.final
+class ListMigrationsRequest(_message.Message):
+    """ListMigrationsRequest filters the list; empty fields match all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMigrationsRequest: _TypeAlias = ListMigrationsRequest  # noqa: Y015
+
+@_typing.final
+class ListMigrationsResponse(_message.Message):
+    """ListMigrationsResponse lists migrations, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migrations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Migration]: ...
+    def __init__(
+        self,
+        *,
+        migrations: _abc.Iterable[Global___Migration] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migrations", b"migrations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMigrationsResponse: _TypeAlias = ListMigrationsResponse  # noqa: Y015
 
 @_typing.final
 class WatchMigrationRequest(_message.Message):
@@ -218,46 +439,236 @@ Global___WatchMigrationRequest: _TypeAlias = WatchMigrationRequest  # noqa: Y015
 
 @_typing.final
 class WatchMigrationResponse(_message.Message):
-    """WatchMigrationResponse is a progress report."""
+    """WatchMigrationResponse is the migration as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migration(self) -> Global___Migration: ...
+    def __init__(
+        self,
+        *,
+        migration: Global___Migration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchMigrationResponse: _TypeAlias = WatchMigrationResponse  # noqa: Y015
+
+@_typing.final
+class CancelMigrationRequest(_message.Message):
+    """CancelMigrationRequest names the migration."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MIGRATION_ID_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    DATA_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
-    DATA_PROCESSED_BYTES_FIELD_NUMBER: _builtins.int
-    DATA_REMAINING_BYTES_FIELD_NUMBER: _builtins.int
-    MEMORY_ITERATION_FIELD_NUMBER: _builtins.int
-    DIRTY_RATE_BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
-    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    migration_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        migration_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration_id", b"migration_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelMigrationRequest: _TypeAlias = CancelMigrationRequest  # noqa: Y015
+
+@_typing.final
+class CancelMigrationResponse(_message.Message):
+    """CancelMigrationResponse is the migration after the cancel was asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migration(self) -> Global___Migration: ...
+    def __init__(
+        self,
+        *,
+        migration: Global___Migration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelMigrationResponse: _TypeAlias = CancelMigrationResponse  # noqa: Y015
+
+@_typing.final
+class UpdateMigrationRequest(_message.Message):
+    """UpdateMigrationRequest changes a running migration; unset fields stay."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_MIB_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    migration_id: _builtins.str
+    bandwidth_mib_per_second: _builtins.int
+    max_downtime_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        migration_id: _builtins.str = ...,
+        bandwidth_mib_per_second: _builtins.int | None = ...,
+        max_downtime_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bandwidth_mib_per_second", b"_bandwidth_mib_per_second", "_max_downtime_ms", b"_max_downtime_ms", "bandwidth_mib_per_second", b"bandwidth_mib_per_second", "max_downtime_ms", b"max_downtime_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bandwidth_mib_per_second", b"_bandwidth_mib_per_second", "_max_downtime_ms", b"_max_downtime_ms", "bandwidth_mib_per_second", b"bandwidth_mib_per_second", "max_downtime_ms", b"max_downtime_ms", "migration_id", b"migration_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bandwidth_mib_per_second: _TypeAlias = _typing.Literal["bandwidth_mib_per_second"]  # noqa: Y015
+    _WhichOneofArgType__bandwidth_mib_per_second: _TypeAlias = _typing.Literal["_bandwidth_mib_per_second", b"_bandwidth_mib_per_second"]  # noqa: Y015
+    _WhichOneofReturnType__max_downtime_ms: _TypeAlias = _typing.Literal["max_downtime_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_downtime_ms: _TypeAlias = _typing.Literal["_max_downtime_ms", b"_max_downtime_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bandwidth_mib_per_second) -> _WhichOneofReturnType__bandwidth_mib_per_second | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_downtime_ms) -> _WhichOneofReturnType__max_downtime_ms | None: ...
+
+Global___UpdateMigrationRequest: _TypeAlias = UpdateMigrationRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMigrationResponse(_message.Message):
+    """UpdateMigrationResponse is the migration after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migration(self) -> Global___Migration: ...
+    def __init__(
+        self,
+        *,
+        migration: Global___Migration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMigrationResponse: _TypeAlias = UpdateMigrationResponse  # noqa: Y015
+
+@_typing.final
+class PrepareMigrationTargetRequest(_message.Message):
+    """PrepareMigrationTargetRequest describes the VM about to arrive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    METADATA_XML_FIELD_NUMBER: _builtins.int
+    SOURCE_NODE_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    migration_id: _builtins.str
+    namespace: _builtins.str
+    name: _builtins.str
+    metadata_xml: _builtins.str
+    """The VM's domain metadata on the source (spec and bookkeeping, as libvirt stores it)."""
+    source_node: _builtins.str
+    memory_bytes: _builtins.int
+    """Bytes of memory the VM needs."""
+    def __init__(
+        self,
+        *,
+        migration_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+        metadata_xml: _builtins.str = ...,
+        source_node: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "metadata_xml", b"metadata_xml", "migration_id", b"migration_id", "name", b"name", "namespace", b"namespace", "source_node", b"source_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareMigrationTargetRequest: _TypeAlias = PrepareMigrationTargetRequest  # noqa: Y015
+
+@_typing.final
+class PrepareMigrationTargetResponse(_message.Message):
+    """PrepareMigrationTargetResponse says where to send the VM."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIBVIRT_URI_FIELD_NUMBER: _builtins.int
+    MIGRATION_URI_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    METADATA_XML_FIELD_NUMBER: _builtins.int
+    libvirt_uri: _builtins.str
+    """libvirt connection URI of the target's libvirtd (qemu+tcp://ADDRESS/system)."""
+    migration_uri: _builtins.str
+    """Where the migration stream goes (tcp://ADDRESS)."""
+    node_name: _builtins.str
+    metadata_xml: _builtins.str
+    """The domain metadata the VM must carry on the target (node ports may differ)."""
+    def __init__(
+        self,
+        *,
+        libvirt_uri: _builtins.str = ...,
+        migration_uri: _builtins.str = ...,
+        node_name: _builtins.str = ...,
+        metadata_xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["libvirt_uri", b"libvirt_uri", "metadata_xml", b"metadata_xml", "migration_uri", b"migration_uri", "node_name", b"node_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareMigrationTargetResponse: _TypeAlias = PrepareMigrationTargetResponse  # noqa: Y015
+
+@_typing.final
+class FinishMigrationTargetRequest(_message.Message):
+    """FinishMigrationTargetRequest says how the migration ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     migration_id: _builtins.str
-    state: _builtins.str
-    """Pending, Running, Succeeded, Failed, Cancelled."""
-    data_total_bytes: _builtins.int
-    data_processed_bytes: _builtins.int
-    data_remaining_bytes: _builtins.int
-    memory_iteration: _builtins.int
-    dirty_rate_bytes_per_second: _builtins.int
-    downtime_ms: _builtins.int
+    succeeded: _builtins.bool
     message: _builtins.str
     def __init__(
         self,
         *,
         migration_id: _builtins.str = ...,
-        state: _builtins.str = ...,
-        data_total_bytes: _builtins.int = ...,
-        data_processed_bytes: _builtins.int = ...,
-        data_remaining_bytes: _builtins.int = ...,
-        memory_iteration: _builtins.int = ...,
-        dirty_rate_bytes_per_second: _builtins.int = ...,
-        downtime_ms: _builtins.int = ...,
+        succeeded: _builtins.bool = ...,
         message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_processed_bytes", b"data_processed_bytes", "data_remaining_bytes", b"data_remaining_bytes", "data_total_bytes", b"data_total_bytes", "dirty_rate_bytes_per_second", b"dirty_rate_bytes_per_second", "downtime_ms", b"downtime_ms", "memory_iteration", b"memory_iteration", "message", b"message", "migration_id", b"migration_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "migration_id", b"migration_id", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WatchMigrationResponse: _TypeAlias = WatchMigrationResponse  # noqa: Y015
+Global___FinishMigrationTargetRequest: _TypeAlias = FinishMigrationTargetRequest  # noqa: Y015
+
+@_typing.final
+class FinishMigrationTargetResponse(_message.Message):
+    """FinishMigrationTargetResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishMigrationTargetResponse: _TypeAlias = FinishMigrationTargetResponse  # noqa: Y015

@@ -26,8 +26,13 @@ if _version_not_supported:
 
 
 class MigrationServiceStub:
-    """MigrationService moves running VMs between nodes. Declared now; the agent answers
-    UNIMPLEMENTED until live migration lands.
+    """MigrationService moves running VMs between nodes with libvirt's live migration.
+
+    A control plane makes one call, MigrateVirtualMachine, on the source node's agent; the
+    source agent drives the rest: it asks the target agent to PrepareMigrationTarget, runs
+    the migration while a monitor applies the policy (downtime steps, timeouts), and tells
+    the target to FinishMigrationTarget. Both agents keep a record of the migration for a
+    while after it ends (GetMigration, ListMigrations).
     """
 
     def __init__(self, channel):
@@ -36,42 +41,82 @@ class MigrationServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.PrepareMigrationTarget = channel.unary_unary(
-                '/virtagent.v1.MigrationService/PrepareMigrationTarget',
-                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetRequest.SerializeToString,
-                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetResponse.FromString,
-                _registered_method=True)
         self.MigrateVirtualMachine = channel.unary_unary(
                 '/virtagent.v1.MigrationService/MigrateVirtualMachine',
                 request_serializer=virtagent_dot_v1_dot_migration__service__pb2.MigrateVirtualMachineRequest.SerializeToString,
                 response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.MigrateVirtualMachineResponse.FromString,
                 _registered_method=True)
-        self.CancelMigration = channel.unary_unary(
-                '/virtagent.v1.MigrationService/CancelMigration',
-                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.CancelMigrationRequest.SerializeToString,
-                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.CancelMigrationResponse.FromString,
+        self.GetMigration = channel.unary_unary(
+                '/virtagent.v1.MigrationService/GetMigration',
+                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.GetMigrationRequest.SerializeToString,
+                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.GetMigrationResponse.FromString,
+                _registered_method=True)
+        self.ListMigrations = channel.unary_unary(
+                '/virtagent.v1.MigrationService/ListMigrations',
+                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.ListMigrationsRequest.SerializeToString,
+                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.ListMigrationsResponse.FromString,
                 _registered_method=True)
         self.WatchMigration = channel.unary_stream(
                 '/virtagent.v1.MigrationService/WatchMigration',
                 request_serializer=virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationRequest.SerializeToString,
                 response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationResponse.FromString,
                 _registered_method=True)
+        self.CancelMigration = channel.unary_unary(
+                '/virtagent.v1.MigrationService/CancelMigration',
+                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.CancelMigrationRequest.SerializeToString,
+                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.CancelMigrationResponse.FromString,
+                _registered_method=True)
+        self.UpdateMigration = channel.unary_unary(
+                '/virtagent.v1.MigrationService/UpdateMigration',
+                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.UpdateMigrationRequest.SerializeToString,
+                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.UpdateMigrationResponse.FromString,
+                _registered_method=True)
+        self.PrepareMigrationTarget = channel.unary_unary(
+                '/virtagent.v1.MigrationService/PrepareMigrationTarget',
+                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetRequest.SerializeToString,
+                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetResponse.FromString,
+                _registered_method=True)
+        self.FinishMigrationTarget = channel.unary_unary(
+                '/virtagent.v1.MigrationService/FinishMigrationTarget',
+                request_serializer=virtagent_dot_v1_dot_migration__service__pb2.FinishMigrationTargetRequest.SerializeToString,
+                response_deserializer=virtagent_dot_v1_dot_migration__service__pb2.FinishMigrationTargetResponse.FromString,
+                _registered_method=True)
 
 
 class MigrationServiceServicer:
-    """MigrationService moves running VMs between nodes. Declared now; the agent answers
-    UNIMPLEMENTED until live migration lands.
+    """MigrationService moves running VMs between nodes with libvirt's live migration.
+
+    A control plane makes one call, MigrateVirtualMachine, on the source node's agent; the
+    source agent drives the rest: it asks the target agent to PrepareMigrationTarget, runs
+    the migration while a monitor applies the policy (downtime steps, timeouts), and tells
+    the target to FinishMigrationTarget. Both agents keep a record of the migration for a
+    while after it ends (GetMigration, ListMigrations).
     """
 
-    def PrepareMigrationTarget(self, request, context):
-        """PrepareMigrationTarget readies this node to receive a VM (network plumbed, disks ready).
+    def MigrateVirtualMachine(self, request, context):
+        """MigrateVirtualMachine starts moving a running VM of this node to the target agent's
+        node and returns at once with the migration (Pending or Running).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def MigrateVirtualMachine(self, request, context):
-        """MigrateVirtualMachine starts moving a VM of this node to a target node.
+    def GetMigration(self, request, context):
+        """GetMigration returns one migration known to this agent (running or recently ended).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMigrations(self, request, context):
+        """ListMigrations returns the migrations known to this agent, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchMigration(self, request, context):
+        """WatchMigration sends the migration at once, then on every change until it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,8 +129,25 @@ class MigrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchMigration(self, request, context):
-        """WatchMigration streams a migration's progress until it ends.
+    def UpdateMigration(self, request, context):
+        """UpdateMigration changes the bandwidth or the allowed downtime of a running migration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareMigrationTarget(self, request, context):
+        """PrepareMigrationTarget readies this node to receive a VM: checks it can take it,
+        plumbs its network with the same address, MAC, gateway and tap, prepares its disks,
+        and answers where to send it. Called by the source agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishMigrationTarget(self, request, context):
+        """FinishMigrationTarget tells the target how the migration ended: on success it adopts
+        the VM, otherwise it removes what PrepareMigrationTarget made. Called by the source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,25 +156,45 @@ class MigrationServiceServicer:
 
 def add_MigrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'PrepareMigrationTarget': grpc.unary_unary_rpc_method_handler(
-                    servicer.PrepareMigrationTarget,
-                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetRequest.FromString,
-                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetResponse.SerializeToString,
-            ),
             'MigrateVirtualMachine': grpc.unary_unary_rpc_method_handler(
                     servicer.MigrateVirtualMachine,
                     request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.MigrateVirtualMachineRequest.FromString,
                     response_serializer=virtagent_dot_v1_dot_migration__service__pb2.MigrateVirtualMachineResponse.SerializeToString,
+            ),
+            'GetMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMigration,
+                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.GetMigrationRequest.FromString,
+                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.GetMigrationResponse.SerializeToString,
+            ),
+            'ListMigrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMigrations,
+                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.ListMigrationsRequest.FromString,
+                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.ListMigrationsResponse.SerializeToString,
+            ),
+            'WatchMigration': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMigration,
+                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationRequest.FromString,
+                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationResponse.SerializeToString,
             ),
             'CancelMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelMigration,
                     request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.CancelMigrationRequest.FromString,
                     response_serializer=virtagent_dot_v1_dot_migration__service__pb2.CancelMigrationResponse.SerializeToString,
             ),
-            'WatchMigration': grpc.unary_stream_rpc_method_handler(
-                    servicer.WatchMigration,
-                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationRequest.FromString,
-                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationResponse.SerializeToString,
+            'UpdateMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMigration,
+                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.UpdateMigrationRequest.FromString,
+                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.UpdateMigrationResponse.SerializeToString,
+            ),
+            'PrepareMigrationTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareMigrationTarget,
+                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetRequest.FromString,
+                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetResponse.SerializeToString,
+            ),
+            'FinishMigrationTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishMigrationTarget,
+                    request_deserializer=virtagent_dot_v1_dot_migration__service__pb2.FinishMigrationTargetRequest.FromString,
+                    response_serializer=virtagent_dot_v1_dot_migration__service__pb2.FinishMigrationTargetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -123,36 +205,14 @@ def add_MigrationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MigrationService:
-    """MigrationService moves running VMs between nodes. Declared now; the agent answers
-    UNIMPLEMENTED until live migration lands.
-    """
+    """MigrationService moves running VMs between nodes with libvirt's live migration.
 
-    @staticmethod
-    def PrepareMigrationTarget(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/virtagent.v1.MigrationService/PrepareMigrationTarget',
-            virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetRequest.SerializeToString,
-            virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
+    A control plane makes one call, MigrateVirtualMachine, on the source node's agent; the
+    source agent drives the rest: it asks the target agent to PrepareMigrationTarget, runs
+    the migration while a monitor applies the policy (downtime steps, timeouts), and tells
+    the target to FinishMigrationTarget. Both agents keep a record of the migration for a
+    while after it ends (GetMigration, ListMigrations).
+    """
 
     @staticmethod
     def MigrateVirtualMachine(request,
@@ -171,6 +231,87 @@ class MigrationService:
             '/virtagent.v1.MigrationService/MigrateVirtualMachine',
             virtagent_dot_v1_dot_migration__service__pb2.MigrateVirtualMachineRequest.SerializeToString,
             virtagent_dot_v1_dot_migration__service__pb2.MigrateVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtagent.v1.MigrationService/GetMigration',
+            virtagent_dot_v1_dot_migration__service__pb2.GetMigrationRequest.SerializeToString,
+            virtagent_dot_v1_dot_migration__service__pb2.GetMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMigrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtagent.v1.MigrationService/ListMigrations',
+            virtagent_dot_v1_dot_migration__service__pb2.ListMigrationsRequest.SerializeToString,
+            virtagent_dot_v1_dot_migration__service__pb2.ListMigrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/virtagent.v1.MigrationService/WatchMigration',
+            virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationRequest.SerializeToString,
+            virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -209,7 +350,7 @@ class MigrationService:
             _registered_method=True)
 
     @staticmethod
-    def WatchMigration(request,
+    def UpdateMigration(request,
             target,
             options=(),
             channel_credentials=None,
@@ -219,12 +360,66 @@ class MigrationService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
-            '/virtagent.v1.MigrationService/WatchMigration',
-            virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationRequest.SerializeToString,
-            virtagent_dot_v1_dot_migration__service__pb2.WatchMigrationResponse.FromString,
+            '/virtagent.v1.MigrationService/UpdateMigration',
+            virtagent_dot_v1_dot_migration__service__pb2.UpdateMigrationRequest.SerializeToString,
+            virtagent_dot_v1_dot_migration__service__pb2.UpdateMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareMigrationTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtagent.v1.MigrationService/PrepareMigrationTarget',
+            virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetRequest.SerializeToString,
+            virtagent_dot_v1_dot_migration__service__pb2.PrepareMigrationTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishMigrationTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtagent.v1.MigrationService/FinishMigrationTarget',
+            virtagent_dot_v1_dot_migration__service__pb2.FinishMigrationTargetRequest.SerializeToString,
+            virtagent_dot_v1_dot_migration__service__pb2.FinishMigrationTargetResponse.FromString,
             options,
             channel_credentials,
             insecure,

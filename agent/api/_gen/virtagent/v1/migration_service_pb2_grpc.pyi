@@ -27,51 +27,88 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MigrationServiceStub:
-    """MigrationService moves running VMs between nodes. Declared now; the agent answers
-    UNIMPLEMENTED until live migration lands.
+    """MigrationService moves running VMs between nodes with libvirt's live migration.
+
+    A control plane makes one call, MigrateVirtualMachine, on the source node's agent; the
+    source agent drives the rest: it asks the target agent to PrepareMigrationTarget, runs
+    the migration while a monitor applies the policy (downtime steps, timeouts), and tells
+    the target to FinishMigrationTarget. Both agents keep a record of the migration for a
+    while after it ends (GetMigration, ListMigrations).
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MigrationServiceAsyncStub: ...
-    PrepareMigrationTarget: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.PrepareMigrationTargetRequest, _migration_service_pb2.PrepareMigrationTargetResponse]
-    """PrepareMigrationTarget readies this node to receive a VM (network plumbed, disks ready)."""
     MigrateVirtualMachine: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.MigrateVirtualMachineRequest, _migration_service_pb2.MigrateVirtualMachineResponse]
-    """MigrateVirtualMachine starts moving a VM of this node to a target node."""
+    """MigrateVirtualMachine starts moving a running VM of this node to the target agent's
+    node and returns at once with the migration (Pending or Running).
+    """
+    GetMigration: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.GetMigrationRequest, _migration_service_pb2.GetMigrationResponse]
+    """GetMigration returns one migration known to this agent (running or recently ended)."""
+    ListMigrations: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.ListMigrationsRequest, _migration_service_pb2.ListMigrationsResponse]
+    """ListMigrations returns the migrations known to this agent, newest first."""
+    WatchMigration: _grpc.UnaryStreamMultiCallable[_migration_service_pb2.WatchMigrationRequest, _migration_service_pb2.WatchMigrationResponse]
+    """WatchMigration sends the migration at once, then on every change until it ends."""
     CancelMigration: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.CancelMigrationRequest, _migration_service_pb2.CancelMigrationResponse]
     """CancelMigration aborts a migration; the VM keeps running on the source."""
-    WatchMigration: _grpc.UnaryStreamMultiCallable[_migration_service_pb2.WatchMigrationRequest, _migration_service_pb2.WatchMigrationResponse]
-    """WatchMigration streams a migration's progress until it ends."""
+    UpdateMigration: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.UpdateMigrationRequest, _migration_service_pb2.UpdateMigrationResponse]
+    """UpdateMigration changes the bandwidth or the allowed downtime of a running migration."""
+    PrepareMigrationTarget: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.PrepareMigrationTargetRequest, _migration_service_pb2.PrepareMigrationTargetResponse]
+    """PrepareMigrationTarget readies this node to receive a VM: checks it can take it,
+    plumbs its network with the same address, MAC, gateway and tap, prepares its disks,
+    and answers where to send it. Called by the source agent.
+    """
+    FinishMigrationTarget: _grpc.UnaryUnaryMultiCallable[_migration_service_pb2.FinishMigrationTargetRequest, _migration_service_pb2.FinishMigrationTargetResponse]
+    """FinishMigrationTarget tells the target how the migration ended: on success it adopts
+    the VM, otherwise it removes what PrepareMigrationTarget made. Called by the source.
+    """
 
 @_typing.type_check_only
 class MigrationServiceAsyncStub(MigrationServiceStub):
-    """MigrationService moves running VMs between nodes. Declared now; the agent answers
-    UNIMPLEMENTED until live migration lands.
+    """MigrationService moves running VMs between nodes with libvirt's live migration.
+
+    A control plane makes one call, MigrateVirtualMachine, on the source node's agent; the
+    source agent drives the rest: it asks the target agent to PrepareMigrationTarget, runs
+    the migration while a monitor applies the policy (downtime steps, timeouts), and tells
+    the target to FinishMigrationTarget. Both agents keep a record of the migration for a
+    while after it ends (GetMigration, ListMigrations).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    PrepareMigrationTarget: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.PrepareMigrationTargetRequest, _migration_service_pb2.PrepareMigrationTargetResponse]  # type: ignore[assignment]
-    """PrepareMigrationTarget readies this node to receive a VM (network plumbed, disks ready)."""
     MigrateVirtualMachine: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.MigrateVirtualMachineRequest, _migration_service_pb2.MigrateVirtualMachineResponse]  # type: ignore[assignment]
-    """MigrateVirtualMachine starts moving a VM of this node to a target node."""
+    """MigrateVirtualMachine starts moving a running VM of this node to the target agent's
+    node and returns at once with the migration (Pending or Running).
+    """
+    GetMigration: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.GetMigrationRequest, _migration_service_pb2.GetMigrationResponse]  # type: ignore[assignment]
+    """GetMigration returns one migration known to this agent (running or recently ended)."""
+    ListMigrations: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.ListMigrationsRequest, _migration_service_pb2.ListMigrationsResponse]  # type: ignore[assignment]
+    """ListMigrations returns the migrations known to this agent, newest first."""
+    WatchMigration: _aio.UnaryStreamMultiCallable[_migration_service_pb2.WatchMigrationRequest, _migration_service_pb2.WatchMigrationResponse]  # type: ignore[assignment]
+    """WatchMigration sends the migration at once, then on every change until it ends."""
     CancelMigration: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.CancelMigrationRequest, _migration_service_pb2.CancelMigrationResponse]  # type: ignore[assignment]
     """CancelMigration aborts a migration; the VM keeps running on the source."""
-    WatchMigration: _aio.UnaryStreamMultiCallable[_migration_service_pb2.WatchMigrationRequest, _migration_service_pb2.WatchMigrationResponse]  # type: ignore[assignment]
-    """WatchMigration streams a migration's progress until it ends."""
-
-class MigrationServiceServicer(metaclass=_abc_1.ABCMeta):
-    """MigrationService moves running VMs between nodes. Declared now; the agent answers
-    UNIMPLEMENTED until live migration lands.
+    UpdateMigration: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.UpdateMigrationRequest, _migration_service_pb2.UpdateMigrationResponse]  # type: ignore[assignment]
+    """UpdateMigration changes the bandwidth or the allowed downtime of a running migration."""
+    PrepareMigrationTarget: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.PrepareMigrationTargetRequest, _migration_service_pb2.PrepareMigrationTargetResponse]  # type: ignore[assignment]
+    """PrepareMigrationTarget readies this node to receive a VM: checks it can take it,
+    plumbs its network with the same address, MAC, gateway and tap, prepares its disks,
+    and answers where to send it. Called by the source agent.
+    """
+    FinishMigrationTarget: _aio.UnaryUnaryMultiCallable[_migration_service_pb2.FinishMigrationTargetRequest, _migration_service_pb2.FinishMigrationTargetResponse]  # type: ignore[assignment]
+    """FinishMigrationTarget tells the target how the migration ended: on success it adopts
+    the VM, otherwise it removes what PrepareMigrationTarget made. Called by the source.
     """
 
-    @_abc_1.abstractmethod
-    def PrepareMigrationTarget(
-        self,
-        request: _migration_service_pb2.PrepareMigrationTargetRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_migration_service_pb2.PrepareMigrationTargetResponse, _abc.Awaitable[_migration_service_pb2.PrepareMigrationTargetResponse]]:
-        """PrepareMigrationTarget readies this node to receive a VM (network plumbed, disks ready)."""
+class MigrationServiceServicer(metaclass=_abc_1.ABCMeta):
+    """MigrationService moves running VMs between nodes with libvirt's live migration.
+
+    A control plane makes one call, MigrateVirtualMachine, on the source node's agent; the
+    source agent drives the rest: it asks the target agent to PrepareMigrationTarget, runs
+    the migration while a monitor applies the policy (downtime steps, timeouts), and tells
+    the target to FinishMigrationTarget. Both agents keep a record of the migration for a
+    while after it ends (GetMigration, ListMigrations).
+    """
 
     @_abc_1.abstractmethod
     def MigrateVirtualMachine(
@@ -79,7 +116,33 @@ class MigrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _migration_service_pb2.MigrateVirtualMachineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_migration_service_pb2.MigrateVirtualMachineResponse, _abc.Awaitable[_migration_service_pb2.MigrateVirtualMachineResponse]]:
-        """MigrateVirtualMachine starts moving a VM of this node to a target node."""
+        """MigrateVirtualMachine starts moving a running VM of this node to the target agent's
+        node and returns at once with the migration (Pending or Running).
+        """
+
+    @_abc_1.abstractmethod
+    def GetMigration(
+        self,
+        request: _migration_service_pb2.GetMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migration_service_pb2.GetMigrationResponse, _abc.Awaitable[_migration_service_pb2.GetMigrationResponse]]:
+        """GetMigration returns one migration known to this agent (running or recently ended)."""
+
+    @_abc_1.abstractmethod
+    def ListMigrations(
+        self,
+        request: _migration_service_pb2.ListMigrationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migration_service_pb2.ListMigrationsResponse, _abc.Awaitable[_migration_service_pb2.ListMigrationsResponse]]:
+        """ListMigrations returns the migrations known to this agent, newest first."""
+
+    @_abc_1.abstractmethod
+    def WatchMigration(
+        self,
+        request: _migration_service_pb2.WatchMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_migration_service_pb2.WatchMigrationResponse], _abc.AsyncIterator[_migration_service_pb2.WatchMigrationResponse]]:
+        """WatchMigration sends the migration at once, then on every change until it ends."""
 
     @_abc_1.abstractmethod
     def CancelMigration(
@@ -90,11 +153,32 @@ class MigrationServiceServicer(metaclass=_abc_1.ABCMeta):
         """CancelMigration aborts a migration; the VM keeps running on the source."""
 
     @_abc_1.abstractmethod
-    def WatchMigration(
+    def UpdateMigration(
         self,
-        request: _migration_service_pb2.WatchMigrationRequest,
+        request: _migration_service_pb2.UpdateMigrationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_migration_service_pb2.WatchMigrationResponse], _abc.AsyncIterator[_migration_service_pb2.WatchMigrationResponse]]:
-        """WatchMigration streams a migration's progress until it ends."""
+    ) -> _typing.Union[_migration_service_pb2.UpdateMigrationResponse, _abc.Awaitable[_migration_service_pb2.UpdateMigrationResponse]]:
+        """UpdateMigration changes the bandwidth or the allowed downtime of a running migration."""
+
+    @_abc_1.abstractmethod
+    def PrepareMigrationTarget(
+        self,
+        request: _migration_service_pb2.PrepareMigrationTargetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migration_service_pb2.PrepareMigrationTargetResponse, _abc.Awaitable[_migration_service_pb2.PrepareMigrationTargetResponse]]:
+        """PrepareMigrationTarget readies this node to receive a VM: checks it can take it,
+        plumbs its network with the same address, MAC, gateway and tap, prepares its disks,
+        and answers where to send it. Called by the source agent.
+        """
+
+    @_abc_1.abstractmethod
+    def FinishMigrationTarget(
+        self,
+        request: _migration_service_pb2.FinishMigrationTargetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migration_service_pb2.FinishMigrationTargetResponse, _abc.Awaitable[_migration_service_pb2.FinishMigrationTargetResponse]]:
+        """FinishMigrationTarget tells the target how the migration ended: on success it adopts
+        the VM, otherwise it removes what PrepareMigrationTarget made. Called by the source.
+        """
 
 def add_MigrationServiceServicer_to_server(servicer: MigrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
