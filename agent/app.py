@@ -19,6 +19,7 @@ from agent.adapters.conntrack import ConntrackCli
 from agent.adapters.host import PsutilHostProbe
 from agent.adapters.iso import PycdlibIso
 from agent.adapters.libvirt import LibvirtHypervisor
+from agent.adapters.libvirt_migration import LibvirtMigration
 from agent.adapters.netlink import PyRoute2Links
 from agent.adapters.nft import NftCli
 from agent.adapters.probing import SocketProber
@@ -27,9 +28,11 @@ from agent.adapters.registry import HttpxRegistry
 from agent.adapters.x509 import certificate_names
 from agent.api.access import Access
 from agent.api.authzfile import PolicyFile
+from agent.api.migrations import MigrationApi
 from agent.api.server import Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.api.tls import TlsFiles, reloading_credentials
+from agent.client import TLSOptions
 from agent.config import ConfigError, Settings
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
@@ -43,11 +46,16 @@ from agent.domain.registry import Registry
 from agent.domain.views import VMViews
 from agent.errors import InvalidSpec
 from agent.metrics.setup import start_metrics
+from agent.migration.records import MigrationBook
+from agent.migration.service import Migrations
+from agent.migration.source import OutgoingMigrations
+from agent.migration.target import IncomingMigrations
 from agent.network.dhcpd import DhcpServer
 from agent.network.ipam import parse_pool
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
 from agent.network.service import RoutedNetwork
+from agent.peers import GrpcTargetAgents
 
 __all__ = ["Agent", "access_control", "build_agent", "run", "server_credentials"]
 
@@ -137,6 +145,7 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         credentials=credentials,
         reflection_enabled=settings.reflection,
         access=access,
+        migrations=MigrationApi(_migrations(settings, hv, service, networking)),
     )
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())
@@ -264,3 +273,55 @@ def _vm_files(settings: Settings, registry: Registry) -> VMFiles:
     disks.gc()  # entries whose VMs were deleted while the agent was down
     image_roots = settings.image_root or [os.path.join(settings.state_dir, "images")]
     return VMFiles(settings.state_dir, image_roots, QemuImg(), support)
+
+
+def client_tls(settings: Settings) -> TLSOptions | None:
+    """How this agent calls other agents: TLS with its own certificate as client certificate
+    (trusting --tls-client-ca, else the system's roots) unless it serves plaintext."""
+    if not settings.tls_cert:
+        return None
+    return TLSOptions(
+        ca_file=settings.tls_client_ca or None,
+        cert_file=settings.tls_cert,
+        key_file=settings.tls_key,
+    )
+
+
+def _migration_address(settings: Settings, network: RoutedNetwork | None) -> str:
+    if settings.migration_address:
+        return settings.migration_address
+    links = PyRoute2Links()
+    uplink = network.config.uplink if network else settings.uplink
+    uplink = uplink or links.default_route_interface() or ""
+    address = links.ipv4_address(uplink) if uplink else None
+    if not address and settings.migration:
+        log.warning("no address for incoming migrations: set --migration-address")
+    return address or ""
+
+
+def _migrations(
+    settings: Settings,
+    hv: LibvirtHypervisor,
+    service: VMService,
+    networking: tuple[RoutedNetwork, DhcpServer] | None,
+) -> Migrations:
+    book = MigrationBook()
+    migrator = LibvirtMigration(hv)
+    outgoing = OutgoingMigrations(
+        service,
+        migrator,
+        GrpcTargetAgents(settings.node_name, client_tls(settings)),
+        book,
+        max_outbound=settings.max_outbound_migrations,
+        enabled=settings.migration,
+    )
+    address = _migration_address(settings, networking[0] if networking else None)
+    incoming = IncomingMigrations(
+        service,
+        migrator,
+        book,
+        address=address,
+        max_inbound=settings.max_inbound_migrations,
+        enabled=settings.migration and bool(address),
+    )
+    return Migrations(book, outgoing, incoming)

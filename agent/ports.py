@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Clock",
+    "JobSample",
+    "MigrationJob",
+    "Migrator",
     "DomainEvent",
     "DomainInfo",
     "DomainCatalog",
@@ -187,10 +190,14 @@ class VMNetwork(Protocol):
     what ``previous`` held; the caller stores the result in the VM's bookkeeping, so a
     restarted agent hands nothing out twice. Every other method reads that allocation and
     is idempotent.
+    ``adopt`` does the same for a VM migrating in, keeping what it had on its source.
     """
 
     def allocate(
         self, domain: str, spec: VMSpec, previous: VMAllocation | None
+    ) -> VMAllocation | None: ...
+    def adopt(
+        self, domain: str, spec: VMSpec, incoming: VMAllocation | None
     ) -> VMAllocation | None: ...
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
@@ -201,3 +208,64 @@ class VMNetwork(Protocol):
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[InterfaceStatus, ...]: ...
     def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobSample:
+    """One reading of libvirt's job stats (``virDomainGetJobStats``), bytes and ms."""
+
+    elapsed_ms: int = 0
+    data_total: int = 0
+    data_processed: int = 0
+    data_remaining: int = 0
+    memory_total: int = 0
+    memory_processed: int = 0
+    memory_remaining: int = 0
+    memory_iteration: int = 0
+    dirty_rate: int = 0  # pages/s
+    memory_bps: int = 0
+    disk_total: int = 0
+    disk_processed: int = 0
+    disk_remaining: int = 0
+    page_size: int = 4096
+    post_copy: bool = False  # the job is in its post-copy phase
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationJob:
+    """What ``Migrator.migrate`` needs besides the domain name."""
+
+    libvirt_uri: str  # the target's libvirtd (peer-to-peer: the source's libvirtd dials it)
+    migration_uri: str  # where the migration stream goes (tcp://ADDRESS)
+    dest_xml: str  # the live definition on the target (its paths, its metadata)
+    persist_xml: str  # the persistent definition on the target
+    bandwidth_mib: int = 0
+    parallel_connections: int = 1
+    auto_converge: bool = False
+    post_copy: bool = False
+    copy_disks: tuple[str, ...] = ()  # target devs (vda...) copied by incremental storage copy
+
+
+class Migrator(Protocol):
+    """The hypervisor's side of a live migration (libvirt's ``migrateToURI3`` and friends)."""
+
+    def migratable_xml(self, name: str) -> tuple[str, str]:
+        """(live, persistent) definitions of a running domain, as a target may receive them."""
+        ...
+
+    def migrate(self, name: str, job: MigrationJob) -> None:
+        """Run the migration to its end (blocking); raises FailedPrecondition on failure."""
+        ...
+
+    def job_stats(self, name: str) -> JobSample | None:
+        """The running job's statistics; None when there is no job (yet, or any more)."""
+        ...
+
+    def completed_downtime_ms(self, name: str) -> int:
+        """The guest's pause at the switch-over of the last completed migration (0: unknown)."""
+        ...
+
+    def abort(self, name: str) -> None: ...
+    def set_max_downtime(self, name: str, milliseconds: int) -> None: ...
+    def set_max_speed(self, name: str, mib_per_second: int) -> None: ...
+    def start_post_copy(self, name: str) -> None: ...

@@ -14,7 +14,7 @@ import queue
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import libvirt
 
@@ -37,6 +37,8 @@ from agent.ports import DomainEvent, DomainInfo, DomainState, HypervisorListener
 __all__ = ["LibvirtHypervisor"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class LibvirtHypervisor:
@@ -277,8 +279,13 @@ class LibvirtHypervisor:
     # -- power ------------------------------------------------------------------------
 
     def _domain_call(self, name: str, what: str, action: Callable[[Any], object]) -> None:
+        self.with_domain(name, what, action)
+
+    def with_domain(self, name: str, what: str, action: Callable[[Any], T]) -> T:
+        """``action(virDomain)`` with libvirt's errors translated (for sibling adapters such
+        as ``libvirt_migration``, which share this connection)."""
         with self._call(f"{what} domain {name}") as conn:
-            action(conn.lookupByName(name))
+            return action(conn.lookupByName(name))
 
     def start(self, name: str, *, paused: bool = False) -> None:
         def create(dom: Any) -> None:

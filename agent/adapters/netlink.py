@@ -147,6 +147,18 @@ class PyRoute2Links:
             name = ipr.link("get", index=best[1])[0].get("ifname")
             return str(name) if name else None
 
+    def ipv4_address(self, name: str) -> str | None:
+        """The first IPv4 address of link ``name`` (None: no such link or no address)."""
+        with _netlink(f"reading the addresses of {name}") as ipr:
+            index = _index(ipr, name)
+            if index is None:
+                return None
+            for address in ipr.get_addr(family=socket.AF_INET, index=index):
+                value = address.get("IFA_ADDRESS") or address.get("address")
+                if value:
+                    return str(value)
+            return None
+
     def enable_forwarding(self) -> None:
         self._sysctl("net/ipv4/ip_forward", "1")
 

@@ -29,7 +29,7 @@ def spec_from_proto(message: vm_pb2.VirtualMachine) -> VMSpec:
     return parse_vm(document)
 
 
-def _timestamp(seconds: float) -> Timestamp:
+def timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
@@ -41,7 +41,7 @@ def vm_to_proto(record: VMRecord) -> vm_pb2.VirtualMachine:
     json_format.ParseDict(render_vm(record.spec), message)
     message.metadata.generation = record.books.generation
     if record.books.created_at:
-        message.metadata.creation_timestamp.CopyFrom(_timestamp(record.books.created_at))
+        message.metadata.creation_timestamp.CopyFrom(timestamp(record.books.created_at))
     status = record.status
     out = message.status
     out.phase = _PHASES[status.phase]
@@ -51,9 +51,9 @@ def vm_to_proto(record: VMRecord) -> vm_pb2.VirtualMachine:
     out.qemu_pid = status.qemu_pid
     out.running_generation = status.running_generation
     if status.started_at:
-        out.started_at.CopyFrom(_timestamp(status.started_at))
+        out.started_at.CopyFrom(timestamp(status.started_at))
     if status.stopped_at:
-        out.stopped_at.CopyFrom(_timestamp(status.stopped_at))
+        out.stopped_at.CopyFrom(timestamp(status.stopped_at))
     for condition in status.conditions:
         out.conditions.add(
             type=condition.type,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -73,6 +74,7 @@ def create_server(
     reflection_enabled: bool = True,
     access: Access | None = None,
     max_workers: int = 64,  # > streams (16) + slow calls (32): room for quick calls
+    migrations: Any = None,  # a MigrationService servicer; None: answers UNIMPLEMENTED
 ) -> Server:
     """Bind every address (``host:port``, port 0 picks one) and the unix socket; not started.
 
@@ -88,7 +90,9 @@ def create_server(
     )
     vm_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server(vm, server)
     node_service_pb2_grpc.add_NodeServiceServicer_to_server(node, server)
-    migration_service_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationServicer(), server)
+    migration_service_pb2_grpc.add_MigrationServiceServicer_to_server(
+        migrations or MigrationServicer(), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:

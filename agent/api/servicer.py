@@ -246,10 +246,11 @@ class NodeServicer(node_grpc.NodeServiceServicer):
 
 
 class MigrationServicer(mig_grpc.MigrationServiceServicer):
-    """virtagent.v1.MigrationService: declared, answered UNIMPLEMENTED until migration lands."""
+    """virtagent.v1.MigrationService where migrations are not wired (unit-test servers):
+    UNIMPLEMENTED. The agent serves ``agent.api.migrations.MigrationApi``."""
 
     def _unsupported(self) -> None:
-        raise Unsupported("live migration is not implemented by this agent yet")
+        raise Unsupported("live migration is not enabled in this server")
 
     @grpc_errors
     def PrepareMigrationTarget(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -86,6 +86,11 @@ def either(phases: tuple[str, ...]) -> str:
     return " or ".join(phases) if len(phases) < 3 else f"{', '.join(phases[:-1])} or {phases[-1]}"
 
 
+def connect(args: argparse.Namespace) -> AgentClient:
+    """A client for the agent the connection options name (for agent.cli.migrate)."""
+    return _connect(args)
+
+
 def _connect(args: argparse.Namespace) -> AgentClient:
     files = (args.ca_file, args.cert_file, args.key_file, args.server_name)
     if not any(files):

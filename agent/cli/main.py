@@ -16,6 +16,7 @@ from collections.abc import Callable
 from agent.cli import commands, top
 from agent.cli.commands import VERBS, Failure, UsageError, Verb, either
 from agent.cli.kubevirt import ManifestError
+from agent.cli.migrate import add_migration_commands
 from agent.cli.output import (
     error_sentence,
 )
@@ -37,6 +38,7 @@ examples:
   vmctl get -A                           list the VMs of every namespace
   vmctl stop fedora --wait               shut a VM down and wait until it is stopped
   vmctl console fedora -f --tail 50      follow a VM's serial console
+  vmctl migrate fedora --to 10.0.0.12:9090 --wait   move a running VM to another node
 """
 
 
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("name", metavar="NAME", help="the VM")
     for verb in VERBS.values():
         _add_verb(command(verb.name, verb.summary, commands.lifecycle), verb)
-    # migrate NAME --to AGENT goes here once MigrationService is implemented by the agent.
+    add_migration_commands(command, commands.connect)
     watch = command("watch", "Print VM events as they happen, one line each.", commands.watch)
     _add_selection(watch)
     console = command("console", "Print a VM's serial console log.", commands.console)

@@ -261,6 +261,11 @@ class VMService:
         self.requests.remember(request_id, verb, domain, True)
         return record
 
+    def exclusive(self, domain: str, verb: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the VM's lock for a long operation of another module (a migration): verbs on
+        the VM meanwhile fail with Conflict naming ``verb``."""
+        return self._operation(domain, verb)
+
     @contextlib.contextmanager
     def _operation(self, domain: str, verb: str, *, wait: float = 0.0) -> Iterator[None]:
         """Hold the VM's lock: at once (Conflict when a client's call holds it) or within
@@ -328,7 +333,8 @@ class VMService:
         except Exception:
             log.exception("refreshing %s after %s/%s", event.name, event.event, event.detail)
             return
-        if record is not None and event.event == "stopped":
+        if record is not None and event.event == "stopped" and event.detail != "migrated":
+            # (A guest that migrated away runs elsewhere: never start it here again.)
             self._note_stop_later(event.name, stopped_at=self.clock.now())
             if should_restart(record, detail=event.detail):
                 delay = self._backoff.next_delay(

@@ -80,6 +80,8 @@ class DomainSteps:
         self.probe_ready: Callable[[str], bool] = lambda domain: False
         self.clock = clock
         self._starting: set[str] = set()
+        # Domains leaving or arriving by live migration: their phase is Migrating.
+        self.migrating: set[str] = set()
         self._refresh_lock = threading.Lock()
 
     # -- reading ------------------------------------------------------------------------
@@ -139,6 +141,8 @@ class DomainSteps:
             status = dataclasses.replace(status, interfaces=interfaces)
             if spec.readiness_probe is not None and status.phase == Phase.RUNNING:
                 status = _gate_ready(status, self.probe_ready(domain))
+            if domain in self.migrating and status.phase in ACTIVE_PHASES:
+                status = dataclasses.replace(status, phase=Phase.MIGRATING)
             record = VMRecord(spec=spec, books=books, status=status)
             self.registry.put(domain, record)
             return record
@@ -152,24 +156,28 @@ class DomainSteps:
         """Resolve the VM's files and (re)define its domain; a new VM's files go on failure."""
         require_node_support(spec, self.virt_type, self.support)
         try:
-            prepared = self.files.prepare(spec, domain)
-            plan = HostPlan(
-                domain_name=domain,
-                uuid=spec.uid,
-                virt_type=self.virt_type,
-                kernel=prepared.kernel,
-                initrd=prepared.initrd,
-                console_log=prepared.console_log,
-                ignition=prepared.ignition,
-                disks=prepared.disks,
-                nics=self.network.nics(domain, spec, books.network),
-                metadata=metadata_element(spec, books),
-            )
-            self.hv.define(domain_xml(spec, plan))
+            self.hv.define(self.definition(domain, spec, books))
         except Exception:
             if new:
                 self.files.remove(domain)
             raise
+
+    def definition(self, domain: str, spec: VMSpec, books: Bookkeeping) -> str:
+        """The domain XML of the VM on this node; creates its missing files (idempotent)."""
+        prepared = self.files.prepare(spec, domain)
+        plan = HostPlan(
+            domain_name=domain,
+            uuid=spec.uid,
+            virt_type=self.virt_type,
+            kernel=prepared.kernel,
+            initrd=prepared.initrd,
+            console_log=prepared.console_log,
+            ignition=prepared.ignition,
+            disks=prepared.disks,
+            nics=self.network.nics(domain, spec, books.network),
+            metadata=metadata_element(spec, books),
+        )
+        return domain_xml(spec, plan)
 
     def start(self, domain: str) -> None:
         """Boot the domain paused, plumb it, then let it run; undo on failure."""

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from agent.errors import InvalidSpec
+from agent.ports import JobSample
 
 __all__ = [
     "ABORT",
@@ -101,26 +102,6 @@ class MigrationOptions:
             if not ok:
                 raise InvalidSpec(f"{prefix}.{name}", problem)
         return self
-
-
-@dataclass(frozen=True, slots=True)
-class JobSample:
-    """One reading of libvirt's job stats (``virDomainGetJobStats``), bytes and ms."""
-
-    elapsed_ms: int = 0
-    data_total: int = 0
-    data_processed: int = 0
-    data_remaining: int = 0
-    memory_total: int = 0
-    memory_processed: int = 0
-    memory_remaining: int = 0
-    memory_iteration: int = 0
-    dirty_rate: int = 0  # pages/s
-    memory_bps: int = 0
-    disk_total: int = 0
-    disk_processed: int = 0
-    disk_remaining: int = 0
-    post_copy: bool = False  # the job is in its post-copy phase
 
 
 @dataclass(frozen=True, slots=True)

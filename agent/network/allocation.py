@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.errors import InvalidSpec
+from agent.errors import FailedPrecondition, InvalidSpec
 from agent.models import Network, NicAllocation, VMAllocation, VMSpec
 from agent.naming import vm_key
 from agent.network import names
 from agent.network.ipam import Ledger
 
-__all__ = ["BRIDGE", "MASQUERADE", "allocate_vm"]
+__all__ = ["BRIDGE", "MASQUERADE", "allocate_vm", "incoming_allocation"]
 
 MASQUERADE = "masquerade"
 BRIDGE = "bridge"
@@ -62,6 +62,31 @@ def allocate_vm(
             ports.append(dataclasses.replace(port, node_port=node_port))
         nics.append(NicAllocation(iface.name, MASQUERADE, tap, mac, ip=ip, ports=tuple(ports)))
     return VMAllocation(spec.namespace, group, tuple(nics))
+
+
+def incoming_allocation(incoming: VMAllocation, ledger: Ledger, domain: str) -> VMAllocation:
+    """What a VM migrating in keeps for ``allocate_vm`` on this node: its taps, MACs and
+    addresses (FailedPrecondition when another VM here holds one: overlapping pools), its
+    node ports where free here; its isolation group is this node's for its namespace."""
+    nics = []
+    for nic in incoming.nics:
+        for kind, key in (("ip", nic.ip), ("mac", nic.mac), ("tap", nic.tap)):
+            holder = ledger.holder(kind, key) if key else None
+            if holder not in (None, domain):
+                raise FailedPrecondition(
+                    f"interface {nic.name}: {kind} {key} is held by vm {_vm(holder)} on this "
+                    "node (do the nodes' --node-vm-pool overlap?)"
+                )
+        low, high = ledger.node_ports
+        ports = tuple(
+            p
+            for p in nic.ports
+            if low <= p.node_port <= high
+            and ledger.holder("port", f"{p.protocol}/{p.node_port}") in (None, domain)
+        )
+        nics.append(dataclasses.replace(nic, ports=ports))
+    group = ledger.group_for(incoming.namespace)
+    return VMAllocation(incoming.namespace, group, tuple(nics))
 
 
 class _Picked:

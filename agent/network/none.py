@@ -21,6 +21,11 @@ class NoNetwork:
             )
         return None
 
+    def adopt(
+        self, domain: str, spec: VMSpec, incoming: VMAllocation | None
+    ) -> VMAllocation | None:
+        return self.allocate(domain, spec, incoming)
+
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[NicBacking, ...]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 from agent.network import names, ruleset
-from agent.network.allocation import BRIDGE, allocate_vm
+from agent.network.allocation import BRIDGE, allocate_vm, incoming_allocation
 from agent.network.dhcp import Lease
 from agent.network.ipam import Ledger
 from agent.network.plan import (
@@ -122,6 +122,16 @@ class RoutedNetwork:
                 self.ledger.claim(domain, held)
             self._touched[domain] = self._clock()
         return new
+
+    def adopt(
+        self, domain: str, spec: VMSpec, incoming: VMAllocation | None
+    ) -> VMAllocation | None:
+        """A VM migrating in keeps its address, MAC and tap (held here even outside this
+        node's pool) and its node ports where free here (see ``incoming_allocation``)."""
+        self._ready.wait(self._ready_timeout)  # (allocate says so if it is not)
+        with self._lock:
+            kept = incoming_allocation(incoming, self.ledger, domain) if incoming else None
+        return self.allocate(domain, spec, kept)
 
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None

@@ -99,11 +99,11 @@ def test_a_reader_reads_but_cannot_apply_delete_or_start(agent: SecureAgent) -> 
 def test_a_peer_may_call_the_migration_methods_only(agent: SecureAgent) -> None:
     peer = agent.client(agent.ca.issue("node-2", "DNS:node-2.agents.example"))
     prepare = mig_pb.PrepareMigrationTargetRequest(namespace="tenant-a", name="web")
-    # Past authorization, into the service (which has no migration yet).
-    unimplemented = grpc.StatusCode.UNIMPLEMENTED
-    assert code_of(lambda: peer.migrations.PrepareMigrationTarget(prepare)) == unimplemented
+    # Past authorization, into the service, which answers for itself.
+    invalid = grpc.StatusCode.INVALID_ARGUMENT  # no migration_id
+    assert code_of(lambda: peer.migrations.PrepareMigrationTarget(prepare)) == invalid
     cancel = mig_pb.CancelMigrationRequest(migration_id="m-1")
-    assert code_of(lambda: peer.migrations.CancelMigration(cancel)) == unimplemented
+    assert code_of(lambda: peer.migrations.CancelMigration(cancel)) == grpc.StatusCode.NOT_FOUND
     assert code_of(lambda: get_node(peer)) == DENIED
     assert code_of(lambda: names(peer)) == DENIED
     assert code_of(lambda: apply(peer, "tenant-a")) == DENIED

@@ -340,14 +340,30 @@ def test_get_node_reports_capacity_versions_and_counts(agent: Agent) -> None:
     assert dict(node.vm_counts) == {"Running": 1, "Stopped": 1}
 
 
-def test_migration_is_declared_but_unimplemented(agent: Agent) -> None:
-    from agent.api._gen.virtagent.v1 import migration_service_pb2, migration_service_pb2_grpc
+def test_migration_refusals_name_the_problem(agent: Agent) -> None:
+    from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
+    from agent.api._gen.virtagent.v1 import migration_service_pb2_grpc
 
     stub = migration_service_pb2_grpc.MigrationServiceStub(agent.channel)
-    code, details = code_of(
-        lambda: stub.MigrateVirtualMachine(migration_service_pb2.MigrateVirtualMachineRequest())
-    )
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "migration" in details
+
+    def migrate(name: str, target: str = "192.0.2.99:7443", **options: object) -> tuple[Any, str]:
+        request = mpb.MigrateVirtualMachineRequest(
+            namespace="default", name=name, target_agent=target,
+            options=mpb.MigrationOptions(**options),  # type: ignore[arg-type]
+        )  # fmt: skip
+        return code_of(lambda: stub.MigrateVirtualMachine(request))
+
+    apply(agent, vm_doc("halted", run_strategy="Halted"))
+    assert migrate("missing")[0] == grpc.StatusCode.NOT_FOUND
+    code, details = migrate("halted")
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "only a running VM" in details
+    code, details = migrate("halted", target="")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "target_agent" in details
+    code, details = migrate("halted", allow_post_copy=True, allow_auto_converge=True)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "options.post_copy" in details
+    code, details = code_of(lambda: stub.GetMigration(mpb.GetMigrationRequest(migration_id="x")))
+    assert code == grpc.StatusCode.NOT_FOUND and "migration 'x'" in details
+    assert not stub.ListMigrations(mpb.ListMigrationsRequest()).migrations
 
 
 def test_server_reflection_lists_the_services(agent: Agent) -> None:

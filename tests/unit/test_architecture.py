@@ -5,8 +5,8 @@ units of one layer stay independent of each other):
 
     errors, naming, imageref, hardware → value types (quantity, labels, paths, models), generated
     protobuf, the agent's metric hooks (metrics.agent_metrics) → ports (and metrics.ports) →
-    spec → disks, network → domain, adapters, config → api, client, metrics (the collector
-    and its server) → cli, healthcheck → app → __main__
+    spec → disks, network → domain, adapters, config → migration → api, client, metrics (the
+    collector and its server) → cli, healthcheck, peers → app → __main__
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         {"agent.spec"},
         {"agent.disks", "agent.network"},
         {"agent.domain", "agent.adapters", "agent.config"},
+        {"agent.migration"},
         {"agent.api", "agent.client", "agent.metrics"},
-        {"agent.cli", "agent.healthcheck"},
+        {"agent.cli", "agent.healthcheck", "agent.peers"},
         {"agent.app"},
         {"agent.__main__"},
     )

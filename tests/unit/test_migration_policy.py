@@ -21,13 +21,13 @@ from agent.migration.policy import (
     POST_COPY,
     Abort,
     Decision,
-    JobSample,
     MigrationOptions,
     Policy,
     SetDowntime,
     StartPostCopy,
     downtime_steps,
 )
+from agent.ports import JobSample
 
 DATA = Path(__file__).parent / "data" / "migration"
 

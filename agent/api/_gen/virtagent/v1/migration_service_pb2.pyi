@@ -605,25 +605,27 @@ class PrepareMigrationTargetResponse(_message.Message):
     LIBVIRT_URI_FIELD_NUMBER: _builtins.int
     MIGRATION_URI_FIELD_NUMBER: _builtins.int
     NODE_NAME_FIELD_NUMBER: _builtins.int
-    METADATA_XML_FIELD_NUMBER: _builtins.int
+    DOMAIN_XML_FIELD_NUMBER: _builtins.int
     libvirt_uri: _builtins.str
     """libvirt connection URI of the target's libvirtd (qemu+tcp://ADDRESS/system)."""
     migration_uri: _builtins.str
     """Where the migration stream goes (tcp://ADDRESS)."""
     node_name: _builtins.str
-    metadata_xml: _builtins.str
-    """The domain metadata the VM must carry on the target (node ports may differ)."""
+    domain_xml: _builtins.str
+    """The domain definition the target built for the VM: its own file paths, and metadata
+    with its network allocation (node ports may differ from the source's).
+    """
     def __init__(
         self,
         *,
         libvirt_uri: _builtins.str = ...,
         migration_uri: _builtins.str = ...,
         node_name: _builtins.str = ...,
-        metadata_xml: _builtins.str = ...,
+        domain_xml: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["libvirt_uri", b"libvirt_uri", "metadata_xml", b"metadata_xml", "migration_uri", b"migration_uri", "node_name", b"node_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain_xml", b"domain_xml", "libvirt_uri", b"libvirt_uri", "migration_uri", b"migration_uri", "node_name", b"node_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -658,16 +660,21 @@ Global___FinishMigrationTargetRequest: _TypeAlias = FinishMigrationTargetRequest
 
 @_typing.final
 class FinishMigrationTargetResponse(_message.Message):
-    """FinishMigrationTargetResponse is empty."""
+    """FinishMigrationTargetResponse reports what the target saw."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    downtime_ms: _builtins.int
+    """The guest's pause at the switch-over in ms, as libvirt measured it (0: unknown)."""
     def __init__(
         self,
+        *,
+        downtime_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Typed Python client for the agent's gRPC API (VirtualMachineService and NodeService).
+"""Typed Python client for the agent's gRPC API (VirtualMachine-, Node- and MigrationService).
 
 Every unary call has a deadline (the client's ``timeout`` bounds the call including its
 retries). Calls are retried with exponential backoff and jitter when the agent answers
@@ -42,12 +42,14 @@ from google.protobuf import json_format
 
 from agent import __version__
 from agent.api._gen.virtagent.v1 import (
+    migration_service_pb2_grpc,
     node_service_pb2,
     node_service_pb2_grpc,
     vm_pb2,
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
+from agent.client.migrations import MigrationCalls
 from agent.defaults import GRACE_PERIOD_SECONDS
 
 __all__ = ["DEFAULT_GRACE_PERIOD_SECONDS", "AgentCallError", "AgentClient", "TLSOptions"]
@@ -105,8 +107,9 @@ def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-class AgentClient:
-    """A connection to one agent; methods mirror the RPCs and return the proto messages.
+class AgentClient(MigrationCalls):
+    """A connection to one agent; methods mirror the RPCs and return the proto messages
+    (the MigrationService's come from ``MigrationCalls``).
 
     ``retries`` is how many times an idempotent call is repeated after UNAVAILABLE.
     ``sleep`` is injectable so that tests do not wait out the backoff.
@@ -133,6 +136,7 @@ class AgentClient:
             self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
         self._vms = vm_service_pb2_grpc.VirtualMachineServiceStub(self._channel)
         self._node = node_service_pb2_grpc.NodeServiceStub(self._channel)
+        self._migrations = migration_service_pb2_grpc.MigrationServiceStub(self._channel)
 
     def __enter__(self) -> AgentClient:
         return self

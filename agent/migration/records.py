@@ -1,0 +1,145 @@
+"""Migration records: what each migration is doing or did, kept for a while after it ends.
+
+Thread-safe; watchers wait on ``wait_change``. Both ends keep their own record (role source
+or target) with the same id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.errors import NotFound
+from agent.migration.policy import MigrationOptions
+from agent.ports import JobSample
+
+__all__ = ["ENDED", "MigrationBook", "MigrationRecord", "State"]
+
+
+class State:
+    """Where a migration is (the proto's MigrationState, by name)."""
+
+    PENDING = "Pending"
+    PREPARING = "Preparing"
+    RUNNING = "Running"
+    POST_COPY = "PostCopy"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+ENDED = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+SOURCE = "source"
+TARGET = "target"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRecord:
+    id: str
+    namespace: str
+    name: str
+    uid: str
+    role: str  # "source" or "target"
+    state: str
+    source_node: str
+    target_node: str = ""
+    target_agent: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    options: MigrationOptions = field(default_factory=MigrationOptions)
+    progress: JobSample = field(default_factory=JobSample)
+    allowed_downtime_ms: int = 0
+    downtime_ms: int = 0
+    message: str = ""
+    version: int = 0  # grows with every change, for watchers
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def domain(self) -> str:
+        return f"{self.namespace}_{self.name}"
+
+
+class MigrationBook:
+    """Records by id; ended ones are forgotten after ``retention`` seconds."""
+
+    def __init__(
+        self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._records: dict[str, MigrationRecord] = {}
+        self._changed = threading.Condition()
+        self._retention = retention
+        self._clock = clock
+
+    def add(self, record: MigrationRecord) -> MigrationRecord:
+        with self._changed:
+            self._prune()
+            self._records[record.id] = record
+            self._changed.notify_all()
+            return record
+
+    def update(self, migration_id: str, **changes: object) -> MigrationRecord:
+        """Change fields of a record; an ended one gets its end time."""
+        with self._changed:
+            record = self._require(migration_id)
+            if record.ended and "state" in changes:
+                return record  # the end is final (a late cancel or monitor update)
+            new = dataclasses.replace(record, **changes, version=record.version + 1)  # type: ignore[arg-type]
+            if new.ended and not new.ended_at:
+                new = dataclasses.replace(new, ended_at=self._clock())
+            self._records[migration_id] = new
+            self._changed.notify_all()
+            return new
+
+    def get(self, migration_id: str) -> MigrationRecord:
+        with self._changed:
+            return self._require(migration_id)
+
+    def find(self, migration_id: str) -> MigrationRecord | None:
+        with self._changed:
+            return self._records.get(migration_id)
+
+    def list(self, namespace: str = "", name: str = "") -> list[MigrationRecord]:
+        with self._changed:
+            self._prune()
+            records = [
+                r
+                for r in self._records.values()
+                if (not namespace or r.namespace == namespace) and (not name or r.name == name)
+            ]
+        return sorted(records, key=lambda r: r.started_at, reverse=True)
+
+    def active_for(self, domain: str, role: str) -> MigrationRecord | None:
+        """The migration of ``domain`` in ``role`` that has not ended, if any."""
+        with self._changed:
+            for record in self._records.values():
+                if record.domain == domain and record.role == role and not record.ended:
+                    return record
+        return None
+
+    def wait_change(self, migration_id: str, version: int, timeout: float) -> MigrationRecord:
+        """The record once its version is past ``version`` (or as it is after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                record = self._require(migration_id)
+                remaining = deadline - time.monotonic()
+                if record.version > version or remaining <= 0:
+                    return record
+                self._changed.wait(remaining)
+
+    def _require(self, migration_id: str) -> MigrationRecord:
+        record = self._records.get(migration_id)
+        if record is None:
+            raise NotFound(f"migration {migration_id!r} not found")
+        return record
+
+    def _prune(self) -> None:
+        cutoff = self._clock() - self._retention
+        for key in [k for k, r in self._records.items() if r.ended and r.ended_at < cutoff]:
+            del self._records[key]

@@ -1,0 +1,207 @@
+"""The target side of a live migration: prepare the node for an incoming VM, then adopt it
+or remove every trace of it.
+
+Prepare holds the VM's address, MAC and tap in the node's ledger and plumbs them (the tap
+must exist before QEMU opens it), creates its files (container disk overlays on the same
+image, empty disks for the storage copy to fill, the cloud-init seed rebuilt from the spec)
+and answers the domain definition with this node's paths. When the domain arrives, libvirt's
+events put it into the registry (its metadata carries spec and books); ``finish`` confirms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.domain.lifecycle import VMService
+from agent.domain.metadata import CorruptMetadata, parse_metadata
+from agent.errors import AlreadyExists, FailedPrecondition, InvalidSpec, ResourceExhausted
+from agent.migration.ports import PreparedTarget
+from agent.migration.records import TARGET, MigrationBook, MigrationRecord, State
+from agent.models import Bookkeeping, VMSpec
+from agent.naming import domain_name, vm_key
+from agent.ports import DomainState, Migrator
+
+__all__ = ["IncomingMigrations"]
+
+log = logging.getLogger(__name__)
+
+_ARRIVED = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    domain: str
+    spec: VMSpec
+    books: Bookkeeping
+    answer: PreparedTarget
+
+
+class IncomingMigrations:
+    """Migrations arriving on this node, at most ``max_inbound`` at once."""
+
+    def __init__(
+        self,
+        service: VMService,
+        migrator: Migrator,
+        book: MigrationBook,
+        *,
+        address: str,
+        max_inbound: int = 2,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.service = service
+        self.migrator = migrator
+        self.book = book
+        self.address = address
+        self.enabled = enabled
+        self._slots = threading.BoundedSemaphore(max_inbound)
+        self._max_inbound = max_inbound
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._incoming: dict[str, _Incoming] = {}
+
+    @property
+    def node_name(self) -> str:
+        return self.service.node_name
+
+    def prepare(
+        self, migration_id: str, metadata_xml: str, source_node: str, memory_bytes: int
+    ) -> PreparedTarget:
+        """Ready this node for the VM; a repeated call for the same migration answers again."""
+        with self._lock:
+            known = self._incoming.get(migration_id)
+        if known is not None:
+            return known.answer
+        spec, books = self._check(migration_id, metadata_xml, source_node)
+        domain = domain_name(spec.namespace, spec.name)
+        if not self._slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"node {self.node_name} takes {self._max_inbound} incoming migrations at once; "
+                "retry later"
+            )
+        self.book.add(
+            MigrationRecord(
+                id=migration_id, namespace=spec.namespace, name=spec.name, uid=spec.uid,
+                role=TARGET, state=State.PREPARING, source_node=source_node,
+                target_node=self.node_name, started_at=self._clock(),
+            )
+        )  # fmt: skip
+        try:
+            incoming = self._make_ready(migration_id, domain, spec, books)
+        except Exception as exc:
+            self._slots.release()
+            self.book.update(migration_id, state=State.FAILED, message=f"prepare: {exc}")
+            raise
+        with self._lock:
+            self._incoming[migration_id] = incoming
+        self.book.update(migration_id, state=State.RUNNING)
+        return incoming.answer
+
+    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> int:
+        """Adopt the VM (it arrived) or remove what prepare made; returns the downtime (ms)."""
+        with self._lock:
+            incoming = self._incoming.pop(migration_id, None)
+        if incoming is None:
+            self.book.get(migration_id)  # NotFound for an id never seen
+            return 0  # finished before (a retried call)
+        try:
+            return self._finish(migration_id, incoming, succeeded=succeeded, message=message)
+        finally:
+            self.service.steps.migrating.discard(incoming.domain)
+            self._slots.release()
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _check(
+        self, migration_id: str, metadata_xml: str, source_node: str
+    ) -> tuple[VMSpec, Bookkeeping]:
+        if not self.enabled:
+            raise FailedPrecondition(f"node {self.node_name} runs with --no-migration")
+        if not migration_id:
+            raise InvalidSpec("migration_id", "is required")
+        if source_node == self.node_name:
+            raise FailedPrecondition(
+                f"the target is node {self.node_name}, the VM's own node: pick another node"
+            )
+        try:
+            spec, books = parse_metadata(metadata_xml)
+        except (CorruptMetadata, ValueError) as exc:
+            raise InvalidSpec("metadata_xml", f"unreadable: {exc}") from exc
+        domain = domain_name(spec.namespace, spec.name)
+        if self.service.hv.lookup(domain) is not None:
+            raise AlreadyExists(f"vm {vm_key(domain)} already exists on node {self.node_name}")
+        return spec, books
+
+    def _make_ready(
+        self, migration_id: str, domain: str, spec: VMSpec, books: Bookkeeping
+    ) -> _Incoming:
+        service = self.service
+        books = dataclasses.replace(books, node_name=self.node_name)
+        books = dataclasses.replace(
+            books, network=service.network.adopt(domain, spec, books.network)
+        )
+        service.steps.migrating.add(domain)
+        try:
+            definition = service.steps.definition(domain, spec, books)
+            service.network.plug(domain, spec, books.network)
+        except Exception:
+            service.steps.migrating.discard(domain)
+            self._remove(domain, spec, books)
+            raise
+        answer = PreparedTarget(
+            libvirt_uri=f"qemu+tcp://{self.address}/system",
+            migration_uri=f"tcp://{self.address}",
+            node_name=self.node_name,
+            domain_xml=definition,
+        )
+        log.info("ready for incoming vm %s (migration %s)", spec.key, migration_id)
+        return _Incoming(domain, spec, books, answer)
+
+    def _finish(
+        self, migration_id: str, incoming: _Incoming, *, succeeded: bool, message: str
+    ) -> int:
+        domain = incoming.domain
+        info = self.service.hv.lookup(domain)
+        arrived = info is not None and info.state in _ARRIVED
+        if succeeded and arrived:
+            downtime = self.migrator.completed_downtime_ms(domain)
+            self.service.steps.migrating.discard(domain)
+            self.service.steps.refresh(domain)
+            self.book.update(migration_id, state=State.SUCCEEDED, downtime_ms=downtime)
+            log.info("vm %s arrived (migration %s)", vm_key(domain), migration_id)
+            return downtime
+        if arrived:
+            # The source reports a failure but the guest runs here (libvirt finished after
+            # all, or post-copy): keep it; removing it could lose the only copy.
+            log.error(
+                "migration %s failed (%s) but %s runs here; kept", migration_id, message, domain
+            )
+            self.service.steps.migrating.discard(domain)
+            self.service.steps.refresh(domain)
+            self.book.update(migration_id, state=State.FAILED, message=message)
+            return 0
+        self._remove(domain, incoming.spec, incoming.books)
+        if succeeded:
+            message = "the source reported success but the VM did not arrive here"
+        self.book.update(migration_id, state=State.FAILED, message=message)
+        return 0
+
+    def _remove(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+        """Everything prepare made for a VM that did not arrive (no domain is left here)."""
+        service = self.service
+        with contextlib.suppress(Exception):
+            if service.hv.lookup(domain) is not None:
+                return  # a domain of that name exists after all: its files are in use
+        try:
+            service.network.unplug(domain, spec, books.network)
+        except Exception:
+            log.exception("unplugging the incoming %s failed; reconcile removes it", domain)
+        service.files.remove(domain)
+        service.registry.remove(domain)

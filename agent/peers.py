@@ -1,0 +1,72 @@
+"""The target agent over gRPC, with this node's TLS settings (a MigrationTarget port)."""
+
+from __future__ import annotations
+
+from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
+from agent.client import AgentCallError, AgentClient, TLSOptions
+from agent.errors import AgentError, FailedPrecondition, ResourceExhausted, Unavailable
+from agent.migration.ports import PreparedTarget
+
+__all__ = ["GrpcTargetAgents"]
+
+_PREPARE_SECONDS = 600.0  # an image pull on the target may take a while
+
+
+class GrpcTarget:
+    """One target agent; errors become the agent's own, naming the target."""
+
+    def __init__(self, client: AgentClient, source_node: str) -> None:
+        self.client = client
+        self.source_node = source_node
+
+    def prepare(
+        self, migration_id: str, namespace: str, name: str, metadata_xml: str, memory_bytes: int
+    ) -> PreparedTarget:
+        request = mpb.PrepareMigrationTargetRequest(
+            migration_id=migration_id, namespace=namespace, name=name,
+            metadata_xml=metadata_xml, source_node=self.source_node, memory_bytes=memory_bytes,
+        )  # fmt: skip
+        try:
+            answer = self.client.prepare_migration_target(request, timeout=_PREPARE_SECONDS)
+        except AgentCallError as exc:
+            raise _error(exc, "preparing") from exc
+        return PreparedTarget(
+            libvirt_uri=answer.libvirt_uri,
+            migration_uri=answer.migration_uri,
+            node_name=answer.node_name,
+            domain_xml=answer.domain_xml,
+        )
+
+    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> int:
+        try:
+            reply = self.client.finish_migration_target(
+                migration_id, succeeded=succeeded, message=message
+            )
+        except AgentCallError as exc:
+            raise _error(exc, "finishing") from exc
+        return int(reply.downtime_ms)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class GrpcTargetAgents:
+    """Connects to target agents: TLS (with this node's certificate as client certificate)
+    when the node serves TLS, plaintext only when it runs with --insecure."""
+
+    def __init__(self, source_node: str, tls: TLSOptions | None) -> None:
+        self.source_node = source_node
+        self.tls = tls
+
+    def connect(self, address: str) -> GrpcTarget:
+        return GrpcTarget(AgentClient(address, tls=self.tls, timeout=30.0), self.source_node)
+
+
+def _error(exc: AgentCallError, doing: str) -> AgentError:
+    message = f"target agent {exc.target}: {doing} the migration: {exc.code.name}: {exc.message}"
+    name = exc.code.name
+    if name == "RESOURCE_EXHAUSTED":
+        return ResourceExhausted(message)
+    if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return Unavailable(message)
+    return FailedPrecondition(message)
