@@ -6,6 +6,7 @@ from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.client import AgentCallError, AgentClient, TLSOptions
 from agent.errors import AgentError, FailedPrecondition, ResourceExhausted, Unavailable
 from agent.migration.ports import PreparedTarget
+from agent.ports import JobSample
 
 __all__ = ["GrpcTargetAgents"]
 
@@ -37,14 +38,14 @@ class GrpcTarget:
             domain_xml=answer.domain_xml,
         )
 
-    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> int:
+    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
         try:
             reply = self.client.finish_migration_target(
                 migration_id, succeeded=succeeded, message=message
             )
         except AgentCallError as exc:
             raise _error(exc, "finishing") from exc
-        return int(reply.downtime_ms)
+        return int(reply.downtime_ms), progress_from_proto(reply.progress)
 
     def close(self) -> None:
         self.client.close()
@@ -60,6 +61,21 @@ class GrpcTargetAgents:
 
     def connect(self, address: str) -> GrpcTarget:
         return GrpcTarget(AgentClient(address, tls=self.tls, timeout=30.0), self.source_node)
+
+
+def progress_from_proto(message: mpb.MigrationProgress) -> JobSample:
+    return JobSample(
+        elapsed_ms=message.elapsed_ms,
+        data_total=message.data_total_bytes,
+        data_processed=message.data_processed_bytes,
+        data_remaining=message.data_remaining_bytes,
+        memory_iteration=message.memory_iteration,
+        memory_bps=message.memory_bandwidth_bytes_per_second,
+        disk_total=message.disk_total_bytes,
+        disk_processed=message.disk_processed_bytes,
+        page_size=1,  # dirty rate travels in bytes/s
+        dirty_rate=message.dirty_rate_bytes_per_second,
+    )
 
 
 def _error(exc: AgentCallError, doing: str) -> AgentError:

@@ -261,8 +261,9 @@ class Migrator(Protocol):
         """The running job's statistics; None when there is no job (yet, or any more)."""
         ...
 
-    def completed_downtime_ms(self, name: str) -> int:
-        """The guest's pause at the switch-over of the last completed migration (0: unknown)."""
+    def completed(self, name: str) -> tuple[int, JobSample]:
+        """The last completed migration of a domain: the guest's pause at the switch-over
+        (ms, 0: unknown) and its final statistics."""
         ...
 
     def abort(self, name: str) -> None: ...

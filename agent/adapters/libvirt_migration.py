@@ -89,15 +89,15 @@ class LibvirtMigration:
         except NotFound:
             return None  # undefined at the end of a successful migration
 
-    def completed_downtime_ms(self, name: str) -> int:
-        def read(dom: Any) -> int:
+    def completed(self, name: str) -> tuple[int, JobSample]:
+        def read(dom: Any) -> tuple[int, JobSample]:
             stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-            return int(stats.get("downtime", 0))
+            return int(stats.get("downtime", 0)), _sample(stats, post_copy=False)
 
         try:
             return self.hv.with_domain(name, "reading the completed job of", read)
         except (NotFound, FailedPrecondition):
-            return 0
+            return 0, JobSample()
 
     def abort(self, name: str) -> None:
         def abort(dom: Any) -> None:

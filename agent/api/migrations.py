@@ -15,6 +15,7 @@ from agent.errors import InvalidSpec
 from agent.migration.policy import ABORT, POST_COPY, MigrationOptions
 from agent.migration.records import SOURCE, MigrationRecord, State
 from agent.migration.service import Migrations
+from agent.ports import JobSample
 from agent.spec import validate_name
 
 __all__ = ["MigrationApi", "migration_to_proto", "options_from_proto"]
@@ -71,6 +72,21 @@ def _options_to_proto(options: MigrationOptions) -> mpb.MigrationOptions:
     )
 
 
+def progress_to_proto(sample: JobSample, allowed_downtime_ms: int = 0) -> mpb.MigrationProgress:
+    return mpb.MigrationProgress(
+        data_total_bytes=sample.data_total,
+        data_processed_bytes=sample.data_processed,
+        data_remaining_bytes=sample.data_remaining,
+        memory_iteration=sample.memory_iteration,
+        dirty_rate_bytes_per_second=sample.dirty_rate * sample.page_size,
+        memory_bandwidth_bytes_per_second=sample.memory_bps,
+        elapsed_ms=sample.elapsed_ms,
+        disk_total_bytes=sample.disk_total,
+        disk_processed_bytes=sample.disk_processed,
+        allowed_downtime_ms=allowed_downtime_ms,
+    )
+
+
 def migration_to_proto(record: MigrationRecord) -> mpb.Migration:
     sample = record.progress
     message = mpb.Migration(
@@ -84,18 +100,7 @@ def migration_to_proto(record: MigrationRecord) -> mpb.Migration:
         target_node=record.target_node,
         target_agent=record.target_agent,
         options=_options_to_proto(record.options),
-        progress=mpb.MigrationProgress(
-            data_total_bytes=sample.data_total,
-            data_processed_bytes=sample.data_processed,
-            data_remaining_bytes=sample.data_remaining,
-            memory_iteration=sample.memory_iteration,
-            dirty_rate_bytes_per_second=sample.dirty_rate * sample.page_size,
-            memory_bandwidth_bytes_per_second=sample.memory_bps,
-            elapsed_ms=sample.elapsed_ms,
-            disk_total_bytes=sample.disk_total,
-            disk_processed_bytes=sample.disk_processed,
-            allowed_downtime_ms=record.allowed_downtime_ms,
-        ),
+        progress=progress_to_proto(sample, record.allowed_downtime_ms),
         message=record.message,
         downtime_ms=record.downtime_ms,
     )
@@ -178,7 +183,9 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
 
     @grpc_errors
     def FinishMigrationTarget(self, request: Any, context: grpc.ServicerContext) -> Any:
-        downtime = self.migrations.finish(
+        downtime, final = self.migrations.finish(
             _id(request), succeeded=request.succeeded, message=request.message
         )
-        return mpb.FinishMigrationTargetResponse(downtime_ms=downtime)
+        return mpb.FinishMigrationTargetResponse(
+            downtime_ms=downtime, progress=progress_to_proto(final)
+        )

@@ -30,7 +30,6 @@ __all__ = [
     "POST_COPY",
     "Abort",
     "Decision",
-    "JobSample",
     "MigrationOptions",
     "Policy",
     "SetDowntime",

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.ports import JobSample
+
 __all__ = ["MigrationTarget", "PreparedTarget", "TargetAgents"]
 
 
@@ -26,8 +28,9 @@ class MigrationTarget(Protocol):
         self, migration_id: str, namespace: str, name: str, metadata_xml: str, memory_bytes: int
     ) -> PreparedTarget: ...
 
-    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> int:
-        """Tell the target how it ended; returns the downtime it measured (ms, 0: unknown)."""
+    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
+        """Tell the target how it ended; returns the downtime (ms, 0: unknown) and final
+        statistics it saw."""
         ...
 
     def close(self) -> None: ...

@@ -9,6 +9,7 @@ from agent.migration.ports import PreparedTarget
 from agent.migration.records import MigrationBook, MigrationRecord
 from agent.migration.source import OutgoingMigrations
 from agent.migration.target import IncomingMigrations
+from agent.ports import JobSample
 
 __all__ = ["Migrations"]
 
@@ -77,5 +78,5 @@ class Migrations:
     ) -> PreparedTarget:
         return self.incoming.prepare(migration_id, metadata_xml, source_node, memory_bytes)
 
-    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> int:
+    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
         return self.incoming.finish(migration_id, succeeded=succeeded, message=message)

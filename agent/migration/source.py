@@ -34,7 +34,7 @@ from agent.migration.ports import MigrationTarget, TargetAgents
 from agent.migration.records import SOURCE, MigrationBook, MigrationRecord, State
 from agent.models import Bookkeeping, Phase, VMSpec
 from agent.naming import domain_name, vm_key
-from agent.ports import DomainState, MigrationJob, Migrator
+from agent.ports import DomainState, JobSample, MigrationJob, Migrator
 
 __all__ = ["OutgoingMigrations"]
 
@@ -62,7 +62,7 @@ class OutgoingMigrations:
         *,
         max_outbound: int = 2,
         enabled: bool = True,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.5,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -224,12 +224,12 @@ class OutgoingMigrations:
                 copy_disks=migration_xml.copied_disks(spec, prepared.domain_xml),
             )
             error = self._run_job(migration_id, control, job, spec.memory_bytes)
+            self._conclude(migration_id, control, target, error, (spec, books))
         except Exception as exc:
             self._tell_target(target, migration_id, succeeded=False, message=str(exc))
             raise
         finally:
             target.close()
-        self._conclude(migration_id, control, target, error, (spec, books))
 
     def _run_job(self, migration_id: str, control: _Control, job: MigrationJob, size: int) -> str:
         """Migrate with the monitor running; returns "" on success, else why it failed."""
@@ -266,20 +266,23 @@ class OutgoingMigrations:
             state = State.CANCELLED if control.cancelled.is_set() else State.FAILED
             self._end(migration_id, state, "cancelled" if state == State.CANCELLED else error)
             return
-        downtime = self._tell_target(target, migration_id, succeeded=True, message="")
+        downtime, final = self._tell_target(target, migration_id, succeeded=True, message="")
         self._clean_source(record.domain, *vm)
-        self._end(migration_id, State.SUCCEEDED, "", downtime_ms=downtime)
+        changes: dict[str, object] = {"downtime_ms": downtime}
+        if final.data_processed:
+            changes["progress"] = final
+        self._end(migration_id, State.SUCCEEDED, "", **changes)
         log.info("vm %s migrated to %s", vm_key(record.domain), record.target_node)
 
     def _tell_target(
         self, target: MigrationTarget, migration_id: str, *, succeeded: bool, message: str
-    ) -> int:
+    ) -> tuple[int, JobSample]:
         try:
             return target.finish(migration_id, succeeded=succeeded, message=message)
         except Exception as exc:
             # The target cleans up what is left when it sees no domain arrive (restart).
             log.warning("telling the target how migration %s ended failed: %s", migration_id, exc)
-            return 0
+            return 0, JobSample()
 
     def _clean_source(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         """The guest runs on the target: remove what this node still has of it."""

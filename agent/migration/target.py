@@ -25,7 +25,7 @@ from agent.migration.ports import PreparedTarget
 from agent.migration.records import TARGET, MigrationBook, MigrationRecord, State
 from agent.models import Bookkeeping, VMSpec
 from agent.naming import domain_name, vm_key
-from agent.ports import DomainState, Migrator
+from agent.ports import DomainState, JobSample, Migrator
 
 __all__ = ["IncomingMigrations"]
 
@@ -104,13 +104,14 @@ class IncomingMigrations:
         self.book.update(migration_id, state=State.RUNNING)
         return incoming.answer
 
-    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> int:
-        """Adopt the VM (it arrived) or remove what prepare made; returns the downtime (ms)."""
+    def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
+        """Adopt the VM (it arrived) or remove what prepare made; returns the downtime (ms)
+        and libvirt's final statistics."""
         with self._lock:
             incoming = self._incoming.pop(migration_id, None)
         if incoming is None:
             self.book.get(migration_id)  # NotFound for an id never seen
-            return 0  # finished before (a retried call)
+            return 0, JobSample()  # finished before (a retried call)
         try:
             return self._finish(migration_id, incoming, succeeded=succeeded, message=message)
         finally:
@@ -166,17 +167,19 @@ class IncomingMigrations:
 
     def _finish(
         self, migration_id: str, incoming: _Incoming, *, succeeded: bool, message: str
-    ) -> int:
+    ) -> tuple[int, JobSample]:
         domain = incoming.domain
         info = self.service.hv.lookup(domain)
         arrived = info is not None and info.state in _ARRIVED
         if succeeded and arrived:
-            downtime = self.migrator.completed_downtime_ms(domain)
+            downtime, final = self.migrator.completed(domain)
             self.service.steps.migrating.discard(domain)
             self.service.steps.refresh(domain)
-            self.book.update(migration_id, state=State.SUCCEEDED, downtime_ms=downtime)
+            self.book.update(
+                migration_id, state=State.SUCCEEDED, downtime_ms=downtime, progress=final
+            )
             log.info("vm %s arrived (migration %s)", vm_key(domain), migration_id)
-            return downtime
+            return downtime, final
         if arrived:
             # The source reports a failure but the guest runs here (libvirt finished after
             # all, or post-copy): keep it; removing it could lose the only copy.
@@ -186,12 +189,12 @@ class IncomingMigrations:
             self.service.steps.migrating.discard(domain)
             self.service.steps.refresh(domain)
             self.book.update(migration_id, state=State.FAILED, message=message)
-            return 0
+            return 0, JobSample()
         self._remove(domain, incoming.spec, incoming.books)
         if succeeded:
             message = "the source reported success but the VM did not arrive here"
         self.book.update(migration_id, state=State.FAILED, message=message)
-        return 0
+        return 0, JobSample()
 
     def _remove(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         """Everything prepare made for a VM that did not arrive (no domain is left here)."""

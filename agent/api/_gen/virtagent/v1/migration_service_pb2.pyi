@@ -665,16 +665,22 @@ class FinishMigrationTargetResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     downtime_ms: _builtins.int
     """The guest's pause at the switch-over in ms, as libvirt measured it (0: unknown)."""
+    @_builtins.property
+    def progress(self) -> Global___MigrationProgress:
+        """libvirt's statistics of the completed migration (what was sent, how long it took)."""
+
     def __init__(
         self,
         *,
         downtime_ms: _builtins.int = ...,
+        progress: Global___MigrationProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,205 @@
+"""Live migration between two agents on two nodes in a box (issue 10).
+
+node-a (192.0.2.11) and node-b (192.0.2.12) share a world bridge; each runs libvirtd with a
+TCP listener and its own agent serving gRPC on its uplink address. Both agents use one VM
+network (10.250.0.0/16) with a pool of their own. ``MIGRATION_TEST_LOGS=1`` prints the
+agents' log tails after each test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
+from agent.api._gen.virtagent.v1 import vm_pb2
+from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from agent.client import AgentCallError, AgentClient
+from tests.system.agentproc import AgentProcess, guest_vm
+from tests.system.netbed import CIDR, DNS, nft_elements
+from tests.testbed.nodebox import GuestImage, NodeBox, TwoNodes
+from tests.testbed.wait import wait_for
+
+READY = "VIRT-AGENT-READY"
+PORT = 7443
+POOLS = {"node-a": "10.250.1.0/24", "node-b": "10.250.2.0/24"}
+UPTIME = re.compile(r"uptime=([\d.]+)")
+
+
+@dataclass
+class Pair:
+    nodes: TwoNodes
+    a: AgentProcess
+    b: AgentProcess
+
+    def client(self, agent: AgentProcess) -> AgentClient:
+        return AgentClient(f"unix:{agent.socket}", timeout=30)
+
+    def address(self, agent: AgentProcess) -> str:
+        return f"{agent.node.uplink_ip}:{PORT}"
+
+
+def _agent(node: NodeBox, guest: GuestImage, base: Path) -> AgentProcess:
+    args = ["--listen", f"{node.uplink_ip}:{PORT}", "--insecure", "--vm-cidr", CIDR]
+    args += ["--node-vm-pool", POOLS[node.name], "--dns", DNS]
+    return AgentProcess(node=node, guest=guest, dir=base / node.name, extra_args=args)
+
+
+@pytest.fixture
+def pair(two_nodes: TwoNodes, test_guest: GuestImage, tmp_path: Path) -> Iterator[Pair]:
+    a = _agent(two_nodes.a, test_guest, tmp_path)
+    b = _agent(two_nodes.b, test_guest, tmp_path)
+    a.start()
+    try:
+        b.start()
+        try:
+            yield Pair(two_nodes, a, b)
+        finally:
+            for agent in (a, b):
+                if os.environ.get("MIGRATION_TEST_LOGS"):
+                    print(f"--- {agent.node.name}\n{agent.log_tail(80)}")
+                if agent.proc is not None:
+                    agent.delete_all()
+            b.stop()
+    finally:
+        a.stop()
+
+
+def web_vm(name: str) -> dict[str, object]:
+    interfaces = [{"name": "default", "masquerade": {}, "ports": [{"port": 80}]}]
+    return guest_vm(name, interfaces=interfaces)
+
+
+def page(pair: Pair, node: NodeBox, node_port: int) -> str:
+    return pair.nodes.world.http_get(node.uplink_ip, node_port, timeout=5)
+
+
+def uptime(text: str) -> float:
+    found = UPTIME.search(text)
+    assert found, f"no uptime in the guest's page: {text!r}"
+    return float(found.group(1))
+
+
+def run_to_end(client: AgentClient, migration_id: str) -> list[mpb.Migration]:
+    updates = list(client.watch_migration(migration_id, timeout=240))
+    assert updates and updates[-1].state in (
+        mpb.MIGRATION_STATE_SUCCEEDED,
+        mpb.MIGRATION_STATE_FAILED,
+        mpb.MIGRATION_STATE_CANCELLED,
+    ), updates[-1:]
+    return updates
+
+
+def domains(node: NodeBox) -> str:
+    return str(node.exec(["virsh", "-c", node.libvirt_uri, "list", "--all", "--name"]).stdout)
+
+
+def links(node: NodeBox) -> str:
+    return str(node.exec(["ip", "-o", "link", "show"]).stdout)
+
+
+def test_a_running_guest_moves_to_the_other_node_and_keeps_its_address(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    a.apply(web_vm("mover"))
+    a.wait_console("mover", READY, timeout=150)
+    before = a.wait_phase("mover", vm_pb2.PHASE_RUNNING)
+    nic = before.status.interfaces[0]
+    ip, tap, node_port = nic.ip_addresses[0], nic.tap_name, nic.published_ports[0].node_port
+    assert ip.startswith("10.250.1.")  # from node-a's pool
+    uptime_before = uptime(page(pair, a.node, node_port))
+    console_before = a.console("mover")
+
+    with pair.client(a) as client:
+        started = client.migrate("default", "mover", pair.address(b))
+        assert started.id and started.state in (
+            mpb.MIGRATION_STATE_PENDING,
+            mpb.MIGRATION_STATE_PREPARING,
+            mpb.MIGRATION_STATE_RUNNING,
+        )
+        updates = run_to_end(client, started.id)
+        final = updates[-1]
+        assert final.state == mpb.MIGRATION_STATE_SUCCEEDED, final.message
+        assert final.target_node == "node-b" and final.source_node == "node-a"
+        assert any(u.progress.data_processed_bytes > 0 for u in updates), "no progress seen"
+        print(f"migration took {final.end_time.ToSeconds() - final.start_time.ToSeconds()} s, "
+              f"downtime {final.downtime_ms} ms, {len(updates)} watch updates")  # fmt: skip
+        assert [m.id for m in client.list_migrations()] == [started.id]
+
+    after = b.wait_phase("mover", vm_pb2.PHASE_RUNNING, timeout=30)
+    assert after.metadata.uid == before.metadata.uid
+    assert after.metadata.generation == before.metadata.generation
+    moved = after.status.interfaces[0]
+    assert list(moved.ip_addresses) == [ip] and moved.mac == nic.mac and moved.tap_name == tap
+    assert after.status.node_name == "node-b"
+    # No reboot: one boot on the source's console, none on the target's, uptime kept counting.
+    assert console_before.count(READY) == 1
+    assert READY not in b.console("mover")
+    uptime_after = uptime(page(pair, b.node, moved.published_ports[0].node_port))
+    assert uptime_after > uptime_before
+    # The target knows the migration too.
+    with pair.client(b) as client:
+        record = client.get_migration(started.id)
+        assert record.role == mpb.MIGRATION_ROLE_TARGET
+        assert record.state == mpb.MIGRATION_STATE_SUCCEEDED
+
+    # Nothing of it is left on node-a.
+    with pytest.raises(grpc.RpcError) as gone:
+        a.get("mover")
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "default_mover" not in domains(a.node)
+    assert tap not in links(a.node)
+    assert not (a.state_dir / "vms" / "default_mover").exists()
+    assert ip not in str(nft_elements(a.node))
+    assert ip in str(nft_elements(b.node)) and tap in links(b.node)
+
+
+def test_refusals_name_the_problem_and_change_nothing(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    a.apply(guest_vm("halted", run_strategy="Halted"))
+    with pair.client(a) as client:
+        for name, code in (("missing", "NOT_FOUND"), ("halted", "FAILED_PRECONDITION")):
+            with pytest.raises(AgentCallError) as refused:
+                client.migrate("default", name, pair.address(b))
+            assert refused.value.code.name == code, refused.value
+        with pytest.raises(AgentCallError) as bad:
+            client.migrate("default", "halted", pair.address(b), post_copy=True, auto_converge=True)
+        assert bad.value.code.name == "INVALID_ARGUMENT" and "post_copy" in bad.value.message
+        # the target refuses a VM coming from its own node
+        a.apply(web_vm("stay"))
+        a.wait_phase("stay", vm_pb2.PHASE_RUNNING, timeout=60)
+        to_self = client.migrate("default", "stay", pair.address(a))
+        final = run_to_end(client, to_self.id)[-1]
+        assert final.state == mpb.MIGRATION_STATE_FAILED and "own node" in final.message
+    assert a.wait_phase("stay", vm_pb2.PHASE_RUNNING, timeout=30)
+    assert not b.vms.ListVirtualMachines(pb.ListVirtualMachinesRequest(), timeout=10).vms
+
+
+def test_a_cancelled_migration_leaves_the_guest_running_on_the_source(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    a.apply(web_vm("slow"))
+    a.wait_console("slow", READY, timeout=150)
+    before = a.wait_phase("slow", vm_pb2.PHASE_RUNNING)
+    node_port = before.status.interfaces[0].published_ports[0].node_port
+    with pair.client(a) as client:
+        started = client.migrate("default", "slow", pair.address(b), bandwidth_mib=1)
+        wait_for(
+            lambda: client.get_migration(started.id).progress.data_processed_bytes > 0,
+            60,
+            0.2,
+            "the throttled migration to make progress",
+        )
+        assert a.get("slow").status.phase == vm_pb2.PHASE_MIGRATING
+        client.cancel_migration(started.id)
+        final = run_to_end(client, started.id)[-1]
+        assert final.state == mpb.MIGRATION_STATE_CANCELLED, final.message
+    assert a.wait_phase("slow", vm_pb2.PHASE_RUNNING, timeout=30)
+    assert uptime(page(pair, a.node, node_port)) > 0
+    wait_for(lambda: "default_slow" not in domains(b.node), 30, 0.3, "no domain on node-b")
+    assert not (b.state_dir / "vms" / "default_slow").exists()
+    assert before.status.interfaces[0].tap_name not in links(b.node)
