@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 
 from agent.domain.lifecycle import VMService
 from agent.domain.metadata import metadata_payload
-from agent.errors import AgentError, AlreadyExists, FailedPrecondition, InvalidSpec
+from agent.errors import (
+    AgentError,
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidSpec,
+    ResourceExhausted,
+)
 from agent.migration import xml as migration_xml
 from agent.migration.policy import (
     Abort,
@@ -30,7 +37,7 @@ from agent.migration.policy import (
     SetDowntime,
     StartPostCopy,
 )
-from agent.migration.ports import MigrationTarget, TargetAgents
+from agent.migration.ports import MigrationTarget, PreparedTarget, TargetAgents
 from agent.migration.records import SOURCE, MigrationBook, MigrationRecord, State
 from agent.models import Bookkeeping, Phase, VMSpec
 from agent.naming import domain_name, vm_key
@@ -177,6 +184,14 @@ class OutgoingMigrations:
                     return
                 with self.service.exclusive(record.domain, "migration"):
                     self._hold_and_migrate(migration_id, control)
+        except AgentError as exc:  # refused or failed for a reason it names
+            log.warning("migration %s of %s failed: %s", migration_id, vm_key(record.domain), exc)
+            cancelled = control.cancelled.is_set()
+            self._end(
+                migration_id,
+                State.CANCELLED if cancelled else State.FAILED,
+                "cancelled" if cancelled else str(exc),
+            )
         except Exception as exc:
             log.exception("migration %s of %s failed", migration_id, vm_key(record.domain))
             self._end(migration_id, State.FAILED, str(exc))
@@ -203,12 +218,8 @@ class OutgoingMigrations:
         live_xml, persistent_xml = self.migrator.migratable_xml(domain)
         target = self.agents.connect(record.target_agent)
         try:
-            prepared = target.prepare(
-                migration_id,
-                record.namespace,
-                record.name,
-                metadata_payload(spec, books),
-                spec.memory_bytes,
+            prepared = self._prepare_target(
+                target, record, metadata_payload(spec, books), spec.memory_bytes, control
             )
             self.book.update(migration_id, target_node=prepared.node_name)
             options = record.options
@@ -230,6 +241,26 @@ class OutgoingMigrations:
             raise
         finally:
             target.close()
+
+    def _prepare_target(
+        self,
+        target: MigrationTarget,
+        record: MigrationRecord,
+        metadata: str,
+        memory: int,
+        control: _Control,
+    ) -> PreparedTarget:
+        """The target's answer; while it is busy with other incoming migrations, Pending."""
+        delay = 1.0
+        while True:
+            try:
+                return target.prepare(record.id, record.namespace, record.name, metadata, memory)
+            except ResourceExhausted as exc:
+                self.book.update(record.id, state=State.PENDING, message=str(exc))
+                if control.cancelled.wait(delay):
+                    raise Conflict("cancelled while waiting for the target") from exc
+                delay = min(delay * 2, 10.0)
+                self.book.update(record.id, state=State.PREPARING, message="")
 
     def _run_job(self, migration_id: str, control: _Control, job: MigrationJob, size: int) -> str:
         """Migrate with the monitor running; returns "" on success, else why it failed."""

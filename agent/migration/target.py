@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 from agent.domain.lifecycle import VMService
 from agent.domain.metadata import CorruptMetadata, parse_metadata
-from agent.errors import AlreadyExists, FailedPrecondition, InvalidSpec, ResourceExhausted
+from agent.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidSpec,
+    ResourceExhausted,
+    Unavailable,
+)
 from agent.migration.ports import PreparedTarget
 from agent.migration.records import TARGET, MigrationBook, MigrationRecord, State
 from agent.models import Bookkeeping, VMSpec
@@ -32,6 +38,8 @@ __all__ = ["IncomingMigrations"]
 log = logging.getLogger(__name__)
 
 _ARRIVED = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
+_CLEANUP_RETRY_SECONDS = 2.0
+_CLEANUP_PATIENCE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +177,14 @@ class IncomingMigrations:
         self, migration_id: str, incoming: _Incoming, *, succeeded: bool, message: str
     ) -> tuple[int, JobSample]:
         domain = incoming.domain
-        info = self.service.hv.lookup(domain)
+        try:
+            info = self.service.hv.lookup(domain)
+        except Unavailable:
+            if succeeded:
+                raise  # the source retries; the guest is not seen here yet
+            self.book.update(migration_id, state=State.FAILED, message=message)
+            self._clean_when_back(incoming)
+            return 0, JobSample()
         arrived = info is not None and info.state in _ARRIVED
         if succeeded and arrived:
             downtime, final = self.migrator.completed(domain)
@@ -180,6 +195,11 @@ class IncomingMigrations:
             )
             log.info("vm %s arrived (migration %s)", vm_key(domain), migration_id)
             return downtime, final
+        if info is not None and info.state == DomainState.PAUSED:
+            # Still the half-received guest: libvirt removes it; clean up after that.
+            self.book.update(migration_id, state=State.FAILED, message=message)
+            self._clean_when_back(incoming)
+            return 0, JobSample()
         if arrived:
             # The source reports a failure but the guest runs here (libvirt finished after
             # all, or post-copy): keep it; removing it could lose the only copy.
@@ -195,6 +215,29 @@ class IncomingMigrations:
             message = "the source reported success but the VM did not arrive here"
         self.book.update(migration_id, state=State.FAILED, message=message)
         return 0, JobSample()
+
+    def _clean_when_back(self, incoming: _Incoming) -> None:
+        """libvirtd is down: once it answers again (and has killed the half-received guest,
+        as it does on restart), remove what prepare made; keep a guest that arrived."""
+
+        def run() -> None:
+            deadline = time.monotonic() + _CLEANUP_PATIENCE_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(_CLEANUP_RETRY_SECONDS)
+                try:
+                    info = self.service.hv.lookup(incoming.domain)
+                except Unavailable:
+                    continue
+                if info is None:
+                    self._remove(incoming.domain, incoming.spec, incoming.books)
+                    log.info("removed the preparations of %s", vm_key(incoming.domain))
+                    return
+                if info.state in (DomainState.RUNNING, DomainState.BLOCKED):
+                    self.service.steps.refresh(incoming.domain)  # arrived after all: keep it
+                    return
+            log.error("gave up cleaning the incoming %s; reconcile removes it", incoming.domain)
+
+        threading.Thread(target=run, name=f"incoming-cleanup-{incoming.domain}").start()
 
     def _remove(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         """Everything prepare made for a VM that did not arrive (no domain is left here)."""

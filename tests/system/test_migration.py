@@ -203,3 +203,66 @@ def test_a_cancelled_migration_leaves_the_guest_running_on_the_source(pair: Pair
     wait_for(lambda: "default_slow" not in domains(b.node), 30, 0.3, "no domain on node-b")
     assert not (b.state_dir / "vms" / "default_slow").exists()
     assert before.status.interfaces[0].tap_name not in links(b.node)
+
+
+def started_slow(pair: Pair, client: AgentClient, name: str, **options: object) -> str:
+    """A throttled migration of a booted guest, once it moves data; returns its id."""
+    pair.a.apply(web_vm(name))
+    pair.a.wait_console(name, READY, timeout=150)
+    pair.a.wait_phase(name, vm_pb2.PHASE_RUNNING)
+    started = client.migrate("default", name, pair.address(pair.b), bandwidth_mib=1, **options)  # type: ignore[arg-type]
+    wait_for(
+        lambda: client.get_migration(started.id).progress.data_processed_bytes > 0,
+        60,
+        0.2,
+        "the throttled migration to make progress",
+    )
+    return started.id
+
+
+def assert_stayed_on_a(pair: Pair, name: str, node_port: int) -> None:
+    assert pair.a.wait_phase(name, vm_pb2.PHASE_RUNNING, timeout=30)
+    assert uptime(page(pair, pair.a.node, node_port)) > 0
+    assert f"default_{name}" in domains(pair.a.node)
+
+
+def assert_b_clean(pair: Pair, name: str, tap: str, timeout: float = 60) -> None:
+    b = pair.b
+    wait_for(
+        lambda: (
+            f"default_{name}" not in domains(b.node)
+            and not (b.state_dir / "vms" / f"default_{name}").exists()
+            and tap not in links(b.node)
+        ),
+        timeout,
+        0.5,
+        f"node-b to have no domain, files or tap of {name}",
+    )
+
+
+def test_a_migration_out_of_time_is_aborted_and_the_guest_stays(pair: Pair) -> None:
+    with pair.client(pair.a) as client:
+        # 1 MiB/s for a 256 MiB guest cannot finish within 5 s per GiB (the minimum is 1 GiB)
+        migration_id = started_slow(pair, client, "late", completion_timeout_per_gib_seconds=5)
+        final = run_to_end(client, migration_id)[-1]
+    assert final.state == mpb.MIGRATION_STATE_FAILED
+    assert "completion timeout" in final.message, final.message
+    vm = pair.a.get("late")
+    nic = vm.status.interfaces[0]
+    assert_stayed_on_a(pair, "late", nic.published_ports[0].node_port)
+    assert_b_clean(pair, "late", nic.tap_name)
+
+
+def test_the_target_libvirtd_dying_fails_the_migration_and_b_is_cleaned_after(pair: Pair) -> None:
+    with pair.client(pair.a) as client:
+        migration_id = started_slow(pair, client, "orphan")
+        pair.b.node.stop_libvirtd()
+        try:
+            final = run_to_end(client, migration_id)[-1]
+        finally:
+            pair.b.node.start_daemons()
+    assert final.state == mpb.MIGRATION_STATE_FAILED and final.message, final
+    print(f"failure reason: {final.message}")
+    nic = pair.a.get("orphan").status.interfaces[0]
+    assert_stayed_on_a(pair, "orphan", nic.published_ports[0].node_port)
+    assert_b_clean(pair, "orphan", nic.tap_name, timeout=120)
