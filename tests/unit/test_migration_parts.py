@@ -1,0 +1,129 @@
+"""Migration pieces without libvirt: the target's definition, which disks are copied, the
+records and their watchers, the progress line of vmctl."""
+
+from __future__ import annotations
+
+import threading
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
+from agent.cli.migrate import progress_line
+from agent.errors import NotFound
+from agent.migration.records import MigrationBook, MigrationRecord, State
+from agent.migration.xml import copied_disks, for_target
+from agent.naming import METADATA_URI
+from agent.spec import parse_vm
+
+SOURCE = f"""<domain type='qemu'><name>default_web</name>
+<metadata><va:vm xmlns:va="{METADATA_URI}"><va:spec>source</va:spec></va:vm>
+<other xmlns="urn:x">kept</other></metadata>
+<os><type>hvm</type><kernel>/a/images/vmlinuz</kernel><initrd>/a/images/initrd</initrd></os>
+<devices>
+<disk type='file' device='disk'><source file='/a/vms/default_web/root.qcow2'/>
+<target dev='vda' bus='virtio'/><address type='pci' slot='0x04'/></disk>
+<disk type='file' device='cdrom'><source file='/a/vms/default_web/seed.iso'/>
+<target dev='sda' bus='sata'/><readonly/></disk>
+<serial type='pty'><log file='/a/vms/default_web/console.log' append='on'/></serial>
+</devices></domain>"""
+TARGET = f"""<domain type='qemu'><name>default_web</name>
+<metadata><va:vm xmlns:va="{METADATA_URI}"><va:spec>target</va:spec></va:vm></metadata>
+<os><type>hvm</type><kernel>/b/images/vmlinuz</kernel><initrd>/b/images/initrd</initrd></os>
+<devices>
+<disk type='file' device='disk'><source file='/b/vms/default_web/root.qcow2'/>
+<target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='cdrom'><source file='/b/vms/default_web/seed.iso'/>
+<target dev='sda' bus='sata'/><readonly/></disk>
+<serial type='pty'><log file='/b/vms/default_web/console.log' append='on'/></serial>
+</devices></domain>"""
+
+
+def test_the_target_gets_the_source_definition_with_its_own_paths_and_metadata() -> None:
+    moved = ET.fromstring(for_target(SOURCE, TARGET))
+    assert moved.findtext("os/kernel") == "/b/images/vmlinuz"
+    assert moved.findtext("os/initrd") == "/b/images/initrd"
+    sources = [d.find("source").get("file") for d in moved.iterfind("devices/disk")]  # type: ignore[union-attr]
+    assert sources == ["/b/vms/default_web/root.qcow2", "/b/vms/default_web/seed.iso"]
+    assert moved.find("devices/serial/log").get("file") == "/b/vms/default_web/console.log"  # type: ignore[union-attr]
+    # the guest's hardware stays: device addresses come from the source
+    assert moved.find("devices/disk/address").get("slot") == "0x04"  # type: ignore[union-attr]
+    spec = moved.findall(f"metadata/{{{METADATA_URI}}}vm/{{{METADATA_URI}}}spec")
+    assert [e.text for e in spec] == ["target"]
+    assert moved.findtext("metadata/{urn:x}other") == "kept"
+
+
+def test_only_the_vms_own_writable_disks_are_copied() -> None:
+    vm = parse_vm(
+        {
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "domain": {
+                            "memory": {"guest": "64Mi"},
+                            "devices": {
+                                "disks": [
+                                    {"name": "root", "disk": {}},
+                                    {"name": "seed", "cdrom": {"bus": "sata"}},
+                                ]
+                            },
+                        },
+                        "volumes": [
+                            {"name": "root", "emptyDisk": {"capacity": "1Gi"}},
+                            {"name": "seed", "cloudInitNoCloud": {"userData": "#cloud-config"}},
+                        ],
+                    }
+                }
+            },
+        }
+    )
+    assert copied_disks(vm, TARGET) == ("vda",)
+
+
+def record(**changes: object) -> MigrationRecord:
+    fields: dict[str, object] = {
+        "id": "m1", "namespace": "default", "name": "web", "uid": "u", "role": "source",
+        "state": State.PENDING, "source_node": "a", "started_at": 10.0,
+    }  # fmt: skip
+    fields.update(changes)
+    return MigrationRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_records_end_once_and_are_forgotten_after_the_retention() -> None:
+    now = [100.0]
+    book = MigrationBook(retention=60, clock=lambda: now[0])
+    book.add(record())
+    assert book.active_for("default_web", "source") is not None
+    ended = book.update("m1", state=State.FAILED, message="refused")
+    assert ended.ended_at == 100.0 and book.active_for("default_web", "source") is None
+    # a late monitor update cannot revive it
+    assert book.update("m1", state=State.RUNNING).state == State.FAILED
+    now[0] = 161.0
+    assert book.list() == []
+    with pytest.raises(NotFound, match="migration 'm1' not found"):
+        book.get("m1")
+
+
+def test_a_watcher_wakes_on_each_change() -> None:
+    book = MigrationBook()
+    first = book.add(record())
+    threading.Timer(0.05, lambda: book.update("m1", state=State.RUNNING)).start()
+    changed = book.wait_change("m1", first.version, timeout=10)
+    assert changed.state == State.RUNNING and changed.version > first.version
+
+
+def test_vmctl_progress_line() -> None:
+    migration = mpb.Migration(
+        state=mpb.MIGRATION_STATE_RUNNING,
+        progress=mpb.MigrationProgress(
+            data_total_bytes=256 << 20,
+            data_processed_bytes=128 << 20,
+            data_remaining_bytes=128 << 20,
+            memory_iteration=2,
+            dirty_rate_bytes_per_second=3 << 20,
+        ),
+    )
+    assert progress_line(migration) == (
+        "Running   [############............] 128/256 MiB, 128 MiB left, iteration 2, dirty 3 MiB/s"
+    )
