@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from agent.client import AgentCallError, AgentClient
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.netbed import CIDR, DNS, nft_elements
-from tests.testbed.nodebox import GuestImage, NodeBox, TwoNodes
+from tests.testbed.nodebox import GuestImage, NodeBox, TestbedError, TwoNodes
 from tests.testbed.wait import wait_for
 
 READY = "VIRT-AGENT-READY"
@@ -96,6 +98,43 @@ def run_to_end(client: AgentClient, migration_id: str) -> list[mpb.Migration]:
     return updates
 
 
+class Poller:
+    """Asks for the guest's page through each node (a thread each), as clients of both nodes
+    would, and keeps the times of the answers (to measure the gap at the switch-over)."""
+
+    def __init__(self, pair: Pair, node_port: int) -> None:
+        self.pair = pair
+        self.node_port = node_port
+        self.answers: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(node,), daemon=True)
+            for node in (pair.a.node, pair.b.node)
+        ]
+
+    def __enter__(self) -> Poller:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _run(self, node: NodeBox) -> None:
+        while not self._stop.is_set():
+            try:
+                self.pair.nodes.world.http_get(node.uplink_ip, self.node_port, timeout=0.5)
+            except TestbedError:
+                continue
+            self.answers.append((time.monotonic(), node.name))
+
+    def longest_gap(self) -> float:
+        times = sorted(t for t, _ in self.answers)
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
 def domains(node: NodeBox) -> str:
     return str(node.exec(["virsh", "-c", node.libvirt_uri, "list", "--all", "--name"]).stdout)
 
@@ -115,7 +154,7 @@ def test_a_running_guest_moves_to_the_other_node_and_keeps_its_address(pair: Pai
     uptime_before = uptime(page(pair, a.node, node_port))
     console_before = a.console("mover")
 
-    with pair.client(a) as client:
+    with pair.client(a) as client, Poller(pair, node_port) as poller:
         started = client.migrate("default", "mover", pair.address(b))
         assert started.id and started.state in (
             mpb.MIGRATION_STATE_PENDING,
@@ -130,6 +169,15 @@ def test_a_running_guest_moves_to_the_other_node_and_keeps_its_address(pair: Pai
         print(f"migration took {final.end_time.ToSeconds() - final.start_time.ToSeconds()} s, "
               f"downtime {final.downtime_ms} ms, {len(updates)} watch updates")  # fmt: skip
         assert [m.id for m in client.list_migrations()] == [started.id]
+        wait_for(
+            lambda: any(node == "node-b" for _, node in poller.answers),
+            30,
+            0.2,
+            "the guest's page to answer through node-b",
+        )
+    gap = poller.longest_gap()
+    print(f"a client polling the page saw the longest gap of {gap:.2f} s at the switch-over")
+    assert any(node == "node-a" for _, node in poller.answers)
 
     after = b.wait_phase("mover", vm_pb2.PHASE_RUNNING, timeout=30)
     assert after.metadata.uid == before.metadata.uid
