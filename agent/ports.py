@@ -244,6 +244,7 @@ class MigrationJob:
     auto_converge: bool = False
     post_copy: bool = False
     copy_disks: tuple[str, ...] = ()  # target devs (vda...) copied by incremental storage copy
+    shared_disks: bool = False  # host disks on storage both nodes share (libvirt cannot tell)
 
 
 class Migrator(Protocol):

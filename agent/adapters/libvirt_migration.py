@@ -64,6 +64,8 @@ class LibvirtMigration:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if job.post_copy:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        if job.shared_disks:
+            flags |= libvirt.VIR_MIGRATE_UNSAFE  # the caller vouches for its shared disks
         if job.copy_disks:
             # Incremental: the target has the same backing images; only the top layer moves.
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC

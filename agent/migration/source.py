@@ -233,6 +233,7 @@ class OutgoingMigrations:
                 auto_converge=options.auto_converge,
                 post_copy=options.post_copy,
                 copy_disks=migration_xml.copied_disks(spec, prepared.domain_xml),
+                shared_disks=migration_xml.has_shared_disks(spec),
             )
             error = self._run_job(migration_id, control, job, spec.memory_bytes)
             self._conclude(migration_id, control, target, error, (spec, books))

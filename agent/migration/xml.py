@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from agent.models import CloudInitNoCloud, HostDisk, VMSpec
+from agent.models import HostDisk, VMSpec
 from agent.naming import METADATA_KEY, METADATA_URI
 
-__all__ = ["copied_disks", "for_target"]
+__all__ = ["copied_disks", "for_target", "has_shared_disks"]
 
 
 def for_target(source_xml: str, target_xml: str) -> str:
@@ -40,17 +40,23 @@ def for_target(source_xml: str, target_xml: str) -> str:
 
 
 def copied_disks(spec: VMSpec, target_xml: str) -> tuple[str, ...]:
-    """Target devices of the disks libvirt must copy: writable ones on the VM's own files
-    (not host disks, which must be shared, and not cloud-init seeds, rebuilt on the target)."""
+    """Target devices of the disks libvirt must copy: every writable one on the VM's own
+    files (a writable cloud-init seed too: libvirt refuses to leave a writable disk behind
+    unless it is shared); host disks must be shared storage, the same path on both nodes."""
     volumes = {v.name: v.source for v in spec.volumes}
     elements = list(ET.fromstring(target_xml).iterfind("devices/disk"))
     copied = []
     for disk, element in zip(spec.disks, elements, strict=False):
         source = volumes.get(disk.name)
-        if isinstance(source, (HostDisk, CloudInitNoCloud)) or element.find("readonly") is not None:
+        if isinstance(source, HostDisk) or element.find("readonly") is not None:
             continue
         copied.append(_dev(element))
     return tuple(copied)
+
+
+def has_shared_disks(spec: VMSpec) -> bool:
+    """Whether the VM has host disks, which stay where they are (shared storage)."""
+    return any(isinstance(v.source, HostDisk) for v in spec.volumes)
 
 
 def _dev(disk: ET.Element | None) -> str:

@@ -24,8 +24,10 @@ from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from agent.client import AgentCallError, AgentClient
 from tests.system.agentproc import AgentProcess, guest_vm
+from tests.system.guest_exec import EXEC_USER_DATA, guest_exec
 from tests.system.netbed import CIDR, DNS, nft_elements
 from tests.testbed.nodebox import GuestImage, NodeBox, TestbedError, TwoNodes
+from tests.testbed.registry import LocalRegistry
 from tests.testbed.wait import wait_for
 
 READY = "VIRT-AGENT-READY"
@@ -47,16 +49,32 @@ class Pair:
         return f"{agent.node.uplink_ip}:{PORT}"
 
 
-def _agent(node: NodeBox, guest: GuestImage, base: Path) -> AgentProcess:
+def _agent(node: NodeBox, guest: GuestImage, test: str, extra: list[str]) -> AgentProcess:
+    """An agent of its own for one test, in the node's folder (QEMU's user reaches it)."""
     args = ["--listen", f"{node.uplink_ip}:{PORT}", "--insecure", "--vm-cidr", CIDR]
-    args += ["--node-vm-pool", POOLS[node.name], "--dns", DNS]
-    return AgentProcess(node=node, guest=guest, dir=base / node.name, extra_args=args)
+    args += ["--node-vm-pool", POOLS[node.name], "--dns", DNS, *extra]
+    return AgentProcess(node=node, guest=guest, dir=node.dir / "agents" / test, extra_args=args)
 
 
 @pytest.fixture
-def pair(two_nodes: TwoNodes, test_guest: GuestImage, tmp_path: Path) -> Iterator[Pair]:
-    a = _agent(two_nodes.a, test_guest, tmp_path)
-    b = _agent(two_nodes.b, test_guest, tmp_path)
+def registry(two_nodes: TwoNodes, tmp_path: Path) -> Iterator[LocalRegistry]:
+    """A registry in the world both nodes pull from."""
+    local = LocalRegistry.start(two_nodes.world, tmp_path / "registry")
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def pair(
+    two_nodes: TwoNodes, test_guest: GuestImage, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pair]:
+    extra: list[str] = []
+    if "registry" in request.fixturenames:
+        extra = ["--insecure-registry", request.getfixturevalue("registry").address]
+    a = _agent(two_nodes.a, test_guest, tmp_path.name, extra)
+    b = _agent(two_nodes.b, test_guest, tmp_path.name, extra)
     a.start()
     try:
         b.start()
@@ -314,3 +332,59 @@ def test_the_target_libvirtd_dying_fails_the_migration_and_b_is_cleaned_after(pa
     nic = pair.a.get("orphan").status.interfaces[0]
     assert_stayed_on_a(pair, "orphan", nic.published_ports[0].node_port)
     assert_b_clean(pair, "orphan", nic.tap_name, timeout=120)
+
+
+DATA = "MIGRATED-DATA-42"
+
+
+def disk_vm(name: str, image: str) -> dict[str, object]:
+    """BIOS boot from a containerDisk, an empty disk (serial DATA1) and a cloud-init seed that
+    installs the exec CGI."""
+    doc = web_vm(name)
+    instance = doc["spec"]["template"]["spec"]  # type: ignore[index]
+    del instance["domain"]["firmware"]
+    instance["domain"]["devices"]["disks"] = [
+        {"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1},
+        {"name": "data", "disk": {"bus": "virtio"}, "serial": "DATA1"},
+        {"name": "seed", "disk": {"bus": "virtio"}},
+    ]
+    instance["volumes"] = [
+        {"name": "root", "containerDisk": {"image": image}},
+        {"name": "data", "emptyDisk": {"capacity": "64Mi"}},
+        {"name": "seed", "cloudInitNoCloud": {"userData": EXEC_USER_DATA}},
+    ]
+    return doc
+
+
+FIND_DATA_DISK = (
+    'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = DATA1 ] && echo /dev/${d##*/}; done'
+)
+
+
+def test_a_container_disk_vm_migrates_with_the_data_on_its_empty_disk(
+    registry: LocalRegistry, pair: Pair, test_guest: GuestImage
+) -> None:
+    assert test_guest.disk is not None
+    registry.push(test_guest.disk, "containerdisks/guest")
+    a, b = pair.a, pair.b
+    a.apply(disk_vm("keeper", f"{registry.address}/containerdisks/guest:latest"))
+    a.wait_console("keeper", "VIRT-AGENT-USERDATA rc=0", timeout=240)
+    ip = a.wait_phase("keeper", vm_pb2.PHASE_RUNNING).status.interfaces[0].ip_addresses[0]
+    device = guest_exec(a.node, ip, FIND_DATA_DISK).output.strip()
+    assert device.startswith("/dev/vd"), device
+    wrote = guest_exec(a.node, ip, f"printf {DATA} | dd of={device} conv=fsync 2>&1; sync")
+    assert wrote.status == 0, wrote.output
+
+    with pair.client(a) as client:
+        started = client.migrate("default", "keeper", pair.address(b))
+        final = run_to_end(client, started.id)[-1]
+    assert final.state == mpb.MIGRATION_STATE_SUCCEEDED, final.message
+    b.wait_phase("keeper", vm_pb2.PHASE_RUNNING, timeout=30)
+    # read past the guest's page cache: the bytes come from node-b's copy of the disk
+    read = guest_exec(
+        b.node, ip, f"echo 3 > /proc/sys/vm/drop_caches; dd if={device} bs=16 count=1 2>/dev/null"
+    )
+    assert read.output.startswith(DATA), read.output
+    vm_dir = b.state_dir / "vms" / "default_keeper"
+    assert sorted(p.name.split("-")[0] for p in vm_dir.glob("*.qcow2")) == ["data", "root"]
+    assert not (a.state_dir / "vms" / "default_keeper").exists()

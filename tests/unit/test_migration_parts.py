@@ -78,7 +78,7 @@ def test_only_the_vms_own_writable_disks_are_copied() -> None:
             },
         }
     )
-    assert copied_disks(vm, TARGET) == ("vda",)
+    assert copied_disks(vm, TARGET) == ("vda",)  # the seed is a read-only cdrom here
 
 
 def record(**changes: object) -> MigrationRecord:
