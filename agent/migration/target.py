@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _ARRIVED = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
 _CLEANUP_RETRY_SECONDS = 2.0
 _CLEANUP_PATIENCE_SECONDS = 600.0
+_FOLLOW_SECONDS = 2.0
+_ARRIVAL_PATIENCE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,8 @@ class IncomingMigrations:
         self._clock = clock
         self._lock = threading.Lock()
         self._incoming: dict[str, _Incoming] = {}
+        self.follow_interval = _FOLLOW_SECONDS
+        self.arrival_patience = _ARRIVAL_PATIENCE_SECONDS
 
     @property
     def node_name(self) -> str:
@@ -110,6 +114,9 @@ class IncomingMigrations:
         with self._lock:
             self._incoming[migration_id] = incoming
         self.book.update(migration_id, state=State.RUNNING)
+        threading.Thread(
+            target=self._follow, args=(migration_id,), name=f"incoming-{domain}", daemon=True
+        ).start()
         return incoming.answer
 
     def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
@@ -125,6 +132,32 @@ class IncomingMigrations:
         finally:
             self.service.steps.migrating.discard(incoming.domain)
             self._slots.release()
+
+    def _follow(self, migration_id: str) -> None:
+        """End the migration on this side if the source does not (its agent died): adopt the
+        guest once it runs here, clean up once its half-received domain is gone, or when no
+        domain came at all within the patience."""
+        seen = False
+        deadline = time.monotonic() + self.arrival_patience
+        while True:
+            time.sleep(self.follow_interval)
+            with self._lock:
+                incoming = self._incoming.get(migration_id)
+            if incoming is None:
+                return  # the source told us
+            try:
+                info = self.service.hv.lookup(incoming.domain)
+            except Unavailable:
+                continue  # libvirtd is away; it kills a half-received guest when it is back
+            if info is not None and info.state in (DomainState.RUNNING, DomainState.BLOCKED):
+                self.finish(migration_id, succeeded=True, message="")
+                return
+            seen = seen or info is not None
+            if (seen and info is None) or (not seen and time.monotonic() > deadline):
+                why = "went away" if seen else "never came"
+                message = f"the incoming domain {why} and the source did not say why"
+                self.finish(migration_id, succeeded=False, message=message)
+                return
 
     # -- steps ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -388,3 +389,37 @@ def test_a_container_disk_vm_migrates_with_the_data_on_its_empty_disk(
     vm_dir = b.state_dir / "vms" / "default_keeper"
     assert sorted(p.name.split("-")[0] for p in vm_dir.glob("*.qcow2")) == ["data", "root"]
     assert not (a.state_dir / "vms" / "default_keeper").exists()
+
+
+def running_here(agent: AgentProcess, name: str) -> bool:
+    state = agent.node.exec(["virsh", "-c", agent.node.libvirt_uri, "domstate", f"default_{name}"])
+    return state.returncode == 0 and state.stdout.strip() == "running"
+
+
+def test_the_source_agent_dying_mid_way_leaves_exactly_one_running_copy(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    with pair.client(a) as client:
+        migration_id = started_slow(pair, client, "lonely")
+        client.update_migration(migration_id, bandwidth_mib=8)
+    a.stop(signal.SIGKILL)
+    # libvirtd finishes (or aborts) the migration without the agent; node-b's agent follows
+    with pair.client(b) as client:
+        final = wait_for(
+            lambda: (m := client.get_migration(migration_id)).end_time.seconds and m,
+            180,
+            0.5,
+            "node-b to see the migration end",
+        )
+    on_a, on_b = running_here(a, "lonely"), running_here(b, "lonely")
+    print(f"after the source agent died: {mpb.MigrationState.Name(final.state)} on node-b")
+    assert on_a != on_b, (on_a, on_b)
+    if on_b:
+        assert final.state == mpb.MIGRATION_STATE_SUCCEEDED
+        assert b.get("lonely").status.phase == vm_pb2.PHASE_RUNNING
+    a.start()
+    if on_b:  # the restarted source does not show (or start) the guest that left
+        with pytest.raises(grpc.RpcError):
+            a.get("lonely")
+    else:
+        assert a.wait_phase("lonely", vm_pb2.PHASE_RUNNING, timeout=30)
+        assert_b_clean(pair, "lonely", a.get("lonely").status.interfaces[0].tap_name)
