@@ -23,6 +23,7 @@ import pytest
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from agent.cli.main import main as vmctl_main
 from agent.client import AgentCallError, AgentClient
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.guest_exec import EXEC_USER_DATA, guest_exec
@@ -247,7 +248,9 @@ def test_refusals_name_the_problem_and_change_nothing(pair: Pair) -> None:
     assert not b.vms.ListVirtualMachines(pb.ListVirtualMachinesRequest(), timeout=10).vms
 
 
-def test_a_cancelled_migration_leaves_the_guest_running_on_the_source(pair: Pair) -> None:
+def test_a_cancelled_migration_leaves_the_guest_running_on_the_source(
+    pair: Pair, capsys: pytest.CaptureFixture[str]
+) -> None:
     a, b = pair.a, pair.b
     a.apply(web_vm("slow"))
     a.wait_console("slow", READY, timeout=150)
@@ -262,8 +265,15 @@ def test_a_cancelled_migration_leaves_the_guest_running_on_the_source(pair: Pair
             "the throttled migration to make progress",
         )
         assert a.get("slow").status.phase == vm_pb2.PHASE_MIGRATING
-        client.cancel_migration(started.id)
+        with pytest.raises(AgentCallError) as busy:  # the VM is held while it moves
+            client.stop("default", "slow", force=True)
+        assert busy.value.code.name == "ABORTED" and "migration" in busy.value.message
+        vmctl = ["--agent", f"unix:{a.socket}"]
+        assert vmctl_main([*vmctl, "migrate", "--cancel", started.id]) == 0
         final = run_to_end(client, started.id)[-1]
+        assert vmctl_main([*vmctl, "migrations"]) == 0
+        listed = capsys.readouterr().out
+        assert f"{started.id}  default/slow" in listed and "Cancelled" in listed, listed
         assert final.state == mpb.MIGRATION_STATE_CANCELLED, final.message
     assert a.wait_phase("slow", vm_pb2.PHASE_RUNNING, timeout=30)
     assert uptime(page(pair, a.node, node_port)) > 0
