@@ -124,9 +124,9 @@ class IncomingMigrations:
         and libvirt's final statistics."""
         with self._lock:
             incoming = self._incoming.pop(migration_id, None)
-        if incoming is None:
-            self.book.get(migration_id)  # NotFound for an id never seen
-            return 0, JobSample()  # finished before (a retried call)
+        if incoming is None:  # finished before (a retried call, or it followed on its own)
+            done = self.book.get(migration_id)  # NotFound for an id never seen
+            return done.downtime_ms, done.progress
         try:
             return self._finish(migration_id, incoming, succeeded=succeeded, message=message)
         finally:
