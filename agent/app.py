@@ -322,6 +322,8 @@ def _migrations(
         book,
         address=address,
         max_inbound=settings.max_inbound_migrations,
+        host=PsutilHostProbe(),
+        reserved_memory=settings.reserved_memory,
         enabled=settings.migration and bool(address),
     )
     return Migrations(book, outgoing, incoming)

@@ -11,6 +11,7 @@ from agent.ports import JobSample
 __all__ = ["GrpcTargetAgents"]
 
 _PREPARE_SECONDS = 600.0  # an image pull on the target may take a while
+_CALL_SECONDS = 15.0
 
 
 class GrpcTarget:
@@ -23,6 +24,7 @@ class GrpcTarget:
     def prepare(
         self, migration_id: str, namespace: str, name: str, metadata_xml: str, memory_bytes: int
     ) -> PreparedTarget:
+        self._check_reachable()
         request = mpb.PrepareMigrationTargetRequest(
             migration_id=migration_id, namespace=namespace, name=name,
             metadata_xml=metadata_xml, source_node=self.source_node, memory_bytes=memory_bytes,
@@ -37,6 +39,18 @@ class GrpcTarget:
             node_name=answer.node_name,
             domain_xml=answer.domain_xml,
         )
+
+    def _check_reachable(self) -> None:
+        """A quick call first: an unreachable target fails in seconds, not at the long
+        deadline a prepare (which may pull an image) has."""
+        try:
+            node = self.client.node()
+        except AgentCallError as exc:
+            raise _error(exc, "reaching") from exc
+        if node.name == self.source_node:
+            raise FailedPrecondition(
+                f"target agent {self.client.target} runs on node {node.name}, the VM's own node"
+            )
 
     def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
         try:
@@ -60,7 +74,8 @@ class GrpcTargetAgents:
         self.tls = tls
 
     def connect(self, address: str) -> GrpcTarget:
-        return GrpcTarget(AgentClient(address, tls=self.tls, timeout=30.0), self.source_node)
+        client = AgentClient(address, tls=self.tls, timeout=_CALL_SECONDS, retries=2)
+        return GrpcTarget(client, self.source_node)
 
 
 def progress_from_proto(message: mpb.MigrationProgress) -> JobSample:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from agent.domain.lifecycle import VMService
 from agent.domain.metadata import CorruptMetadata, parse_metadata
+from agent.domain.status import ACTIVE_PHASES
 from agent.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -31,7 +32,7 @@ from agent.migration.ports import PreparedTarget
 from agent.migration.records import TARGET, MigrationBook, MigrationRecord, State
 from agent.models import Bookkeeping, VMSpec
 from agent.naming import domain_name, vm_key
-from agent.ports import DomainState, JobSample, Migrator
+from agent.ports import DomainState, HostProbe, JobSample, Migrator
 
 __all__ = ["IncomingMigrations"]
 
@@ -64,6 +65,8 @@ class IncomingMigrations:
         address: str,
         max_inbound: int = 2,
         enabled: bool = True,
+        host: HostProbe | None = None,
+        reserved_memory: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
@@ -71,6 +74,8 @@ class IncomingMigrations:
         self.book = book
         self.address = address
         self.enabled = enabled
+        self.host = host
+        self.reserved_memory = reserved_memory
         self._slots = threading.BoundedSemaphore(max_inbound)
         self._max_inbound = max_inbound
         self._clock = clock
@@ -92,6 +97,7 @@ class IncomingMigrations:
         if known is not None:
             return known.answer
         spec, books = self._check(migration_id, metadata_xml, source_node)
+        self._check_memory(spec)
         domain = domain_name(spec.namespace, spec.name)
         if not self._slots.acquire(blocking=False):
             raise ResourceExhausted(
@@ -180,6 +186,25 @@ class IncomingMigrations:
         if self.service.hv.lookup(domain) is not None:
             raise AlreadyExists(f"vm {vm_key(domain)} already exists on node {self.node_name}")
         return spec, books
+
+    def _check_memory(self, spec: VMSpec) -> None:
+        """FailedPrecondition unless the node's allocatable memory holds the VM besides the
+        VMs it runs (the same allocatable NodeService reports)."""
+        if self.host is None:
+            return
+        allocatable = self.host.facts().memory_bytes - self.reserved_memory
+        used = sum(
+            r.spec.memory_bytes
+            for r in self.service.registry.records()
+            if r.status.phase in ACTIVE_PHASES
+        )
+        if used + spec.memory_bytes > allocatable:
+            mib = 1 << 20
+            raise FailedPrecondition(
+                f"node {self.node_name} cannot take vm {spec.key}: it needs "
+                f"{spec.memory_bytes // mib} MiB, {max(0, allocatable - used) // mib} MiB of "
+                f"{allocatable // mib} MiB allocatable are free"
+            )
 
     def _make_ready(
         self, migration_id: str, domain: str, spec: VMSpec, books: Bookkeeping

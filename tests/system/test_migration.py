@@ -244,6 +244,11 @@ def test_refusals_name_the_problem_and_change_nothing(pair: Pair) -> None:
         to_self = client.migrate("default", "stay", pair.address(a))
         final = run_to_end(client, to_self.id)[-1]
         assert final.state == mpb.MIGRATION_STATE_FAILED and "own node" in final.message
+        # nobody answers at the target address
+        lost = client.migrate("default", "stay", f"192.0.2.99:{PORT}")
+        final = run_to_end(client, lost.id)[-1]
+        assert final.state == mpb.MIGRATION_STATE_FAILED
+        assert "192.0.2.99" in final.message and "UNAVAILABLE" in final.message, final.message
     assert a.wait_phase("stay", vm_pb2.PHASE_RUNNING, timeout=30)
     assert not b.vms.ListVirtualMachines(pb.ListVirtualMachinesRequest(), timeout=10).vms
 
@@ -265,6 +270,9 @@ def test_a_cancelled_migration_leaves_the_guest_running_on_the_source(
             "the throttled migration to make progress",
         )
         assert a.get("slow").status.phase == vm_pb2.PHASE_MIGRATING
+        with pytest.raises(AgentCallError) as again:
+            client.migrate("default", "slow", pair.address(b))
+        assert again.value.code.name == "ALREADY_EXISTS" and started.id in again.value.message
         with pytest.raises(AgentCallError) as busy:  # the VM is held while it moves
             client.stop("default", "slow", force=True)
         assert busy.value.code.name == "ABORTED" and "migration" in busy.value.message

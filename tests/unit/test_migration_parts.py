@@ -127,3 +127,35 @@ def test_vmctl_progress_line() -> None:
     assert progress_line(migration) == (
         "Running   [############............] 128/256 MiB, 128 MiB left, iteration 2, dirty 3 MiB/s"
     )
+
+
+def test_the_target_refuses_a_vm_its_free_memory_cannot_hold() -> None:
+    from types import SimpleNamespace
+
+    from agent.errors import FailedPrecondition
+    from agent.migration.target import IncomingMigrations
+    from agent.models import Phase
+    from agent.ports import HostFacts
+
+    running = SimpleNamespace(
+        spec=SimpleNamespace(memory_bytes=3 << 30), status=SimpleNamespace(phase=Phase.RUNNING)
+    )
+    stopped = SimpleNamespace(
+        spec=SimpleNamespace(memory_bytes=8 << 30), status=SimpleNamespace(phase=Phase.STOPPED)
+    )
+    service = SimpleNamespace(
+        node_name="node-b", registry=SimpleNamespace(records=lambda: [running, stopped])
+    )
+    host = SimpleNamespace(facts=lambda: HostFacts("node-b", 4, 8 << 30, "qemu64"))
+    incoming = IncomingMigrations(
+        service,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        MigrationBook(),
+        address="192.0.2.12",
+        host=host,  # type: ignore[arg-type]
+        reserved_memory=1 << 30,
+    )
+    fits = SimpleNamespace(memory_bytes=4 << 30, key="default/web")
+    incoming._check_memory(fits)  # type: ignore[arg-type]
+    with pytest.raises(FailedPrecondition, match=r"needs 5120 MiB, 4096 MiB of 7168 MiB"):
+        incoming._check_memory(SimpleNamespace(memory_bytes=5 << 30, key="default/web"))  # type: ignore[arg-type]
