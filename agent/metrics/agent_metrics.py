@@ -4,8 +4,8 @@ Only this package imports prometheus_client; the gRPC interceptor, the VM servic
 puller, nftables and DHCP call the functions below. Label values are bounded: gRPC method
 names, status code names, verbs and outcomes from fixed sets, never VM names or user input.
 
-Migration metrics (``virt_agent_migrations_total{outcome}``, a duration histogram) belong
-here once live migration lands; there is nothing to count before that.
+Migrations: ``virt_agent_migrations_total{role,outcome}`` and their duration, counted by
+``agent.migration.records`` when a migration ends on either side.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "grpc_call",
     "image_pull",
     "libvirt_connection",
+    "migration_ended",
     "nft_transaction",
     "operation",
     "scrape_finished",
@@ -76,6 +77,20 @@ IMAGE_PULL_SECONDS = Histogram(
     "virt_agent_image_pull_duration_seconds",
     "Duration of container disk pulls, by outcome.",
     ["outcome"],
+    buckets=_PULL_BUCKETS,
+    registry=REGISTRY,
+)
+MIGRATIONS = Counter(
+    "virt_agent_migrations",
+    "Live migrations that ended, by role (source, target) and outcome (succeeded, failed, "
+    "cancelled).",
+    ["role", "outcome"],
+    registry=REGISTRY,
+)
+MIGRATION_SECONDS = Histogram(
+    "virt_agent_migration_duration_seconds",
+    "Duration of live migrations from request to end, by role and outcome.",
+    ["role", "outcome"],
     buckets=_PULL_BUCKETS,
     registry=REGISTRY,
 )
@@ -160,6 +175,12 @@ def nft_transaction(ok: bool) -> None:
 
 def dhcp_lease() -> None:
     DHCP_LEASES.inc()
+
+
+def migration_ended(role: str, outcome: str, seconds: float) -> None:
+    """One migration ended: ``role`` source/target, ``outcome`` succeeded/failed/cancelled."""
+    MIGRATIONS.labels(role, outcome).inc()
+    MIGRATION_SECONDS.labels(role, outcome).observe(max(0.0, seconds))
 
 
 class _LibvirtLink:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.errors import NotFound
 from agent.migration.policy import MigrationOptions
 from agent.ports import JobSample
@@ -92,6 +93,9 @@ class MigrationBook:
             new = dataclasses.replace(record, **changes, version=record.version + 1)  # type: ignore[arg-type]
             if new.ended and not new.ended_at:
                 new = dataclasses.replace(new, ended_at=self._clock())
+                agent_metrics.migration_ended(
+                    new.role, new.state.lower(), new.ended_at - new.started_at
+                )
             self._records[migration_id] = new
             self._changed.notify_all()
             return new

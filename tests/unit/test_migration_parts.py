@@ -11,6 +11,7 @@ import pytest
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.cli.migrate import progress_line
 from agent.errors import NotFound
+from agent.metrics.agent_metrics import REGISTRY
 from agent.migration.records import MigrationBook, MigrationRecord, State
 from agent.migration.xml import copied_disks, for_target
 from agent.naming import METADATA_URI
@@ -95,8 +96,11 @@ def test_records_end_once_and_are_forgotten_after_the_retention() -> None:
     book = MigrationBook(retention=60, clock=lambda: now[0])
     book.add(record())
     assert book.active_for("default_web", "source") is not None
+    labels = {"role": "source", "outcome": "failed"}
+    counted = REGISTRY.get_sample_value("virt_agent_migrations_total", labels) or 0.0
     ended = book.update("m1", state=State.FAILED, message="refused")
     assert ended.ended_at == 100.0 and book.active_for("default_web", "source") is None
+    assert REGISTRY.get_sample_value("virt_agent_migrations_total", labels) == counted + 1
     # a late monitor update cannot revive it
     assert book.update("m1", state=State.RUNNING).state == State.FAILED
     now[0] = 161.0
