@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from agent.cli.main import main as vmctl_main
-from agent.client import AgentCallError, AgentClient
+from agent.client import AgentCallError, AgentClient, TLSOptions
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.guest_exec import EXEC_USER_DATA, guest_exec
 from tests.system.netbed import CIDR, DNS, nft_elements
@@ -51,9 +52,16 @@ class Pair:
         return f"{agent.node.uplink_ip}:{PORT}"
 
 
-def _agent(node: NodeBox, guest: GuestImage, test: str, extra: list[str]) -> AgentProcess:
-    """An agent of its own for one test, in the node's folder (QEMU's user reaches it)."""
-    args = ["--listen", f"{node.uplink_ip}:{PORT}", "--insecure", "--vm-cidr", CIDR]
+def _agent(
+    node: NodeBox, guest: GuestImage, test: str, extra: list[str], tls: Path | None
+) -> AgentProcess:
+    """An agent of its own for one test, in the node's folder (QEMU's user reaches it);
+    plaintext gRPC, or mutual TLS with the certificates in ``tls``."""
+    secure = ["--insecure"]
+    if tls is not None:
+        secure = ["--tls-cert", str(tls / f"{node.name}.pem"), "--tls-key"]
+        secure += [str(tls / f"{node.name}.key"), "--tls-client-ca", str(tls / "ca.pem")]
+    args = ["--listen", f"{node.uplink_ip}:{PORT}", *secure, "--vm-cidr", CIDR]
     args += ["--node-vm-pool", POOLS[node.name], "--dns", DNS, *extra]
     return AgentProcess(node=node, guest=guest, dir=node.dir / "agents" / test, extra_args=args)
 
@@ -68,6 +76,28 @@ def registry(two_nodes: TwoNodes, tmp_path: Path) -> Iterator[LocalRegistry]:
         local.stop()
 
 
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Path:
+    """A CA and one certificate per node for its uplink address (server and client use)."""
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=migration-test-ca", cwd=folder)  # fmt: skip
+    for name, address in (("node-a", "192.0.2.11"), ("node-b", "192.0.2.12")):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
+        (folder / f"{name}.ext").write_text(f"subjectAltName=IP:{address}\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "1", "-out", f"{name}.pem",
+                 "-extfile", f"{name}.ext", cwd=folder)  # fmt: skip
+    return folder
+
+
 @pytest.fixture
 def pair(
     two_nodes: TwoNodes, test_guest: GuestImage, tmp_path: Path, request: pytest.FixtureRequest
@@ -75,8 +105,11 @@ def pair(
     extra: list[str] = []
     if "registry" in request.fixturenames:
         extra = ["--insecure-registry", request.getfixturevalue("registry").address]
-    a = _agent(two_nodes.a, test_guest, tmp_path.name, extra)
-    b = _agent(two_nodes.b, test_guest, tmp_path.name, extra)
+    tls = (
+        request.getfixturevalue("certificates") if "certificates" in request.fixturenames else None
+    )
+    a = _agent(two_nodes.a, test_guest, tmp_path.name, extra, tls)
+    b = _agent(two_nodes.b, test_guest, tmp_path.name, extra, tls)
     a.start()
     try:
         b.start()
@@ -441,3 +474,24 @@ def test_the_source_agent_dying_mid_way_leaves_exactly_one_running_copy(pair: Pa
     else:
         assert a.wait_phase("lonely", vm_pb2.PHASE_RUNNING, timeout=30)
         assert_b_clean(pair, "lonely", a.get("lonely").status.interfaces[0].tap_name)
+
+
+def test_agents_serving_mutual_tls_migrate_with_their_certificates(
+    certificates: Path, pair: Pair
+) -> None:
+    a, b = pair.a, pair.b
+    a.apply(web_vm("sealed"))
+    a.wait_phase("sealed", vm_pb2.PHASE_RUNNING, timeout=60)
+    # a client without a certificate is turned away by node-b ...
+    with (
+        AgentClient(pair.address(b), timeout=5, retries=0, tls=TLSOptions(
+            ca_file=str(certificates / "ca.pem"))) as stranger,
+        pytest.raises(AgentCallError),
+    ):  # fmt: skip
+        stranger.node()
+    # ... while node-a's agent presents its own and is let in
+    with pair.client(a) as client:
+        started = client.migrate("default", "sealed", pair.address(b))
+        final = run_to_end(client, started.id)[-1]
+    assert final.state == mpb.MIGRATION_STATE_SUCCEEDED, final.message
+    assert b.wait_phase("sealed", vm_pb2.PHASE_RUNNING, timeout=30)
