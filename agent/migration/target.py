@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.disks.hostdisk import host_disk_path
 from agent.domain.lifecycle import VMService
 from agent.domain.metadata import CorruptMetadata, parse_metadata
 from agent.domain.status import ACTIVE_PHASES
@@ -30,7 +31,7 @@ from agent.errors import (
 )
 from agent.migration.ports import PreparedTarget
 from agent.migration.records import TARGET, MigrationBook, MigrationRecord, State
-from agent.models import Bookkeeping, VMSpec
+from agent.models import Bookkeeping, HostDisk, VMSpec
 from agent.naming import domain_name, vm_key
 from agent.ports import DomainState, HostProbe, JobSample, Migrator
 
@@ -98,6 +99,7 @@ class IncomingMigrations:
             return known.answer
         spec, books = self._check(migration_id, metadata_xml, source_node)
         self._check_memory(spec)
+        self._check_host_disks(spec)
         domain = domain_name(spec.namespace, spec.name)
         if not self._slots.acquire(blocking=False):
             raise ResourceExhausted(
@@ -205,6 +207,23 @@ class IncomingMigrations:
                 f"{spec.memory_bytes // mib} MiB, {max(0, allocatable - used) // mib} MiB of "
                 f"{allocatable // mib} MiB allocatable are free"
             )
+
+    def _check_host_disks(self, spec: VMSpec) -> None:
+        """A hostDisk stays where it is: its file must already be here (shared storage),
+        never created afresh as DiskOrCreate would."""
+        roots = self.service.files.support.host_disk_roots
+        for index, volume in enumerate(spec.volumes):
+            if not isinstance(volume.source, HostDisk):
+                continue
+            field = f"spec.template.spec.volumes[{index}].hostDisk.path"
+            existing = dataclasses.replace(volume.source, type="Disk")
+            try:
+                host_disk_path(roots, existing, field)
+            except InvalidSpec as exc:
+                raise FailedPrecondition(
+                    f"{exc} on node {self.node_name}: hostDisk {volume.name!r} migrates only "
+                    "on storage both nodes share"
+                ) from exc
 
     def _make_ready(
         self, migration_id: str, domain: str, spec: VMSpec, books: Bookkeeping

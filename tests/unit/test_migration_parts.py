@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,41 @@ def test_the_target_refuses_a_vm_its_free_memory_cannot_hold() -> None:
     incoming._check_memory(fits)  # type: ignore[arg-type]
     with pytest.raises(FailedPrecondition, match=r"needs 5120 MiB, 4096 MiB of 7168 MiB"):
         incoming._check_memory(SimpleNamespace(memory_bytes=5 << 30, key="default/web"))  # type: ignore[arg-type]
+
+
+def test_the_target_refuses_a_host_disk_it_does_not_share(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from agent.errors import FailedPrecondition
+    from agent.migration.target import IncomingMigrations
+
+    (tmp_path / "shared.img").write_bytes(b"\0" * 4096)
+    service = SimpleNamespace(
+        node_name="node-b",
+        files=SimpleNamespace(support=SimpleNamespace(host_disk_roots=(str(tmp_path),))),
+    )
+    incoming = IncomingMigrations(
+        service,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        MigrationBook(),
+        address="192.0.2.12",
+    )
+
+    def vm(path: str, kind: str) -> object:
+        return parse_vm(
+            {
+                "metadata": {"namespace": "default", "name": "web"},
+                "spec": {"template": {"spec": {
+                    "domain": {"memory": {"guest": "64Mi"},
+                               "devices": {"disks": [{"name": "data", "disk": {}}]}},
+                    "volumes": [{"name": "data", "hostDisk": {
+                        "path": str(tmp_path / path), "type": kind, "capacity": "1Mi"}}],
+                }}},
+            }
+        )  # fmt: skip
+
+    incoming._check_host_disks(vm("shared.img", "Disk"))  # type: ignore[arg-type]
+    for kind in ("Disk", "DiskOrCreate"):  # never created afresh on the target
+        with pytest.raises(FailedPrecondition, match=r"volumes\[0\]\.hostDisk\.path.*'data'"):
+            incoming._check_host_disks(vm("elsewhere.img", kind))  # type: ignore[arg-type]
+    assert not (tmp_path / "elsewhere.img").exists()
