@@ -294,6 +294,7 @@ class OutgoingMigrations:
     ) -> None:
         record = self.book.get(migration_id)
         if error:
+            log.warning("migration %s of %s failed: %s", migration_id, record.domain, error)
             self._tell_target(target, migration_id, succeeded=False, message=error)
             state = State.CANCELLED if control.cancelled.is_set() else State.FAILED
             self._end(migration_id, state, "cancelled" if state == State.CANCELLED else error)
