@@ -76,6 +76,11 @@ def registry(two_nodes: TwoNodes, tmp_path: Path) -> Iterator[LocalRegistry]:
         local.stop()
 
 
+@pytest.fixture
+def one_at_a_time() -> None:
+    """The pair's agents move one VM out at a time (--max-outbound-migrations 1)."""
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -105,6 +110,8 @@ def pair(
     extra: list[str] = []
     if "registry" in request.fixturenames:
         extra = ["--insecure-registry", request.getfixturevalue("registry").address]
+    if "one_at_a_time" in request.fixturenames:
+        extra += ["--max-outbound-migrations", "1"]
     tls = (
         request.getfixturevalue("certificates") if "certificates" in request.fixturenames else None
     )
@@ -527,3 +534,20 @@ def test_post_copy_when_allowed_finishes_on_b_or_is_refused_where_qemu_cannot(
     assert "Postcopy is not supported" in final.message, final.message
     assert_stayed_on_a(pair, "pushed", nic.published_ports[0].node_port)
     assert_b_clean(pair, "pushed", nic.tap_name)
+
+
+def test_a_migration_beyond_the_nodes_limit_waits_pending(one_at_a_time: None, pair: Pair) -> None:
+    a = pair.a
+    a.apply(web_vm("second"))
+    with pair.client(a) as client:
+        first = started_slow(pair, client, "first")
+        a.wait_phase("second", vm_pb2.PHASE_RUNNING, timeout=60)
+        second = client.migrate("default", "second", pair.address(pair.b))
+        assert client.get_migration(second.id).state == mpb.MIGRATION_STATE_PENDING
+        assert a.get("second").status.phase == vm_pb2.PHASE_RUNNING  # not moving yet
+        client.cancel_migration(first)
+        assert run_to_end(client, first)[-1].state == mpb.MIGRATION_STATE_CANCELLED
+        final = run_to_end(client, second.id)[-1]
+    assert final.state == mpb.MIGRATION_STATE_SUCCEEDED, final.message
+    assert pair.b.wait_phase("second", vm_pb2.PHASE_RUNNING, timeout=30)
+    assert a.wait_phase("first", vm_pb2.PHASE_RUNNING, timeout=30)
