@@ -10,7 +10,7 @@ import pytest
 from agent.domain.metadata import bookkeeping_from_json, bookkeeping_to_json
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.models import Bookkeeping, VMAllocation, VMSpec
-from agent.network.allocation import allocate_vm
+from agent.network.allocation import allocate_vm, incoming_allocation
 from agent.network.ipam import Ledger, parse_cidr, parse_pool, parse_port_range
 from agent.spec import parse_vm
 
@@ -207,3 +207,30 @@ def test_an_incoming_guest_keeps_its_address_from_another_pool_and_it_is_held() 
 def test_a_pool_must_be_a_subnet_of_the_vm_network_with_room(pool: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_pool(pool, parse_cidr("10.250.0.0/16"))
+
+
+def test_an_incoming_vm_keeps_address_mac_and_tap_and_its_node_port_where_free() -> None:
+    node_a, node_b = pooled("10.250.1.0/24"), pooled("10.250.2.0/24")
+    moving = allocate(node_a, spec("moving", ports=[{"port": 80}, {"port": 53, "protocol": "UDP"}]))
+    # node-b already publishes TCP 30000 for a VM of its own
+    allocate(node_b, spec("local", ports=[{"port": 80}]))
+    kept = incoming_allocation(moving, node_b, "default_moving")
+    arrived = allocate_vm("default_moving", spec("moving", ports=[{"port": 80},
+                          {"port": 53, "protocol": "UDP"}]), kept, node_b)  # fmt: skip
+    before, after = moving.nics[0], arrived.nics[0]
+    assert (after.ip, after.mac, after.tap) == (before.ip, before.mac, before.tap)
+    ports = {(p.protocol, p.port): p.node_port for p in after.ports}
+    assert ports == {("TCP", 80): 30001, ("UDP", 53): 30000}  # TCP 30000 was taken here
+    assert node_b.claim("default_moving", arrived) == []
+    assert node_b.holder("ip", before.ip) == "default_moving"
+
+
+def test_an_incoming_vm_whose_address_is_held_here_is_refused() -> None:
+    shared = ledger()  # two nodes without pools: the same address twice
+    other = ledger()
+    moving = allocate(other, spec("moving"))
+    allocate(shared, spec("squatter"))
+    with pytest.raises(
+        FailedPrecondition, match=r"ip 10\.250\.0\.2 is held by vm default/squatter"
+    ):
+        incoming_allocation(moving, shared, "default_moving")
