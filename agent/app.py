@@ -78,6 +78,7 @@ class Agent:
     access: Access | None = None
     probes: ProbeRunner | None = None
     stop_metrics: Callable[[], None] = lambda: None
+    migrations: Migrations | None = None
 
     def start(self) -> None:
         """Serve: VM network first (forwarding on), then gRPC, then the libvirt connection,
@@ -90,6 +91,8 @@ class Agent:
             self.settings, self.hv, self.service, PsutilHostProbe(), self.service.readiness
         )
         self.server.grpc_server.start()
+        if self.migrations is not None:
+            self.migrations.incoming.clean_leftovers_when_ready()
         self.hv.open(wait=False)
         if self.probes is not None:
             self.probes.start()
@@ -135,6 +138,7 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
     hv.subscribe(service)
     views = VMViews(registry, service.files)
     vm_servicer = VirtualMachineServicer(service, views, max_streams=max_streams, max_slow=max_slow)
+    migrations = _migrations(settings, hv, service, networking)
     server = create_server(
         vm_servicer,
         NodeServicer(
@@ -145,14 +149,15 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         credentials=credentials,
         reflection_enabled=settings.reflection,
         access=access,
-        migrations=MigrationApi(_migrations(settings, hv, service, networking)),
+        migrations=MigrationApi(migrations),
     )
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())
     service.steps.probe_ready = probes.ready
     return Agent(
-        settings, hv, registry, service, views, vm_servicer, server, network, dhcp, access, probes
-    )
+        settings, hv, registry, service, views, vm_servicer, server, network, dhcp, access,
+        probes, migrations=migrations,
+    )  # fmt: skip
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:

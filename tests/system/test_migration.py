@@ -476,9 +476,11 @@ def test_the_source_agent_dying_mid_way_leaves_exactly_one_running_copy(pair: Pa
         assert final.state == mpb.MIGRATION_STATE_SUCCEEDED
         assert b.get("lonely").status.phase == vm_pb2.PHASE_RUNNING
     a.start()
-    if on_b:  # the restarted source does not show (or start) the guest that left
+    if on_b:  # the restarted source does not show (or start) the guest that left ...
         with pytest.raises(grpc.RpcError):
             a.get("lonely")
+        folder = a.state_dir / "vms" / "default_lonely"  # ... and removes its folder
+        wait_for(lambda: not folder.exists(), 30, 0.3, "the source to remove the VM folder")
     else:
         assert a.wait_phase("lonely", vm_pb2.PHASE_RUNNING, timeout=30)
         assert_b_clean(pair, "lonely", a.get("lonely").status.interfaces[0].tap_name)
