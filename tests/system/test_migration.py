@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from agent.cli.main import main as vmctl_main
-from agent.client import AgentCallError, AgentClient, TLSOptions
+from agent.client import AgentCallError, AgentClient
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.guest_exec import EXEC_USER_DATA, guest_exec
 from tests.system.netbed import CIDR, DNS, nft_elements
@@ -61,6 +62,7 @@ def _agent(
     if tls is not None:
         secure = ["--tls-cert", str(tls / f"{node.name}.pem"), "--tls-key"]
         secure += [str(tls / f"{node.name}.key"), "--tls-client-ca", str(tls / "ca.pem")]
+        secure += ["--authz-config", str(tls / "authz.yaml")]
     args = ["--listen", f"{node.uplink_ip}:{PORT}", *secure, "--vm-cidr", CIDR]
     args += ["--node-vm-pool", POOLS[node.name], "--dns", DNS, *extra]
     return AgentProcess(node=node, guest=guest, dir=node.dir / "agents" / test, extra_args=args)
@@ -87,7 +89,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 @pytest.fixture
 def certificates(tmp_path: Path) -> Path:
-    """A CA and one certificate per node for its uplink address (server and client use)."""
+    """A CA, one certificate per node for its uplink address (server and client use), and
+    authorization rules that make the nodes each other's peers (migration calls only)."""
     folder = tmp_path / "tls"
     folder.mkdir()
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
@@ -100,6 +103,11 @@ def certificates(tmp_path: Path) -> Path:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-CAcreateserial", "-days", "1", "-out", f"{name}.pem",
                  "-extfile", f"{name}.ext", cwd=folder)  # fmt: skip
+    (folder / "authz.yaml").write_text(
+        "rules:\n"
+        "  - {identity: 'IP:192.0.2.11', role: peer}\n"
+        "  - {identity: 'IP:192.0.2.12', role: peer}\n"
+    )
     return folder
 
 
@@ -486,20 +494,40 @@ def test_the_source_agent_dying_mid_way_leaves_exactly_one_running_copy(pair: Pa
         assert_b_clean(pair, "lonely", a.get("lonely").status.interfaces[0].tap_name)
 
 
-def test_agents_serving_mutual_tls_migrate_with_their_certificates(
+_NODE_CALL = """
+import sys
+from agent.client import AgentCallError, AgentClient, TLSOptions
+ca, cert, key = (arg or None for arg in sys.argv[2:5])
+tls = TLSOptions(ca_file=ca, cert_file=cert, key_file=key)
+try:
+    with AgentClient(sys.argv[1], timeout=10, retries=0, tls=tls) as client:
+        client.node()
+    print("OK")
+except AgentCallError as exc:
+    print(exc.code.name)
+"""
+
+
+def node_call(node: NodeBox, target: str, tls: Path, cert: str) -> str:
+    """GetNode on ``target`` from inside ``node``, as a client with certificate ``cert`` ("":
+    none); the status code's name."""
+    files = [str(tls / "ca.pem"), str(tls / f"{cert}.pem") if cert else ""]
+    files.append(str(tls / f"{cert}.key") if cert else "")
+    argv = [sys.executable, "-c", _NODE_CALL, target, *files]
+    return str(node.exec(argv, cwd=str(Path(__file__).resolve().parents[2])).stdout).strip()
+
+
+def test_agents_serving_mutual_tls_as_peers_migrate_with_their_certificates(
     certificates: Path, pair: Pair
 ) -> None:
     a, b = pair.a, pair.b
     a.apply(web_vm("sealed"))
     a.wait_phase("sealed", vm_pb2.PHASE_RUNNING, timeout=60)
-    # a client without a certificate is turned away by node-b ...
-    with (
-        AgentClient(pair.address(b), timeout=5, retries=0, tls=TLSOptions(
-            ca_file=str(certificates / "ca.pem"))) as stranger,
-        pytest.raises(AgentCallError),
-    ):  # fmt: skip
-        stranger.node()
-    # ... while node-a's agent presents its own and is let in
+    # node-b turns a client without a certificate away, and gives node-a's certificate no
+    # more than the peer role (the migration calls) ...
+    assert node_call(a.node, pair.address(b), certificates, "") == "UNAVAILABLE"
+    assert node_call(a.node, pair.address(b), certificates, "node-a") == "PERMISSION_DENIED"
+    # ... which is enough for node-a's agent to move a VM there
     with pair.client(a) as client:
         started = client.migrate("default", "sealed", pair.address(b))
         final = run_to_end(client, started.id)[-1]
