@@ -104,7 +104,10 @@ class OutgoingMigrations:
             self._controls[record.id] = _Control()
             if request_id:
                 self._requests[request_id] = record.id
-        threading.Thread(target=self._run, args=(record.id,), name=f"migrate-{name}").start()
+        # daemon: libvirtd carries a migration on without the agent, whose exit must not wait
+        threading.Thread(
+            target=self._run, args=(record.id,), name=f"migrate-{name}", daemon=True
+        ).start()
         return record
 
     def cancel(self, migration_id: str) -> MigrationRecord:
@@ -272,7 +275,10 @@ class OutgoingMigrations:
         self.book.update(migration_id, state=State.RUNNING)
         done = threading.Event()
         monitor = threading.Thread(
-            target=self._monitor, args=(migration_id, control, done), name=f"monitor-{domain}"
+            target=self._monitor,
+            args=(migration_id, control, done),
+            name=f"monitor-{domain}",
+            daemon=True,
         )
         monitor.start()
         try:

@@ -348,7 +348,9 @@ class IncomingMigrations:
                     return
             log.error("gave up cleaning the incoming %s; reconcile removes it", incoming.domain)
 
-        threading.Thread(target=run, name=f"incoming-cleanup-{incoming.domain}").start()
+        threading.Thread(
+            target=run, name=f"incoming-cleanup-{incoming.domain}", daemon=True
+        ).start()
 
     def _remove(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         """Everything prepare made for a VM that did not arrive (no domain is left here)."""
