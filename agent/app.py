@@ -87,8 +87,14 @@ class Agent:
             self.dhcp.start()
             self.network.start()
         self.service.readiness.watch(self.server.set_serving)
+        migrating = self.migrations.book.outgoing_progress if self.migrations else lambda: ()
         self.stop_metrics = start_metrics(
-            self.settings, self.hv, self.service, PsutilHostProbe(), self.service.readiness
+            self.settings,
+            self.hv,
+            self.service,
+            PsutilHostProbe(),
+            self.service.readiness,
+            migrating,
         )
         self.server.grpc_server.start()
         if self.migrations is not None:

@@ -4,9 +4,9 @@ Per scrape: the VMs from the agent's registry (identity, phase), one bounded bul
 and pure conversions (one module per resource, as KubeVirt's domainstats has). Domains that
 are not the agent's VMs (foreign domains, a VM deleted since) are left out.
 
-Migration: ``kubevirt_vmi_migration_*`` (data processed/remaining, dirty rate, transfer
-rate) come from the migration job's stats of a domain being migrated; a ``migration.py``
-module belongs next to cpu/memory/network/block once MigrationService lands.
+Migration: ``kubevirt_vmi_migration_*`` (data total/processed/remaining, dirty rate,
+transfer rate) come from the job stats the migration monitor last read for each VM that is
+migrating away (no libvirt call of their own).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from agent.domain.registry import VMRecord
-from agent.metrics import agent_metrics, block, cpu, info, memory, network, node
+from agent.metrics import agent_metrics, block, cpu, info, memory, migration, network, node
 from agent.metrics.bounded import BoundedStats
 from agent.metrics.families import Families, Spec
 from agent.metrics.ports import NodeFacts, VMView
 from agent.naming import domain_name
+from agent.ports import JobSample
 
 __all__ = ["VM_SPECS", "AgentCollector", "VMCollector", "exported_names", "vm_view"]
 
@@ -33,6 +34,7 @@ VM_SPECS: tuple[Spec, ...] = (
     *block.SPECS,
     *info.SPECS,
     *node.SPECS,
+    *migration.SPECS,
 )
 _PER_DOMAIN = (cpu.collect, memory.collect, network.collect, block.collect)
 
@@ -58,10 +60,12 @@ class VMCollector:
         stats: BoundedStats,
         vms: Callable[[], Iterable[VMView]],
         node_facts: Callable[[], NodeFacts],
+        migrating: Callable[[], Iterable[tuple[str, JobSample]]] = lambda: (),
     ) -> None:
         self.stats = stats
         self.vms = vms
         self.node_facts = node_facts
+        self.migrating = migrating  # (domain, latest job stats) of outgoing migrations
 
     def collect(self) -> Families:
         started = time.monotonic()
@@ -77,6 +81,9 @@ class VMCollector:
                 continue
             for collect in _PER_DOMAIN:
                 collect(families, vm, record.stats)
+        for domain, job in self.migrating():
+            if (vm := views.get(domain)) is not None:
+                migration.collect(families, vm, job)
         agent_metrics.scrape_finished(time.monotonic() - started)
         return families
 

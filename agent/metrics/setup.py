@@ -19,7 +19,13 @@ from agent.metrics.collector import AgentCollector, VMCollector, vm_view
 from agent.metrics.exposition import Endpoint
 from agent.metrics.http import MetricsServer, server_ssl_context
 from agent.metrics.ports import DomainStatsSource, NodeFacts, VMView
-from agent.ports import DomainEvent, HostProbe, HypervisorEvents, HypervisorVersions
+from agent.ports import (
+    DomainEvent,
+    HostProbe,
+    HypervisorEvents,
+    HypervisorVersions,
+    JobSample,
+)
 
 __all__ = ["StatsHypervisor", "build_endpoint", "start_metrics"]
 
@@ -54,12 +60,13 @@ def build_endpoint(
     stats: BoundedStats,
     vms: Callable[[], Iterable[VMView]],
     node_facts: Callable[[], NodeFacts],
+    migrating: Callable[[], Iterable[tuple[str, JobSample]]] = lambda: (),
 ) -> Endpoint:
     """What /metrics serves: VM and node metrics, virt_agent_*, and the process's own."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(AgentCollector())
     ProcessCollector(registry=registry)
-    return Endpoint(VMCollector(stats, vms, node_facts), registry)
+    return Endpoint(VMCollector(stats, vms, node_facts, migrating), registry)
 
 
 class _LibvirtLink:
@@ -79,10 +86,15 @@ class _LibvirtLink:
 
 
 def start_metrics(
-    settings: Settings, hv: StatsHypervisor, node: VMNode, host: HostProbe, readiness: Readiness
+    settings: Settings,
+    hv: StatsHypervisor,
+    node: VMNode,
+    host: HostProbe,
+    readiness: Readiness,
+    migrating: Callable[[], Iterable[tuple[str, JobSample]]] = lambda: (),
 ) -> Callable[[], None]:
     """Serve /metrics, /healthz and /readyz on ``--metrics-listen`` (when set); returns the
-    function that stops serving."""
+    function that stops serving. ``migrating`` gives the job stats of outgoing migrations."""
     hv.subscribe(_LibvirtLink(hv))
     if not settings.metrics_listen:
         return lambda: None
@@ -105,7 +117,10 @@ def start_metrics(
             )
         server = MetricsServer(
             build_endpoint(
-                BoundedStats(hv), lambda: map(vm_view, node.registry.records()), node_facts
+                BoundedStats(hv),
+                lambda: map(vm_view, node.registry.records()),
+                node_facts,
+                migrating,
             ),
             settings.metrics_listen,
             ready=lambda: readiness.ready,

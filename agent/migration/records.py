@@ -6,6 +6,7 @@ or target) with the same id.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import threading
 import time
@@ -125,6 +126,15 @@ class MigrationBook:
                 if record.domain == domain and record.role == role and not record.ended:
                     return record
         return None
+
+    def outgoing_progress(self) -> builtins.list[tuple[str, JobSample]]:
+        """(domain, latest job stats) of every migration running away from this node."""
+        with self._changed:
+            return [
+                (r.domain, r.progress)
+                for r in self._records.values()
+                if r.role == SOURCE and r.state in (State.RUNNING, State.POST_COPY)
+            ]
 
     def wait_change(self, migration_id: str, version: int, timeout: float) -> MigrationRecord:
         """The record once its version is past ``version`` (or as it is after ``timeout``)."""

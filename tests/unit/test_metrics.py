@@ -29,6 +29,7 @@ from agent.metrics.collector import VM_SPECS
 from agent.metrics.http import MetricsServer, server_ssl_context
 from agent.metrics.ports import DomainStats, NodeFacts, VMView
 from agent.metrics.setup import build_endpoint
+from agent.ports import JobSample
 from tests.testbed.wait import wait_for
 from tests.unit.test_client import make_certificates
 
@@ -129,10 +130,14 @@ class FakeStats:
         return self.records
 
 
-def scrape(records: list[DomainStats], vms: list[VMView]) -> Samples:
+def scrape(
+    records: list[DomainStats],
+    vms: list[VMView],
+    migrating: list[tuple[str, JobSample]] | None = None,
+) -> Samples:
     """Every sample of one scrape: series name → [(labels, value)]."""
     endpoint = build_endpoint(BoundedStats(FakeStats(records), bound=2.0), lambda: vms,
-                              lambda: FACTS)  # fmt: skip
+                              lambda: FACTS, lambda: migrating or [])  # fmt: skip
     text = endpoint.render()[0].decode()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -174,6 +179,23 @@ def test_vm_metrics_have_kubevirt_names_units_and_labels() -> None:
     assert value(samples, "kubevirt_vmi_storage_flush_times_seconds_total") == 0.07
     info = value(samples, "kubevirt_vmi_info", **vm, phase="running", machine_type="q35")
     assert info == 1
+
+
+def test_a_migrating_vm_reports_its_migration_progress() -> None:
+    job = JobSample(
+        data_total=300 << 20, data_processed=100 << 20, data_remaining=200 << 20,
+        dirty_rate=250, page_size=4096, memory_bps=50 << 20,
+    )  # fmt: skip
+    samples = scrape([DomainStats("team-a_web", QEMU_RECORD)], [WEB, DB], [("team-a_web", job)])
+    vm = {"node": "node-a", "namespace": "team-a", "name": "web"}
+    assert value(samples, "kubevirt_vmi_migration_data_total_bytes", **vm) == 300 << 20
+    assert value(samples, "kubevirt_vmi_migration_data_processed_bytes", **vm) == 100 << 20
+    assert value(samples, "kubevirt_vmi_migration_data_remaining_bytes", **vm) == 200 << 20
+    assert value(samples, "kubevirt_vmi_migration_dirty_memory_rate_bytes", **vm) == 250 * 4096
+    assert value(samples, "kubevirt_vmi_migration_memory_transfer_rate_bytes", **vm) == 50 << 20
+    # Only while a migration runs: the VM that is not migrating has no such series.
+    assert len(samples["kubevirt_vmi_migration_data_remaining_bytes"]) == 1
+    assert "kubevirt_vmi_migration_data_remaining_bytes" not in scrape([], [WEB])
 
 
 def test_no_label_comes_from_user_labels_or_paths() -> None:
@@ -301,7 +323,8 @@ def ready() -> Iterator[threading.Event]:
 
 def serve(ready: threading.Event, context: ssl.SSLContext | None = None) -> MetricsServer:
     stats = BoundedStats(FakeStats([DomainStats("team-a_web", QEMU_RECORD)]), bound=2.0)
-    endpoint = build_endpoint(stats, lambda: [WEB], lambda: FACTS)
+    migrating = [("team-a_web", JobSample(data_total=1 << 20, data_remaining=1 << 19))]
+    endpoint = build_endpoint(stats, lambda: [WEB], lambda: FACTS, lambda: migrating)
     server = MetricsServer(endpoint, "127.0.0.1:0", ready=ready.is_set, ssl_context=context)
     server.start()
     return server
