@@ -172,7 +172,11 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
     @grpc_errors
     def PrepareMigrationTarget(self, request: Any, context: grpc.ServicerContext) -> Any:
         answer = self.migrations.prepare(
-            _id(request), request.metadata_xml, request.source_node, request.memory_bytes
+            _id(request),
+            request.metadata_xml,
+            request.source_node,
+            request.memory_bytes,
+            vm=(request.namespace, request.name),
         )
         return mpb.PrepareMigrationTargetResponse(
             libvirt_uri=answer.libvirt_uri,

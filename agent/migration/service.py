@@ -74,9 +74,15 @@ class Migrations:
         )
 
     def prepare(
-        self, migration_id: str, metadata_xml: str, source_node: str, memory_bytes: int
+        self,
+        migration_id: str,
+        metadata_xml: str,
+        source_node: str,
+        memory_bytes: int,
+        *,
+        vm: tuple[str, str],
     ) -> PreparedTarget:
-        return self.incoming.prepare(migration_id, metadata_xml, source_node, memory_bytes)
+        return self.incoming.prepare(migration_id, metadata_xml, source_node, memory_bytes, vm=vm)
 
     def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
         return self.incoming.finish(migration_id, succeeded=succeeded, message=message)

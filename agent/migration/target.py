@@ -92,14 +92,23 @@ class IncomingMigrations:
         return self.service.node_name
 
     def prepare(
-        self, migration_id: str, metadata_xml: str, source_node: str, memory_bytes: int
+        self,
+        migration_id: str,
+        metadata_xml: str,
+        source_node: str,
+        memory_bytes: int,
+        *,
+        vm: tuple[str, str],
     ) -> PreparedTarget:
-        """Ready this node for the VM; a repeated call for the same migration answers again."""
+        """Ready this node for the VM; a repeated call for the same migration answers again.
+
+        ``vm`` is the (namespace, name) the request names, which is what the caller was
+        authorised for: metadata describing any other VM is refused."""
         with self._lock:
             known = self._incoming.get(migration_id)
         if known is not None:
             return known.answer
-        spec, books = self._check(migration_id, metadata_xml, source_node)
+        spec, books = self._check(migration_id, metadata_xml, source_node, vm)
         self._check_memory(spec)
         self._check_host_disks(spec)
         domain = domain_name(spec.namespace, spec.name)
@@ -204,7 +213,7 @@ class IncomingMigrations:
     # -- steps ----------------------------------------------------------------------------
 
     def _check(
-        self, migration_id: str, metadata_xml: str, source_node: str
+        self, migration_id: str, metadata_xml: str, source_node: str, vm: tuple[str, str]
     ) -> tuple[VMSpec, Bookkeeping]:
         if not self.enabled:
             raise FailedPrecondition(f"node {self.node_name} runs with --no-migration")
@@ -218,6 +227,10 @@ class IncomingMigrations:
             spec, books = parse_metadata(metadata_xml)
         except (CorruptMetadata, ValueError) as exc:
             raise InvalidSpec("metadata_xml", f"unreadable: {exc}") from exc
+        if (spec.namespace, spec.name) != vm:
+            raise InvalidSpec(
+                "metadata_xml", f"describes vm {spec.key}, not the request's {vm[0]}/{vm[1]}"
+            )
         domain = domain_name(spec.namespace, spec.name)
         if self.service.hv.lookup(domain) is not None:
             raise AlreadyExists(f"vm {vm_key(domain)} already exists on node {self.node_name}")

@@ -16,6 +16,9 @@ import agent.metrics.agent_metrics as agent_metrics
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mig_pb
 from agent.api._gen.virtagent.v1 import node_service_pb2, vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from agent.domain.metadata import metadata_payload
+from agent.models import Bookkeeping
+from agent.spec import parse_vm
 from tests.api.certs import CertificateAuthority
 from tests.api.secure import SecureAgent, Stubs, secure_agent
 from tests.api.test_vm_api import vm_doc
@@ -109,6 +112,30 @@ def test_a_peer_may_call_the_migration_methods_only(agent: SecureAgent) -> None:
     assert code_of(lambda: apply(peer, "tenant-a")) == DENIED
     get = pb.GetVirtualMachineRequest(namespace="tenant-a", name="web")
     assert code_of(lambda: peer.vms.GetVirtualMachine(get)) == DENIED
+
+
+def test_a_peer_cannot_bring_in_a_vm_other_than_the_one_its_request_names(
+    agent: SecureAgent,
+) -> None:
+    """The namespace authorised is the request's: metadata for another VM is refused."""
+    peer = agent.client(agent.ca.issue("node-2", "DNS:node-2.agents.example"))
+    other = parse_vm(
+        {
+            "metadata": {"namespace": "tenant-b", "name": "db"},
+            "spec": {"template": {"spec": {"domain": {"memory": {"guest": "64Mi"}}}}},
+        }
+    )
+    prepare = mig_pb.PrepareMigrationTargetRequest(
+        migration_id="m-1",
+        namespace="tenant-a",
+        name="web",
+        metadata_xml=metadata_payload(other, Bookkeeping(generation=1, created_at=0.0)),
+        source_node="node-2",
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        peer.migrations.PrepareMigrationTarget(prepare)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tenant-b/db" in (refused.value.details() or "")
 
 
 def test_a_tenant_control_plane_cannot_touch_or_see_another_tenant(agent: SecureAgent) -> None:
