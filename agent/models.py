@@ -56,6 +56,8 @@ class RunStrategy(enum.StrEnum):
     HALTED = "Halted"
     MANUAL = "Manual"
     RERUN_ON_FAILURE = "RerunOnFailure"
+    # Started when created, never restarted once it stops (KubeVirt's VirtualMachineInstance).
+    ONCE = "Once"
 
 
 class Phase(enum.StrEnum):
@@ -324,6 +326,9 @@ class Bookkeeping:
     node_name: str = ""
     # Stopped on purpose (Stop verb, Halted): the run strategy must not start it again.
     halted: bool = False
+    # A start is under way (set before the guest is created paused, cleared once it runs):
+    # a restarted agent finds a guest still paused by an interrupted start and finishes it.
+    starting: bool = False
     # What the VM holds on the node's network; None for a VM without NICs.
     network: VMAllocation | None = None
 

@@ -128,11 +128,8 @@ def apply(args: argparse.Namespace) -> int:
             meta = manifest.vm.metadata
             ref = f"{meta.namespace}/{meta.name}"
             with _explained("apply", ref):
-                response = client.apply(manifest.vm)
-                state = _applied(response)
-                if manifest.start_after_apply and response.changed:
-                    client.start(meta.namespace, meta.name)  # a VMI runs once: see kubevirt.py
-                    state += " and started"
+                # A VMI is runStrategy Once: the agent starts it itself (see kubevirt.py).
+                state = _applied(client.apply(manifest.vm))
             print(f"vm {ref} {state}")
     return 0
 

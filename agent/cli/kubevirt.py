@@ -13,12 +13,12 @@ Rules:
   ``uid`` are kept. ``spec.template.metadata.labels`` are merged into the VM's labels (the
   VM's own win on a clash).
 - VirtualMachine: ``spec.running`` true/false becomes runStrategy Always/Halted;
-  ``spec.runStrategy`` Always, Halted, Manual and RerunOnFailure are kept; ``Once`` is
-  refused (the agent has no run-once strategy). Neither set: the agent's default (Always).
+  ``spec.runStrategy`` Always, Halted, Manual, RerunOnFailure and Once are kept. Neither
+  set: the agent's default (Always).
 - VirtualMachineInstance: KubeVirt runs a VMI once and never restarts it; when it stops it
-  stays stopped. The honest equivalent is runStrategy ``Manual`` (the agent neither starts
-  nor restarts it on its own) plus one start right after the apply, which the mapping asks
-  for with ``start_after_apply``. ``Always`` would restart a guest that shut itself down.
+  stays stopped. It becomes runStrategy ``Once``: the agent starts it when it is created
+  and never again, and the intent is stored with the VM, so an agent restarted in the
+  middle finishes the start. (``Always`` would restart a guest that shut itself down.)
 - Ignored, because they are bookkeeping of a cluster and do not change the VM on a node:
   ``status``; ``metadata`` (and ``spec.template.metadata``) ``annotations`` (except those
   ``webhook.py`` refuses), ``creationTimestamp``, ``generation``, ``resourceVersion``,
@@ -78,7 +78,7 @@ _IGNORED_METADATA = frozenset(
     {"annotations", "creationTimestamp", "finalizers", "generation", "managedFields"}
     | {"resourceVersion"}
 )
-_RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure")
+_RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "Once")
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
@@ -89,11 +89,10 @@ _INT_RANGES = {
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """One mapped document: the VM to apply and whether to start it once applied."""
+    """One mapped document: the VM to apply."""
 
     kind: str
     vm: vm_pb2.VirtualMachine
-    start_after_apply: bool = False
     document: int = 1
     # Fields only a cluster scheduler reads, dropped (their YAML paths): see webhook.py.
     ignored: tuple[str, ...] = ()
@@ -219,7 +218,7 @@ def _map(document: Any, default_namespace: str) -> Manifest:
         instance_path, instance = "spec.template.spec", template.get("spec")
         ignition_data = ignition(template_meta, "spec.template.metadata")
     else:
-        run_strategy, instance_path, instance = "Manual", "spec", spec
+        run_strategy, instance_path, instance = "Once", "spec", spec
         ignition_data = ignition(root.get("metadata"), "metadata")
     instance, dropped = admit(_mapping(instance, instance_path), instance_path)
     instance_spec = _message(instance, vm_pb2.VirtualMachineInstanceSpec.DESCRIPTOR, instance_path)
@@ -231,12 +230,7 @@ def _map(document: Any, default_namespace: str) -> Manifest:
     if run_strategy:
         vm_spec["runStrategy"] = run_strategy
     vm = json_format.ParseDict({"metadata": metadata, "spec": vm_spec}, vm_pb2.VirtualMachine())
-    return Manifest(
-        kind,
-        vm,
-        start_after_apply=kind == "VirtualMachineInstance",
-        ignored=(*ignored, *dropped),
-    )
+    return Manifest(kind, vm, ignored=(*ignored, *dropped))
 
 
 def _metadata(
@@ -267,11 +261,6 @@ def _run_strategy(spec: Mapping[str, Any]) -> str:
     if strategy is None:
         return ""
     strategy = _str(strategy, "spec.runStrategy")
-    if strategy == "Once":
-        raise ManifestError(
-            "spec.runStrategy",
-            "'Once' is not supported by virt-agent: use Manual and start the VM",
-        )
     if strategy not in _RUN_STRATEGIES:
         allowed = ", ".join(_RUN_STRATEGIES)
         raise ManifestError("spec.runStrategy", f"{strategy!r} is not one of {allowed}")

@@ -21,9 +21,10 @@ from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
 from agent.domain.readiness import Readiness
+from agent.domain.recovery import StartRecovery, interrupted_start, note_never_started
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.requests import RequestLog
-from agent.domain.restarts import CrashBackoff, should_restart
+from agent.domain.restarts import STARTED_ON_CREATE, CrashBackoff, should_restart
 from agent.domain.steps import Current, DomainSteps
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition
 from agent.models import Bookkeeping, RunStrategy, VMAllocation, VMSpec
@@ -36,7 +37,7 @@ __all__ = ["VMService"]
 log = logging.getLogger(__name__)
 
 _RUNNING = (DomainState.RUNNING, DomainState.BLOCKED)
-_BACKGROUND = frozenset({"note-stop", "restart-on-failure"})
+_BACKGROUND = frozenset({"note-stop", "restart-on-failure", "finish-start"})
 _BACKGROUND_WAIT_SECONDS = 60.0
 
 Spawn = Callable[[str, Callable[[], None]], None]
@@ -96,6 +97,9 @@ class VMService:
         self._locks: dict[str, threading.Lock] = {}
         self._holders: dict[str, str] = {}  # what holds each VM's lock, for messages
         self._backoff = CrashBackoff()
+        self._recovery = StartRecovery(
+            self.steps, spawn, lambda d, v, w: self._operation(d, v, wait=w)
+        )
 
     # -- reading ------------------------------------------------------------------------
 
@@ -127,7 +131,7 @@ class VMService:
         except Exception:
             self.network.unplug(domain, spec, books.network)  # gives back what allocate took
             raise
-        if spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE):
+        if spec.run_strategy in STARTED_ON_CREATE:
             try:
                 self.steps.start(domain)
             except Exception:
@@ -158,7 +162,9 @@ class VMService:
         self.steps.define(domain, spec, books, new=False)
         running = info.state != DomainState.SHUTOFF
         if spec.run_strategy != stored.run_strategy:
-            if spec.run_strategy == RunStrategy.ALWAYS and not running:
+            # Once starts a VM that never ran (a VMI an older vmctl made Manual, say).
+            once = spec.run_strategy == RunStrategy.ONCE and not books.started_at
+            if (spec.run_strategy == RunStrategy.ALWAYS or once) and not running:
                 self.steps.start(domain)
             elif spec.run_strategy == RunStrategy.HALTED and running:
                 self.steps.stop(domain, spec.termination_grace_period_seconds, force=False)
@@ -311,7 +317,10 @@ class VMService:
             except CorruptMetadata:
                 log.exception("domain %s has unreadable live metadata", info.name)
                 continue
-            if record is not None and should_restart(record):
+            if record is not None and interrupted_start(record):
+                self._recovery.finish_later(info.name)  # the agent was killed mid-start
+            elif record is not None and should_restart(record):
+                note_never_started(info.name, record)
                 self._restart_later(info.name, delay=0.0)
         for stale in self.registry.names() - set(ours):
             self.registry.remove(stale)

@@ -56,6 +56,8 @@ def bookkeeping_to_json(bookkeeping: Bookkeeping) -> str:
         "node_name": bookkeeping.node_name,
         "halted": bookkeeping.halted,
     }
+    if bookkeeping.starting:  # only while a start is under way; older agents ignore it
+        fields["starting"] = True
     if bookkeeping.network is not None:
         fields["network"] = _allocation_to_json(bookkeeping.network)
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -82,6 +84,7 @@ def bookkeeping_from_json(text: str) -> Bookkeeping:
         last_reason=_typed(data, "last_reason", str, ""),
         node_name=_typed(data, "node_name", str, ""),
         halted=data.get("halted") is True,
+        starting=data.get("starting") is True,
         network=None if network is None else _allocation_from_json(network),
     )
 

@@ -6,11 +6,14 @@ from agent.domain.registry import VMRecord
 from agent.domain.status import ACTIVE_PHASES
 from agent.models import Phase, RunStrategy
 
-__all__ = ["CrashBackoff", "should_restart"]
+__all__ = ["STARTED_ON_CREATE", "CrashBackoff", "should_restart"]
+
+# The run strategies whose VMs the agent starts as soon as they are created.
+STARTED_ON_CREATE = (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE, RunStrategy.ONCE)
 
 
 def should_restart(record: VMRecord, *, detail: str = "") -> bool:
-    """Always restarts any stop it did not ask for; RerunOnFailure only a failure.
+    """Always restarts any stop it did not ask for; RerunOnFailure only a failure; Once none.
 
     A VM stopped on purpose (Stop verb, Halted) is ``halted`` and stays down; ``detail`` is
     libvirt's reason from the stop event, if any.
@@ -19,8 +22,8 @@ def should_restart(record: VMRecord, *, detail: str = "") -> bool:
         return False
     if not record.books.started_at:
         # Created but never started (the agent stopped between define and start): both
-        # strategies that start a VM on creation start it now.
-        return record.spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE)
+        # strategies that start a VM on creation start it now (Once too: it has not run yet).
+        return record.spec.run_strategy in STARTED_ON_CREATE
     if record.spec.run_strategy == RunStrategy.ALWAYS:
         return True
     failed = record.status.phase == Phase.FAILED or detail in ("crashed", "failed")

@@ -135,7 +135,7 @@ class DomainSteps:
                 started_at=books.started_at,
                 stopped_at=books.stopped_at,
                 never_started=not books.started_at,
-                starting=domain in self._starting,
+                starting=domain in self._starting or books.starting,
             )
             interfaces = self.network.interfaces(domain, spec, books.network)
             status = dataclasses.replace(status, interfaces=interfaces)
@@ -184,7 +184,9 @@ class DomainSteps:
         info, spec, books = self.require(domain)
         if info.state != DomainState.SHUTOFF:
             return  # running or paused: started already (resume is its own verb)
-        books = dataclasses.replace(books, started_at=self.clock.now(), halted=False)
+        # ``starting`` is stored first: an agent killed before the resume leaves a paused
+        # guest that only this mark tells apart from one a user paused (see recovery.py).
+        books = dataclasses.replace(books, started_at=self.clock.now(), halted=False, starting=True)
         self.save_books(domain, spec, books)
         self._starting.add(domain)
         try:
@@ -198,8 +200,13 @@ class DomainSteps:
                 with contextlib.suppress(Exception):
                     self.hv.destroy(domain)
                 raise
+        except Exception:
+            with contextlib.suppress(Exception):  # failed, not interrupted: nothing to finish
+                self.save_books(domain, spec, dataclasses.replace(books, starting=False))
+            raise
         finally:
             self._starting.discard(domain)
+        self.save_books(domain, spec, dataclasses.replace(books, starting=False), live=True)
 
     def stop(self, domain: str, grace: int, *, force: bool) -> None:
         """ACPI shutdown re-sent every few seconds, destroy when the grace period runs out.
@@ -207,8 +214,9 @@ class DomainSteps:
         The VM is marked halted first, so its run strategy does not start it again.
         """
         info, spec, books = self.require(domain)
-        if not books.halted:
-            self.save_books(domain, spec, dataclasses.replace(books, halted=True))
+        if not books.halted or books.starting:
+            stopped = dataclasses.replace(books, halted=True, starting=False)
+            self.save_books(domain, spec, stopped)
         if info.state == DomainState.SHUTOFF:
             return
         if force or grace <= 0:
@@ -264,8 +272,12 @@ class DomainSteps:
             self.files.remove(domain)
             self.registry.remove(domain)
 
-    def save_books(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
-        self.hv.set_metadata(domain, metadata_payload(spec, books), live=False)
+    def save_books(
+        self, domain: str, spec: VMSpec, books: Bookkeeping, *, live: bool = False
+    ) -> None:
+        """Store the books in the definition (and, with ``live``, in the running guest's XML,
+        which a migration carries to the target)."""
+        self.hv.set_metadata(domain, metadata_payload(spec, books), live=live)
 
 
 def _gate_ready(status: VMStatus, passed: bool) -> VMStatus:

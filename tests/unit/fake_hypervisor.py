@@ -10,7 +10,8 @@ replaces the agent's element in the config and/or live XML as ``virDomainSetMeta
 does, so ``agent.domain.metadata.read_metadata`` reads what the agent stored.
 
 Faults are injected by name: ``fail_next``, ``ignore_acpi``, ``slow_shutdown``, ``crash``,
-``hold`` (block a call until released). Every call is recorded with its fake time.
+``hold`` (block a call until released), ``kill_agent_at`` (the agent dies at a call).
+Every call is recorded with its fake time.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ from agent.naming import METADATA_URI
 from agent.ports import DomainEvent, DomainInfo, DomainState, HypervisorListener
 from tests.unit.fake_clock import FakeClock
 
-__all__ = ["Call", "FakeHypervisor", "Hold"]
+__all__ = ["AgentKilled", "Call", "FakeHypervisor", "Hold"]
 
 log = logging.getLogger(__name__)
 
 _ACTIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTDOWN)
 _HOLD_LIMIT_SECONDS = 10.0  # a held call never blocks a broken test forever
+
+
+class AgentKilled(BaseException):  # noqa: N818 (it is what happened, not an error)
+    """The agent was killed (``kill -9``) at this call: no ``except Exception`` of the agent
+    runs, so nothing is undone; libvirt and the guest carry on as they were."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +99,7 @@ class FakeHypervisor:
         self._listeners: list[HypervisorListener] = []
         self._outbox: list[DomainEvent] = []
         self._held_events: list[DomainEvent] = []
-        self._failures: dict[str, list[Exception]] = {}
+        self._failures: dict[str, list[BaseException]] = {}
         self._holds: dict[str, Hold] = {}
         self._acpi: dict[str, float | None] = {}  # name → seconds to power off; None: ignored
         self._pids = itertools.count(1000)
@@ -103,6 +109,10 @@ class FakeHypervisor:
     def fail_next(self, method: str, error: Exception) -> None:
         """The next call of ``method`` raises ``error`` and changes nothing."""
         self._failures.setdefault(method, []).append(error)
+
+    def kill_agent_at(self, method: str) -> None:
+        """The agent dies as it makes the next call of ``method`` (which does not happen)."""
+        self._failures.setdefault(method, []).append(AgentKilled(method))
 
     def hold(self, method: str) -> Hold:
         """The next call of ``method`` blocks (on its caller's thread) until released."""

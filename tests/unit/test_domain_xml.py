@@ -457,6 +457,12 @@ def test_bookkeeping_json_is_canonical() -> None:
     assert bookkeeping_from_json(text) == bookkeeping
 
 
+def test_a_start_under_way_is_stored_and_read_back() -> None:
+    bookkeeping = Bookkeeping(generation=1, created_at=2.0, started_at=3.0, starting=True)
+    assert '"starting":true' in bookkeeping_to_json(bookkeeping)
+    assert bookkeeping_from_json(bookkeeping_to_json(bookkeeping)) == bookkeeping
+
+
 def test_network_allocation_round_trip() -> None:
     bookkeeping = Bookkeeping(generation=1, created_at=2.0, network=ALLOCATION)
     assert bookkeeping_from_json(bookkeeping_to_json(bookkeeping)) == bookkeeping

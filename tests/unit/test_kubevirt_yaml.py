@@ -177,7 +177,7 @@ def test_run_strategy(spec: dict[str, Any], strategy: str | None) -> None:
     assert mapped(document)["spec"].get("runStrategy") == strategy
 
 
-def test_vmi_runs_once_manual_strategy_started_after_apply() -> None:
+def test_vmi_becomes_run_strategy_once() -> None:
     document = fedora()
     document["kind"] = "VirtualMachineInstance"
     document["spec"] = document["spec"]["template"]["spec"]
@@ -185,10 +185,14 @@ def test_vmi_runs_once_manual_strategy_started_after_apply() -> None:
     manifest = map_document(document, default_namespace="default")
 
     assert manifest.kind == "VirtualMachineInstance"
-    assert manifest.start_after_apply is True
-    assert manifest.vm.spec.run_strategy == "Manual"
+    assert manifest.vm.spec.run_strategy == "Once"
     assert manifest.vm.spec.template.spec.hostname == "fedora"
-    assert not map_document(fedora(), default_namespace="default").start_after_apply
+    assert map_document(fedora(), default_namespace="default").vm.spec.run_strategy != "Once"
+
+
+def test_a_vm_with_run_strategy_once_keeps_it() -> None:
+    manifest = map_document(vm_with("spec.runStrategy", "Once"), default_namespace="default")
+    assert manifest.vm.spec.run_strategy == "Once"
 
 
 def vm_with(path: str, value: Any) -> dict[str, Any]:
@@ -248,7 +252,6 @@ def running(value: Any) -> dict[str, Any]:
             vm_with("spec.template.metadata.namespace", "x"),
             "spec.template.metadata.namespace: field is not supported",
         ),
-        (vm_with("spec.runStrategy", "Once"), "spec.runStrategy: 'Once' is not supported"),
         (vm_with("spec.runStrategy", "Sometimes"), "spec.runStrategy: 'Sometimes' is not one of"),
         (vm_with("spec.running", True), "spec: set only one of running, runStrategy"),
         (running("yes"), "spec.running: must be true or false"),
@@ -281,7 +284,6 @@ def running(value: Any) -> dict[str, Any]:
         "two-network-sources",
         "owner-references",
         "template-namespace",
-        "run-once",
         "unknown-run-strategy",
         "running-and-run-strategy",
         "running-not-bool",

@@ -32,6 +32,8 @@ def state(node: FakeNode, domain: str = WEB) -> DomainState:
         ("RerunOnFailure", "guest_poweroff", False),
         ("Manual", "crash", False),
         ("Halted", "crash", False),
+        ("Once", "crash", False),
+        ("Once", "guest_poweroff", False),
     ],
 )
 def test_the_run_strategy_decides_whether_a_stopped_guest_starts_again(

@@ -581,6 +581,15 @@ def test_render_round_trips(make: Callable[[], Doc]) -> None:
     assert render_vm(parse_vm(rendered)) == rendered
 
 
+def test_run_strategy_once_round_trips() -> None:
+    doc = _doc()
+    doc["spec"]["runStrategy"] = "Once"
+    vm = parse_vm(doc)
+    assert vm.run_strategy is RunStrategy.ONCE
+    assert render_vm(vm)["spec"]["runStrategy"] == "Once"
+    assert parse_vm(render_vm(vm)) == vm
+
+
 def test_every_field_parses_to_the_model() -> None:
     vm = parse_vm(_full())
     assert vm.labels == {"tier": "web", "app": "shop"}

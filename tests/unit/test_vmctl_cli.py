@@ -154,7 +154,7 @@ def test_apply_then_get(
     assert '"name": "web"' in capsys.readouterr().out
 
 
-def test_vmi_is_started_after_apply(
+def test_vmi_is_applied_as_once_with_no_separate_start(
     agent: str, fake: FakeAgent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = yaml.safe_load(MANIFEST)
@@ -164,9 +164,10 @@ def test_vmi_is_started_after_apply(
 
     assert run(agent, "apply", "-f", str(manifest)) == 0
 
-    assert fake.said() == ["apply", "start"]
-    assert fake.vms[("default", "web")].spec.run_strategy == "Manual"
-    assert capsys.readouterr().out == "vm default/web created and started\n"
+    # The intent to run is stored with the VM (Once): the agent starts it, vmctl does not.
+    assert fake.said() == ["apply"]
+    assert fake.vms[("default", "web")].spec.run_strategy == "Once"
+    assert capsys.readouterr().out == "vm default/web created\n"
 
 
 def test_list_table_and_namespaces(

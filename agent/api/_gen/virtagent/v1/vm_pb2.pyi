@@ -157,7 +157,9 @@ class VirtualMachineSpec(_message.Message):
     RUN_STRATEGY_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
     run_strategy: _builtins.str
-    """Always, Halted, Manual or RerunOnFailure (default Always)."""
+    """Always, Halted, Manual, RerunOnFailure or Once (default Always). Once: started when
+    created, never restarted after it stops (what a KubeVirt VirtualMachineInstance does).
+    """
     @_builtins.property
     def template(self) -> Global___VirtualMachineInstanceTemplateSpec: ...
     def __init__(

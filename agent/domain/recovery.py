@@ -1,0 +1,84 @@
+"""Finishing a start a killed agent left half-done, when a restarted agent rebuilds its state.
+
+``DomainSteps.start`` stores a ``starting`` mark before it creates the guest paused and
+clears it once the guest runs. A mark found by the resync means the agent died in between:
+the guest is off (never created), paused (created, never resumed; libvirt's state reason
+is the same as a user's pause, hence the mark) or running (only the mark was left).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from agent.domain.registry import VMRecord
+from agent.domain.steps import DomainSteps
+from agent.naming import vm_key
+from agent.ports import DomainState
+
+__all__ = ["StartRecovery", "interrupted_start", "note_never_started"]
+
+log = logging.getLogger(__name__)
+
+# (domain, verb, seconds to wait for the lock) → the VM's operation lock held.
+Operation = Callable[[str, str, float], contextlib.AbstractContextManager[None]]
+
+
+def interrupted_start(record: VMRecord) -> bool:
+    """A start was under way when the agent died (and nobody stopped the VM since)."""
+    return record.books.starting and not record.books.halted
+
+
+def note_never_started(domain: str, record: VMRecord) -> None:
+    """Log that a VM defined but never started (an Apply cut short) is being started."""
+    if not record.books.started_at:
+        log.info(
+            "repaired: vm %s was defined but never started (its apply was interrupted); "
+            "starting it (runStrategy %s)",
+            vm_key(domain),
+            record.spec.run_strategy,
+        )
+
+
+class StartRecovery:
+    """Finishes interrupted starts as the agent's own background work, under the VM's lock."""
+
+    def __init__(
+        self, steps: DomainSteps, spawn: Callable[[str, Callable[[], None]], None], lock: Operation
+    ) -> None:
+        self._steps = steps
+        self._spawn = spawn
+        self._lock = lock
+
+    def finish_later(self, domain: str) -> None:
+        def run() -> None:
+            try:
+                with self._lock(domain, "finish-start", 60.0):
+                    done = self.finish(domain)
+                    self._steps.refresh(domain)
+                if done:
+                    log.info("repaired: vm %s: %s", vm_key(domain), done)
+            except Exception:
+                log.exception("finishing the interrupted start of %s failed", domain)
+
+        self._spawn(f"finish-start-{domain}", run)
+
+    def finish(self, domain: str) -> str:
+        """Finish the start if it is still marked (a Stop clears the mark); say what was done."""
+        steps = self._steps
+        info, spec, books = steps.require(domain)
+        if not books.starting or books.halted:
+            return ""
+        if info.state == DomainState.SHUTOFF:
+            steps.start(domain)
+            return "its start was interrupted before the guest was created; started it"
+        done = "it was running; cleared its starting mark"
+        if info.state == DomainState.PAUSED:
+            # Plugging is idempotent: the taps, NAT and DHCP the first agent made stay.
+            steps.network.plug(domain, spec, books.network)
+            steps.hv.resume(domain)
+            done = "it was left paused between create and resume; plugged it again and resumed it"
+        steps.save_books(domain, spec, dataclasses.replace(books, starting=False), live=True)
+        return done
