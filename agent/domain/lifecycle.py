@@ -21,7 +21,7 @@ from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
 from agent.domain.readiness import Readiness
-from agent.domain.recovery import StartRecovery, interrupted_start, note_never_started
+from agent.domain.recovery import StartRecovery
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.requests import RequestLog
 from agent.domain.restarts import STARTED_ON_CREATE, CrashBackoff, should_restart
@@ -97,9 +97,7 @@ class VMService:
         self._locks: dict[str, threading.Lock] = {}
         self._holders: dict[str, str] = {}  # what holds each VM's lock, for messages
         self._backoff = CrashBackoff()
-        self._recovery = StartRecovery(
-            self.steps, spawn, lambda d, v, w: self._operation(d, v, wait=w)
-        )
+        self._recovery = StartRecovery(self.steps, spawn, self._operation, self._restart_later)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -302,6 +300,7 @@ class VMService:
     def resync(self) -> None:
         """Rebuild the registry from libvirt: adopt every domain the agent made, drop the rest."""
         ours: dict[str, tuple[VMSpec, VMAllocation | None, bool]] = {}
+        later: list[Callable[[], None]] = []  # finishing or (re)starting VMs
         for info in self.hv.list_domains():
             try:
                 parsed = read_metadata(info.config_xml)
@@ -317,15 +316,14 @@ class VMService:
             except CorruptMetadata:
                 log.exception("domain %s has unreadable live metadata", info.name)
                 continue
-            if record is not None and interrupted_start(record):
-                self._recovery.finish_later(info.name)  # the agent was killed mid-start
-            elif record is not None and should_restart(record):
-                note_never_started(info.name, record)
-                self._restart_later(info.name, delay=0.0)
+            if record is not None and (work := self._recovery.plan(info.name, record)):
+                later.append(work)
         for stale in self.registry.names() - set(ours):
             self.registry.remove(stale)
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
         self.network.reconcile(ours)
+        for work in later:  # (started after the reconcile, which would unplug what they plug)
+            work()
 
     def on_connection(self, connected: bool) -> None:
         """libvirt came (back): read every VM again; libvirt went: not ready until then."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from agent.domain.registry import VMRecord
+from agent.domain.restarts import should_restart
 from agent.domain.steps import DomainSteps
 from agent.naming import vm_key
 from agent.ports import DomainState
@@ -22,8 +25,19 @@ __all__ = ["StartRecovery", "interrupted_start", "note_never_started"]
 
 log = logging.getLogger(__name__)
 
-# (domain, verb, seconds to wait for the lock) → the VM's operation lock held.
-Operation = Callable[[str, str, float], contextlib.AbstractContextManager[None]]
+
+class Operation(Protocol):
+    """``VMService._operation``: the VM's lock, waited for up to ``wait`` seconds."""
+
+    def __call__(
+        self, domain: str, verb: str, *, wait: float = ...
+    ) -> contextlib.AbstractContextManager[None]: ...
+
+
+class Restart(Protocol):
+    """``VMService._restart_later``: start the VM in the background after ``delay``."""
+
+    def __call__(self, domain: str, *, delay: float) -> None: ...
 
 
 def interrupted_start(record: VMRecord) -> bool:
@@ -46,16 +60,32 @@ class StartRecovery:
     """Finishes interrupted starts as the agent's own background work, under the VM's lock."""
 
     def __init__(
-        self, steps: DomainSteps, spawn: Callable[[str, Callable[[], None]], None], lock: Operation
+        self,
+        steps: DomainSteps,
+        spawn: Callable[[str, Callable[[], None]], None],
+        lock: Operation,
+        restart: Restart,
     ) -> None:
         self._steps = steps
         self._spawn = spawn
         self._lock = lock
+        self._restart = restart
+
+    def plan(self, domain: str, record: VMRecord) -> Callable[[], None] | None:
+        """What a resync does for the VM once the network is reconciled (which would remove
+        the plumbing of a VM it sees stopped): finish an interrupted start, or start a VM its
+        run strategy wants up. None: nothing."""
+        if interrupted_start(record):
+            return functools.partial(self.finish_later, domain)
+        if should_restart(record):
+            note_never_started(domain, record)
+            return functools.partial(self._restart, domain, delay=0.0)
+        return None
 
     def finish_later(self, domain: str) -> None:
         def run() -> None:
             try:
-                with self._lock(domain, "finish-start", 60.0):
+                with self._lock(domain, "finish-start", wait=60.0):
                     done = self.finish(domain)
                     self._steps.refresh(domain)
                 if done:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,28 @@ def test_a_manual_vm_applied_again_as_once_starts_if_it_never_ran(tmp_path: Path
 
     assert changed
     assert state(node) == DomainState.RUNNING
+
+
+def test_the_network_is_reconciled_before_recovery_starts_anything(tmp_path: Path) -> None:
+    """The reconcile removes the plumbing of VMs it sees stopped: a start racing it on
+    another thread would boot QEMU on a tap deleted under it."""
+    first = make_node(tmp_path)
+    first.hv.kill_agent_at("resume")
+    with pytest.raises(AgentKilled):
+        first.service.apply(vm_spec("web", run_strategy="Once"))
+    first.hv.kill_agent_at("set_metadata")
+    with pytest.raises(AgentKilled):
+        first.service.apply(vm_spec("db", run_strategy="Once"))
+    node = first.restarted_agent()
+    queued_at_reconcile: list[list[str]] = []
+    reconcile = node.network.reconcile
+
+    def recording(vms: dict[str, Any]) -> None:
+        queued_at_reconcile.append(node.tasks.names())
+        reconcile(vms)
+
+    node.network.reconcile = recording  # type: ignore[method-assign]
+    node.service.resync()
+
+    assert queued_at_reconcile == [[]]
+    assert sorted(node.tasks.names()) == [f"finish-start-{WEB}", "restart-default_db"]
