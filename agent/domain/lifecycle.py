@@ -127,6 +127,7 @@ class VMService:
         except Exception:
             self.network.unplug(domain, spec, books.network)  # gives back what allocate took
             raise
+        self.network.settle(domain, books.network)
         if spec.run_strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE):
             try:
                 self.steps.start(domain)
@@ -150,12 +151,18 @@ class VMService:
                 self.steps.start(domain)
                 record = self.steps.refreshed(domain)
             return record, False
+        held = books.network
         books = dataclasses.replace(
             books,
             generation=books.generation + 1,
-            network=self.network.allocate(domain, spec, books.network),
+            network=self.network.allocate(domain, spec, held),
         )
-        self.steps.define(domain, spec, books, new=False)
+        try:
+            self.steps.define(domain, spec, books, new=False)
+        except Exception:
+            self.network.settle(domain, held)  # libvirt's books still store the old one
+            raise
+        self.network.settle(domain, books.network)
         running = info.state != DomainState.SHUTOFF
         if spec.run_strategy != stored.run_strategy:
             if spec.run_strategy == RunStrategy.ALWAYS and not running:

@@ -10,7 +10,6 @@ built again from the plugged VMs, atomically.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from collections.abc import Callable
 
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
-from agent.network import names, ruleset
+from agent.network import guards, names, ruleset
 from agent.network.allocation import BRIDGE, allocate_vm, incoming_allocation
 from agent.network.dhcp import Lease
 from agent.network.ipam import Ledger
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 # A VM allocated or plugged this recently is being created or started: a reconcile working
 # from an older list of domains must not take its addresses or plumbing away.
 _BUSY_SECONDS = 120.0
-_NETWORKS = "spec.template.spec.networks"
 
 
 class RoutedNetwork:
@@ -113,14 +111,10 @@ class RoutedNetwork:
         with self._lock:
             new = allocate_vm(domain, spec, previous, self.ledger) if spec.interfaces else None
             if new is not None:
-                self._check_bridges(spec, new, InvalidSpec)
-            live = self._live.get(domain)
-            held = _holding(new, live[0] if live else None)
-            if held is None:
-                self.ledger.release(domain)
-            else:
-                self.ledger.claim(domain, held)
-            self._touched[domain] = self._clock()
+                guards.check_bridges(self.links, spec, new, InvalidSpec)
+            # Until ``settle``, the VM also keeps what it held before: a failed define
+            # leaves the books with ``previous``, and nobody else may have taken it.
+            self._hold(domain, guards.holding(new, previous))
         return new
 
     def adopt(
@@ -133,6 +127,20 @@ class RoutedNetwork:
             kept = incoming_allocation(incoming, self.ledger, domain) if incoming else None
         return self.allocate(domain, spec, kept)
 
+    def settle(self, domain: str, allocation: VMAllocation | None) -> None:
+        """The VM's books now store ``allocation``: release whatever else it reserved."""
+        with self._lock:
+            self._hold(domain, allocation)
+
+    def _hold(self, domain: str, allocation: VMAllocation | None) -> None:
+        live = self._live.get(domain)
+        held = guards.holding(allocation, live[0] if live else None)
+        if held is None:
+            self.ledger.release(domain)
+        else:
+            self.ledger.claim(domain, held)
+        self._touched[domain] = self._clock()
+
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[NicBacking, ...]:
@@ -143,7 +151,8 @@ class RoutedNetwork:
     def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         if (allocation := self._require(spec, allocation)) is None:
             return
-        self._check_bridges(spec, allocation, _precondition)
+        guards.check_bridges(self.links, spec, allocation, guards.precondition)
+        self._refuse_conflicts(domain, spec, allocation)
         plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
         created: list[str] = []
         served: list[str] = []
@@ -162,6 +171,7 @@ class RoutedNetwork:
                 live = dict(self._live)
                 old = live.get(domain)
                 live[domain] = (allocation, plan)
+                self._refuse_conflicts(domain, spec, allocation)
                 self._sync_firewall(live)
                 self._live = live
                 self.ledger.claim(domain, allocation)
@@ -178,7 +188,7 @@ class RoutedNetwork:
                 self._plugging.discard(domain)
         if old is not None:  # taps of NICs the new spec no longer has
             self._remove_taps(domain, {t.name for t in old[1].taps} - {t.name for t in plan.taps})
-        log.info("plugged %s: %s", spec.key, _describe(plan), extra={"vm": spec.key})
+        log.info("plugged %s: %s", spec.key, guards.describe(plan), extra={"vm": spec.key})
 
     def unplug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         with self._lock:
@@ -345,6 +355,17 @@ class RoutedNetwork:
             except Exception as exc:  # never fail a delete over it
                 log.warning("forgetting connections of %s: %s", address, exc)
 
+    def _refuse_conflicts(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> None:
+        """Two taps must never route one address: a claim another VM holds is not plugged."""
+        with self._lock:
+            conflicts = self.ledger.conflicts(domain, allocation)
+        if conflicts:
+            log.error("refusing to plug %s: %s", spec.key, "; ".join(conflicts))
+            raise FailedPrecondition(
+                f"vm {spec.key} cannot be plugged: {'; '.join(conflicts)}; its network "
+                "allocation collides with another VM's (damaged bookkeeping?)"
+            )
+
     def _require(self, spec: VMSpec, allocation: VMAllocation | None) -> VMAllocation | None:
         if allocation is None and spec.interfaces:
             raise FailedPrecondition(
@@ -362,38 +383,3 @@ class RoutedNetwork:
             if nic.binding == BRIDGE:
                 mtus[nic.bridge] = self.links.mtu(nic.bridge) or 0
         return mtus
-
-    def _check_bridges(
-        self, spec: VMSpec, allocation: VMAllocation, error: Callable[[str, str], Exception]
-    ) -> None:
-        for index, network in enumerate(spec.networks):
-            nic = allocation.nic(network.name)
-            if nic is None or nic.binding != BRIDGE:
-                continue
-            kind = self.links.kind(nic.bridge)
-            if kind != "bridge":
-                found = "does not exist" if kind is None else f"is a {kind}, not a bridge"
-                raise error(
-                    f"{_NETWORKS}[{index}].multus.networkName",
-                    f"host bridge {nic.bridge!r} {found} on this node",
-                )
-
-
-def _precondition(field: str, problem: str) -> Exception:
-    return FailedPrecondition(f"{field}: {problem}")
-
-
-def _holding(new: VMAllocation | None, live: VMAllocation | None) -> VMAllocation | None:
-    """What a VM holds: its new allocation plus what its running plumbing still uses."""
-    if new is None or live is None:
-        return new or live
-    extra = tuple(nic for nic in live.nics if nic not in new.nics)
-    return dataclasses.replace(new, nics=new.nics + extra)
-
-
-def _describe(plan: Plumbing) -> str:
-    parts = []
-    for tap in plan.taps:
-        where = f"bridge {tap.bridge}" if tap.bridge else f"{tap.guest_ip} via {tap.gateway}"
-        parts.append(f"{tap.name} ({where}, mtu {tap.mtu})")
-    return ", ".join(parts) or "no NICs"
