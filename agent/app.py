@@ -33,7 +33,7 @@ from agent.api.server import Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.api.tls import TlsFiles, reloading_credentials
 from agent.client import TLSOptions
-from agent.config import ConfigError, Settings
+from agent.config import ConfigError, Settings, bridge_networks
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
@@ -250,7 +250,12 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
             cidr,
         )
     config = NetworkConfig(
-        cidr=cidr, pool=pool, node_ports=settings.node_port_range, uplink=uplink, dns=dns
+        cidr=cidr,
+        pool=pool,
+        node_ports=settings.node_port_range,
+        uplink=uplink,
+        dns=dns,
+        bridges=bridge_networks(settings),
     )
     dhcp = DhcpServer()
     network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)

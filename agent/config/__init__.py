@@ -31,7 +31,7 @@ from agent.logs import FORMATS, LEVELS
 from agent.network.ipam import parse_cidr, parse_pool, parse_port_range
 from agent.quantity import parse_quantity
 
-__all__ = ["ConfigError", "Settings", "check_files", "load_settings"]
+__all__ = ["ConfigError", "Settings", "bridge_networks", "check_files", "load_settings"]
 
 
 class ConfigError(Exception):
@@ -65,6 +65,7 @@ class Settings:
     node_vm_pool: str = ""  # empty: the whole --vm-cidr (one node, or no migration)
     node_port_range: tuple[int, int] = (30000, 32767)
     uplink: str = ""  # empty: the link of the default route
+    bridge_network: list[str] = field(default_factory=list)  # NAME=BRIDGE; none: no bridges
     dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback
     # Disks and images (see agent.domain.files).
     host_disk_root: list[str] = field(default_factory=list)  # empty: no hostDisk volumes
@@ -213,6 +214,28 @@ def _interface_name(value: str) -> None:
         raise ValueError(f"{value!r} is longer than an interface name")
 
 
+def _bridge_network(value: str) -> tuple[str, str]:
+    name, sep, bridge = value.partition("=")
+    if not sep or not name.strip() or not bridge.strip() or name != name.strip():
+        raise ValueError(f"{value!r} is not NAME=BRIDGE")
+    _interface_name(bridge)
+    return name, bridge
+
+
+def _bridge_networks(values: list[str]) -> None:
+    seen = set()
+    for value in values:
+        name, _ = _bridge_network(value)
+        if name in seen:
+            raise ValueError(f"{name!r} is given twice")
+        seen.add(name)
+
+
+def bridge_networks(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """The operator's bridge networks as (name, host bridge) pairs, in the order given."""
+    return tuple(_bridge_network(value) for value in settings.bridge_network)
+
+
 def _host_port(value: str) -> None:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
@@ -236,6 +259,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "max_inbound_migrations": _positive,
     "dns": _each(_ipv4),
     "uplink": _interface_name,
+    "bridge_network": _bridge_networks,
     "listen": _each(_host_port),
     "metrics_listen": lambda value: _host_port(value) if value else None,
     "insecure_registry": _each(_registry),

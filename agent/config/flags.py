@@ -110,6 +110,13 @@ def _network_flags(add: Any) -> None:
     add("--node-port-range", help="node ports for published guest ports (default 30000-32767)")
     add("--uplink", help="the node's outside link (default: the link of the default route)")
     add(
+        "--bridge-network",
+        action="append",
+        metavar="NAME=BRIDGE",
+        help="a host bridge VMs may join as multus network NAME (repeatable; "
+        "none: bridge binding is refused)",
+    )
+    add(
         "--dns",
         action="append",
         help="DNS server for guests (repeatable; default: /etc/resolv.conf's, not loopback)",

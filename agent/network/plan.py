@@ -51,6 +51,9 @@ class NetworkConfig:
     dns: tuple[str, ...] = ()
     table: str = DEFAULT_TABLE
     lease_seconds: int = INFINITE
+    # The operator's bridge networks (``--bridge-network NAME=BRIDGE``): the only host
+    # bridges a VM can join, named by multus.networkName. None: bridge binding is refused.
+    bridges: tuple[tuple[str, str], ...] = ()
 
     @property
     def gateway(self) -> str:

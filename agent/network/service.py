@@ -71,6 +71,7 @@ class RoutedNetwork:
         self.conntrack = conntrack
         self.dhcp = dhcp
         self.ledger = Ledger(config.cidr, config.node_ports, pool=config.pool)
+        self._bridges = dict(config.bridges)
         self._clock = clock
         self._check_interval = check_interval
         self._ready_timeout = ready_timeout
@@ -109,9 +110,11 @@ class RoutedNetwork:
         if not self._ready.wait(self._ready_timeout):
             raise Unavailable("the VM network is not reconciled with libvirt yet; retry")
         with self._lock:
-            new = allocate_vm(domain, spec, previous, self.ledger) if spec.interfaces else None
-            if new is not None:
-                guards.check_bridges(self.links, spec, new, InvalidSpec)
+            new = None
+            if spec.interfaces:
+                bridges = guards.allowed_bridges(spec, self._bridges)
+                new = allocate_vm(domain, spec, previous, self.ledger, bridges=bridges)
+                guards.check_bridges(self.links, spec, new, InvalidSpec, self._bridges)
             # Until ``settle``, the VM also keeps what it held before: a failed define
             # leaves the books with ``previous``, and nobody else may have taken it.
             self._hold(domain, guards.holding(new, previous))
@@ -151,7 +154,7 @@ class RoutedNetwork:
     def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         if (allocation := self._require(spec, allocation)) is None:
             return
-        guards.check_bridges(self.links, spec, allocation, guards.precondition)
+        guards.check_bridges(self.links, spec, allocation, guards.precondition, self._bridges)
         self._refuse_conflicts(domain, spec, allocation)
         plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
         created: list[str] = []

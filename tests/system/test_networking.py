@@ -30,6 +30,7 @@ from tests.system.guest_exec import EXEC_USER_DATA, guest_exec, write_seed_iso
 from tests.system.netbed import (
     BRIDGE,
     BRIDGE_GATEWAY,
+    BRIDGE_NETWORK,
     CIDR,
     DNS,
     GATEWAY,
@@ -165,7 +166,16 @@ def net(test_guest: GuestImage) -> Iterator[Net]:
             node=node,
             guest=test_guest,
             dir=node.dir / "agent",
-            extra_args=["--image-root", str(images), "--vm-cidr", CIDR, "--dns", DNS],
+            extra_args=[
+                "--image-root",
+                str(images),
+                "--vm-cidr",
+                CIDR,
+                "--dns",
+                DNS,
+                "--bridge-network",
+                f"{BRIDGE_NETWORK}={BRIDGE}",
+            ],  # fmt: skip
         )
         net = Net(
             world=world,
@@ -371,12 +381,13 @@ def test_bridge_nic_joins_the_host_bridge_and_gets_its_traffic(net: Net) -> None
 
 def test_missing_bridge_is_refused_naming_the_field(net: Net) -> None:
     doc = net_vm("lost", "team-b", seed="seed.iso", bridge_mac="52:54:00:be:e0:02")
-    doc["spec"]["template"]["spec"]["networks"][1]["multus"]["networkName"] = "nobr0"
-    with pytest.raises(grpc.RpcError) as info:
-        net.agent.apply(doc)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "spec.template.spec.networks[1].multus.networkName" in info.value.details()
-    assert "nobr0" in info.value.details()
+    for name in ("nobr0", BRIDGE):  # a host link by its own name is not a bridge network
+        doc["spec"]["template"]["spec"]["networks"][1]["multus"]["networkName"] = name
+        with pytest.raises(grpc.RpcError) as info:
+            net.agent.apply(doc)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "spec.template.spec.networks[1].multus.networkName" in info.value.details()
+        assert f"{name!r} is not a bridge network" in info.value.details()
 
 
 # -- 6. nftables: repair, size, cleanup ------------------------------------------------------

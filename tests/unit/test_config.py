@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.__main__ import main
-from agent.config import ConfigError, Settings, check_files, load_settings
+from agent.config import ConfigError, Settings, bridge_networks, check_files, load_settings
 
 
 def config_file(tmp_path: Path, text: str) -> str:
@@ -169,3 +169,20 @@ def test_metrics_are_off_by_default_and_plain_http_needs_consent() -> None:
         [], environ={"VIRT_AGENT_METRICS_LISTEN": "[::]:8443", "VIRT_AGENT_METRICS_INSECURE": "1"}
     )
     assert from_env.metrics_listen == "[::]:8443"
+
+
+def test_bridge_networks_are_name_equals_bridge_pairs() -> None:
+    settings = load_settings(
+        ["--bridge-network", "lan=br0", "--bridge-network", "dmz=br-dmz"], environ={}
+    )
+    assert bridge_networks(settings) == (("lan", "br0"), ("dmz", "br-dmz"))
+    assert bridge_networks(load_settings([], environ={})) == ()  # none: bridge binding is refused
+    for bad, problem in [
+        ("br0", "is not NAME=BRIDGE"),
+        ("lan=", "is not NAME=BRIDGE"),
+        ("lan=a-bridge-name-too-long", "longer than an interface name"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^bridge-network: .*{problem}"):
+            load_settings(["--bridge-network", bad], environ={})
+    with pytest.raises(ConfigError, match="bridge-network: 'lan' is given twice"):
+        load_settings(["--bridge-network", "lan=br0", "--bridge-network", "lan=br1"], environ={})
