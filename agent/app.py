@@ -37,6 +37,7 @@ from agent.config import ConfigError, Settings, bridge_networks
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
+from agent.disks.layers import LayerLimits
 from agent.domain.capabilities import NodeSupport
 from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
@@ -278,7 +279,9 @@ def _vm_files(settings: Settings, registry: Registry) -> VMFiles:
     )
     cache_dir = settings.image_cache_dir or os.path.join(settings.state_dir, "containerdisks")
     in_use = functools.partial(vm_folder_exists, settings.state_dir)
-    disks = ContainerDisks(client, ImageCache(cache_dir, vm_exists=in_use), QemuImg())
+    limits = LayerLimits(max_bytes=settings.max_image_size, max_ratio=settings.max_image_ratio)
+    cache = ImageCache(cache_dir, vm_exists=in_use)
+    disks = ContainerDisks(client, cache, QemuImg(), limits=limits)
     support = VolumeSupport(
         container_disks=disks,
         iso=PycdlibIso(),

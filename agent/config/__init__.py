@@ -70,6 +70,8 @@ class Settings:
     # Disks and images (see agent.domain.files).
     host_disk_root: list[str] = field(default_factory=list)  # empty: no hostDisk volumes
     image_cache_dir: str = ""  # empty: <state-dir>/containerdisks
+    max_image_size: int = 64 * 1024**3  # bytes: a container disk's disk file, expanded
+    max_image_ratio: int = 1100  # expanded over compressed; 0: off (see LayerLimits)
     secrets_dir: str = ""  # empty: <state-dir>/secrets
     registry_config: str = ""  # docker config.json with registry credentials
     registry_ca: str = ""  # CA bundle for HTTPS registries (default: the system's)
@@ -161,6 +163,7 @@ _CONVERTERS: dict[object, Callable[[object], Any]] = {
 _CONVERT = {name: _CONVERTERS[hint] for name, hint in get_type_hints(Settings).items()}
 # Settings whose type does not say how they are written.
 _CONVERT["reserved_memory"] = lambda value: parse_quantity(_to_str(value))
+_CONVERT["max_image_size"] = lambda value: parse_quantity(_to_str(value))
 
 
 # -- checking one setting's value ---------------------------------------------------------
@@ -252,6 +255,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "virt_type": _one_of(VIRT_TYPES),
     "log_format": _one_of(FORMATS),
     "log_level": _one_of(LEVELS),
+    "max_image_ratio": _not_negative,
     "shutdown_grace_seconds": _not_negative,
     "node_vm_pool": _optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
     "migration_address": _optional(_ipv4),

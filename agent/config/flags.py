@@ -146,6 +146,11 @@ def _disk_flags(add: Any) -> None:
         help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",
     )
     add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
+    add("--max-image-size", help="largest disk file a container disk may hold (default 64Gi)")
+    add(
+        "--max-image-ratio",
+        help="largest disk file size over its compressed layer size (default 1100; 0: off)",
+    )
     add(
         "--secrets-dir",
         help="cloud-init secretRef files: <dir>/<namespace>/<name>/userdata "

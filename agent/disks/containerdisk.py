@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import agent.metrics.agent_metrics as agent_metrics
 from agent.disks.cache import CacheEntry, ImageCache
 from agent.disks.imagecheck import usable_format
-from agent.disks.layers import DiskSearch, LayerError
+from agent.disks.layers import DEFAULT_LIMITS, DiskSearch, LayerError, LayerLimits
 from agent.disks.manifest import (
     ACCEPT,
     LAYER_TYPES,
@@ -85,10 +85,18 @@ class ContainerDisks:
         disks.release("default_web")    # on delete; then disks.gc()
     """
 
-    def __init__(self, client: RegistryClient, cache: ImageCache, images: ImageTool) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        cache: ImageCache,
+        images: ImageTool,
+        *,
+        limits: LayerLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.client = client
         self.cache = cache
         self.images = images
+        self.limits = limits
 
     def ensure(
         self,
@@ -207,7 +215,7 @@ class ContainerDisks:
         report(0, total)
         with agent_metrics.image_pull(total), self.cache.workdir() as workdir:
             try:
-                search = DiskSearch(workdir, wanted=path)
+                search = DiskSearch(workdir, wanted=path, limits=self.limits)
                 done = 0
                 for number, layer in enumerate(manifest.layers):
                     blob = os.path.join(workdir, f"layer-{number}")

@@ -186,3 +186,12 @@ def test_bridge_networks_are_name_equals_bridge_pairs() -> None:
             load_settings(["--bridge-network", bad], environ={})
     with pytest.raises(ConfigError, match="bridge-network: 'lan' is given twice"):
         load_settings(["--bridge-network", "lan=br0", "--bridge-network", "lan=br1"], environ={})
+
+
+def test_container_disk_limits_have_defaults_and_are_checked() -> None:
+    settings = load_settings([], environ={})
+    assert (settings.max_image_size, settings.max_image_ratio) == (64 * 1024**3, 1100)
+    with pytest.raises(ConfigError, match="^max-image-ratio: -1 is negative"):
+        load_settings(["--max-image-ratio", "-1"], environ={})
+    with pytest.raises(ConfigError, match="^max-image-size: 'huge'"):
+        load_settings(["--max-image-size", "huge"], environ={})
