@@ -281,7 +281,9 @@ def _vm_files(settings: Settings, registry: Registry) -> VMFiles:
     in_use = functools.partial(vm_folder_exists, settings.state_dir)
     limits = LayerLimits(max_bytes=settings.max_image_size, max_ratio=settings.max_image_ratio)
     cache = ImageCache(cache_dir, vm_exists=in_use)
-    disks = ContainerDisks(client, cache, QemuImg(), limits=limits)
+    disks = ContainerDisks(
+        client, cache, QemuImg(), limits=limits, pull_timeout=settings.pull_timeout
+    )
     support = VolumeSupport(
         container_disks=disks,
         iso=PycdlibIso(),

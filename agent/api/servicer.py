@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -31,8 +31,10 @@ from agent.api._gen.virtagent.v1 import (
 from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
 from agent.domain.lifecycle import VMService
+from agent.domain.registry import Registry
 from agent.domain.views import VMViews
 from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
+from agent.models import MAX_GRACE_PERIOD_SECONDS
 from agent.ports import HostProbe, HypervisorVersions
 from agent.spec import validate_name
 
@@ -58,9 +60,24 @@ def _names(request: _NamedRequest) -> tuple[str, str]:
 def _grace(request: Any) -> int | None:
     if not request.HasField("grace_period_seconds"):
         return None
-    if request.grace_period_seconds < 0:
-        raise InvalidSpec("grace_period_seconds", "must not be negative")
+    if not 0 <= request.grace_period_seconds <= MAX_GRACE_PERIOD_SECONDS:
+        raise InvalidSpec(
+            "grace_period_seconds", f"must be between 0 and {MAX_GRACE_PERIOD_SECONDS} seconds"
+        )
     return int(request.grace_period_seconds)
+
+
+def _cancellation(context: grpc.ServicerContext, registry: Registry) -> Callable[[], bool]:
+    """Whether the client went away: a long wait (a graceful stop) then ends and frees its
+    slot and its VM. The registry is poked so that waits on it notice at once."""
+    ended = threading.Event()
+
+    def on_end() -> None:
+        ended.set()
+        registry.poke()
+
+    context.add_callback(on_end)
+    return lambda: ended.is_set() and not context.is_active()
 
 
 class _Slots:
@@ -152,7 +169,11 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         names, grace = _names(request), _grace(request)
         with self.slow_calls.take():
             record = self.service.stop(
-                *names, grace_period=grace, force=request.force, request_id=request.request_id
+                *names,
+                grace_period=grace,
+                force=request.force,
+                request_id=request.request_id,
+                cancelled=_cancellation(context, self.service.registry),
             )
         return pb.StopVirtualMachineResponse(vm=vm_to_proto(record))
 
@@ -185,7 +206,12 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     ) -> pb.DeleteVirtualMachineResponse:
         names, grace = _names(request), _grace(request)
         with self.slow_calls.take():
-            self.service.delete(*names, grace_period=grace, request_id=request.request_id)
+            self.service.delete(
+                *names,
+                grace_period=grace,
+                request_id=request.request_id,
+                cancelled=_cancellation(context, self.service.registry),
+            )
         return pb.DeleteVirtualMachineResponse()
 
     @grpc_stream_errors

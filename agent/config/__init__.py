@@ -70,6 +70,7 @@ class Settings:
     # Disks and images (see agent.domain.files).
     host_disk_root: list[str] = field(default_factory=list)  # empty: no hostDisk volumes
     image_cache_dir: str = ""  # empty: <state-dir>/containerdisks
+    pull_timeout: float = 1800.0  # a whole container disk pull, all layers
     max_image_size: int = 64 * 1024**3  # bytes: a container disk's disk file, expanded
     max_image_ratio: int = 1100  # expanded over compressed; 0: off (see LayerLimits)
     secrets_dir: str = ""  # empty: <state-dir>/secrets
@@ -256,6 +257,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "log_format": _one_of(FORMATS),
     "log_level": _one_of(LEVELS),
     "max_image_ratio": _not_negative,
+    "pull_timeout": _positive,
     "shutdown_grace_seconds": _not_negative,
     "node_vm_pool": _optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
     "migration_address": _optional(_ipv4),

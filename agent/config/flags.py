@@ -146,6 +146,7 @@ def _disk_flags(add: Any) -> None:
         help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",
     )
     add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
+    add("--pull-timeout", help="seconds a container disk pull may take in all (default 1800)")
     add("--max-image-size", help="largest disk file a container disk may hold (default 64Gi)")
     add(
         "--max-image-ratio",

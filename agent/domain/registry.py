@@ -119,6 +119,11 @@ class Registry:
         with self._lock:
             self._watches.discard(watch)
 
+    def poke(self) -> None:
+        """Wake every ``wait_until`` to check its predicate again (it may look elsewhere)."""
+        with self._lock:
+            self._lock.notify_all()
+
     def wait_until(
         self,
         domain: str,

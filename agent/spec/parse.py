@@ -12,6 +12,7 @@ from agent.defaults import GRACE_PERIOD_SECONDS
 from agent.errors import InvalidSpec
 from agent.models import (
     CPU,
+    MAX_GRACE_PERIOD_SECONDS,
     Firmware,
     KernelBoot,
     RunStrategy,
@@ -93,8 +94,11 @@ def _parse_instance(
     domain = node.child("domain") or Node(node.at("domain"), {})
     uid = _firmware_uuid(domain.child("firmware"), uid)
     grace = node.get("terminationGracePeriodSeconds", int, GRACE_PERIOD_SECONDS)
-    if grace < 0:
-        raise InvalidSpec(node.at("terminationGracePeriodSeconds"), "must not be negative")
+    if not 0 <= grace <= MAX_GRACE_PERIOD_SECONDS:
+        raise InvalidSpec(
+            node.at("terminationGracePeriodSeconds"),
+            f"must be between 0 and {MAX_GRACE_PERIOD_SECONDS} seconds",
+        )
     ignition = node.get("ignitionData", str, "")
     if len(ignition.encode()) > _MAX_IGNITION:
         raise InvalidSpec(node.at("ignitionData"), "is more than 256 KiB")

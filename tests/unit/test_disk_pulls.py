@@ -15,7 +15,7 @@ from agent.disks.ports import PullProgress
 from agent.domain.files import VMFiles, VolumeSupport
 from agent.domain.pullstatus import CONDITION, PullStatusPublisher
 from agent.domain.registry import Registry, VMRecord
-from agent.errors import FailedPrecondition, InvalidSpec
+from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.imageref import parse_reference
 from agent.models import Bookkeeping, ContainerDisk, Disk, Phase, VMSpec, VMStatus, Volume
 from tests.unit.disk_fakes import FakeImages, FakeObserver, FakeRegistry, layer, sparse_layer
@@ -318,3 +318,20 @@ def test_a_sparse_disk_is_written_sparse(tmp_path: Path) -> None:
     with open(entry.path, "rb") as handle:
         handle.seek(64 * MIB - 4)
         assert handle.read() == b"QFI\xfb"
+
+
+def test_a_pull_has_an_overall_deadline(tmp_path: Path) -> None:
+    reg = FakeRegistry()
+    reg.add_image([layer({"disk/disk.qcow2": os.urandom(50_000)})], tag="slow")
+    now = [0.0]
+
+    def clock() -> float:  # every chunk arrives in time, but they take ten seconds each
+        now[0] += 10.0
+        return now[0]
+
+    cache = ImageCache(str(tmp_path / "cache"), vm_exists=lambda d: True)
+    disks = ContainerDisks(reg, cache, FakeImages(), pull_timeout=60.0, clock=clock)
+    image = "reg.test:5000/disks/guest:slow"
+    with pytest.raises(Unavailable, match=f"^{image}: the pull took longer than 60s"):
+        disks.ensure(parse_reference(image), "", "default_a")
+    assert cache.entries() == [] and os.listdir(tmp_path / "cache" / "tmp") == []
