@@ -102,6 +102,20 @@ class VMFiles:
     def vm_exists(self, domain: str) -> bool:
         return vm_folder_exists(self.state_dir, domain)
 
+    def remove_orphans(self, keep: set[str]) -> list[str]:
+        """Remove the folders of VMs not in ``keep`` (domains, and VMs being made): they have
+        no domain (an agent killed mid-delete), so nothing of theirs may ever be handed to a
+        new VM of the same name. Returns their names."""
+        try:
+            names = sorted(os.listdir(os.path.join(self.state_dir, "vms")))
+        except FileNotFoundError:
+            return []
+        orphans = [n for n in names if n not in keep and os.path.isdir(self.vm_dir(n))]
+        for name in orphans:
+            log.warning("removing the files of %s: it has no domain (a delete interrupted?)", name)
+            self.remove(name)
+        return orphans
+
     def console_log(self, domain: str) -> str:
         return os.path.join(self.vm_dir(domain), "console.log")
 

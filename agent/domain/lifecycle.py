@@ -1,9 +1,9 @@
 """VMService: define, start, stop, pause, restart and delete VMs; idempotent, one op per VM.
 
-Every verb measures, then acts: starting a running VM, stopping a stopped one and applying
-an identical spec change nothing. Operations on one VM are serialised (a second concurrent
-one fails with Conflict); different VMs proceed in parallel. Guests start paused, get
-plumbed, then run (Nova's ordering), and a VM that cannot start is not left behind.
+Every verb measures, then acts: starting a running VM, stopping a stopped one and applying an
+identical spec change nothing. Operations on one VM are serialised (a second concurrent one
+fails with Conflict; different VMs proceed in parallel). Guests start paused, get plumbed,
+then run (Nova's ordering); a VM that cannot start is not left behind.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class VMService:
             grace = grace if grace_period is None else grace_period
             self.steps.stop(domain, grace, force=force, cancelled=cancelled)
 
-        forced = force or grace_period == 0
+        forced = force or grace_period == 0  # preempts a graceful stop in flight
         return self._verb("stop", namespace, name, request_id, stop, preempt=forced)
 
     def restart(self, namespace: str, name: str, *, hard: bool, request_id: str = "") -> VMRecord:
@@ -293,7 +293,8 @@ class VMService:
     def resync(self) -> None:
         """Rebuild the registry from libvirt: adopt every domain the agent made, drop the rest."""
         ours: dict[str, tuple[VMSpec, VMAllocation | None, bool]] = {}
-        for info in self.hv.list_domains():
+        domains = self.hv.list_domains()
+        for info in domains:
             try:
                 parsed = read_metadata(info.config_xml)
             except CorruptMetadata:
@@ -312,6 +313,7 @@ class VMService:
                 self._restart_later(info.name, delay=0.0)
         for stale in self.registry.names() - set(ours):
             self.registry.remove(stale)
+        self.files.remove_orphans({i.name for i in domains} | set(self._holders))
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
         self.network.reconcile(ours)
 

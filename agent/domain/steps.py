@@ -161,6 +161,10 @@ class DomainSteps:
     def define(self, domain: str, spec: VMSpec, books: Bookkeeping, *, new: bool) -> None:
         """Resolve the VM's files and (re)define its domain; a new VM's files go on failure."""
         require_node_support(spec, self.virt_type, self.support)
+        if new and self.files.vm_exists(domain):
+            # Left by a VM of that name whose delete was cut short: never handed on.
+            log.warning("removing leftover files of %s before creating it", domain)
+            self.files.remove(domain)
         try:
             self.hv.define(self.definition(domain, spec, books))
         except Exception:
