@@ -248,7 +248,6 @@ class VMService:
             self.steps.stop(domain, grace, force=False, cancelled=cancelled)
             self.steps.remove(domain, spec, books)
         self._backoff.forget(domain)
-        self._vm_locks.forget(domain)
         self.requests.remember(request_id, "delete", domain, True)
 
     def _verb(

@@ -12,6 +12,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
+from agent.domain.locks import NamedLocks
 from agent.errors import Conflict
 from agent.naming import vm_key
 
@@ -27,22 +28,24 @@ class VMLocks:
 
     def __init__(self, preempt: Callable[[str, bool], None]) -> None:
         self._preempt = preempt
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self.locks = NamedLocks()  # kept only while used: names never called leave nothing
         self.holders: dict[str, str] = {}  # what holds each VM's lock, for messages
-
-    def forget(self, domain: str) -> None:
-        """A deleted VM's lock: a later VM of that name starts afresh."""
-        with self._guard:
-            self._locks.pop(domain, None)
 
     @contextlib.contextmanager
     def held(
         self, domain: str, verb: str, *, wait: float = 0.0, preempt: bool = False
     ) -> Iterator[None]:
         """Hold the VM's lock: at once or within ``wait`` seconds, else Conflict."""
-        with self._guard:
-            lock = self._locks.setdefault(domain, threading.Lock())
+        with self.locks.using(domain) as lock:
+            self._take(domain, lock, wait, preempt)
+            self.holders[domain] = verb
+            try:
+                yield
+            finally:
+                self.holders.pop(domain, None)
+                lock.release()
+
+    def _take(self, domain: str, lock: threading.Lock, wait: float, preempt: bool) -> None:
         acquired = lock.acquire(timeout=wait) if wait else lock.acquire(blocking=False)
         holder = self.holders.get(domain)
         if not acquired and (holder in _BACKGROUND or (preempt and holder in _GRACEFUL)):
@@ -54,9 +57,3 @@ class VMLocks:
         if not acquired:
             holder = self.holders.get(domain, "another operation")
             raise Conflict(f"{holder} on vm {vm_key(domain)} is in progress; retry")
-        self.holders[domain] = verb
-        try:
-            yield
-        finally:
-            self.holders.pop(domain, None)
-            lock.release()

@@ -23,6 +23,7 @@ from agent.models import (
     Volume,
     VolumeSource,
 )
+from agent.spec.limits import MAX_PORTS, MAX_USER_DATA_BYTES
 from agent.spec.reader import Node, choice, one_of, quantity, relative_path, validate_name
 
 __all__ = ["check_references", "parse_disk", "parse_interface", "parse_network", "parse_volume"]
@@ -106,10 +107,16 @@ def _decoded(node: Node, plain: str, encoded: str) -> str:
     if text and data:
         raise InvalidSpec(node.path, f"set only one of {plain}, {encoded}")
     if data:
+        if len(data) > MAX_USER_DATA_BYTES * 4 // 3 + 4:
+            raise InvalidSpec(node.at(encoded), f"is larger than {MAX_USER_DATA_BYTES} bytes")
         try:
-            return base64.b64decode(data, validate=True).decode()
+            text = base64.b64decode(data, validate=True).decode()
         except ValueError:  # bad base64, text that is not ASCII, bytes that are not UTF-8
             raise InvalidSpec(node.at(encoded), "is not base64 of UTF-8 text") from None
+    if len(text.encode()) > MAX_USER_DATA_BYTES:
+        raise InvalidSpec(
+            node.at(encoded if data else plain), f"is larger than {MAX_USER_DATA_BYTES} bytes"
+        )
     return text
 
 
@@ -166,7 +173,7 @@ def parse_interface(node: Node) -> Interface:
     binding = one_of(node, {"masquerade": lambda n: "masquerade", "bridge": lambda n: "bridge"})
     if binding is None:
         raise InvalidSpec(node.path, "needs a binding method: masquerade or bridge")
-    ports = tuple(_parse_port(p) for p in node.items("ports"))
+    ports = tuple(_parse_port(p) for p in node.items("ports", MAX_PORTS))
     if ports and binding != "masquerade":
         raise InvalidSpec(node.at("ports"), "are only supported with masquerade binding")
     mac = node.get("macAddress", str, "").lower()

@@ -27,15 +27,9 @@ from agent.spec.devices import (
     parse_volume,
 )
 from agent.spec.hardware import parse_hardware
+from agent.spec.limits import MAX_DISKS, MAX_INTERFACES, check_labels
 from agent.spec.probes import parse_probe
-from agent.spec.reader import (
-    Node,
-    check_text,
-    one_of,
-    quantity,
-    relative_path,
-    validate_name,
-)
+from agent.spec.reader import Node, one_of, quantity, relative_path, validate_name
 
 __all__ = ["parse_vm"]
 
@@ -59,10 +53,7 @@ def parse_vm(document: Mapping[str, Any]) -> VMSpec:
         except ValueError:
             raise InvalidSpec("metadata.uid", f"{uid!r} is not a UUID") from None
     labels = meta.get("labels", dict, {})
-    for key, value in labels.items():
-        if not isinstance(value, str):
-            raise InvalidSpec(f"metadata.labels.{key}", "must be a string")
-        check_text("metadata.labels", f"{key}{value}")
+    check_labels(labels)
     meta.allowed.update({"generation", "creationTimestamp", "resourceVersion"})
     meta.done()
 
@@ -105,8 +96,8 @@ def _parse_instance(
     hostname = node.get("hostname", str, "")
     if hostname:
         validate_name(node.at("hostname"), hostname)
-    volumes = tuple(parse_volume(v) for v in node.items("volumes"))
-    networks = tuple(parse_network(n) for n in node.items("networks"))
+    volumes = tuple(parse_volume(v) for v in node.items("volumes", MAX_DISKS))
+    networks = tuple(parse_network(n) for n in node.items("networks", MAX_INTERFACES))
     hardware = _parse_domain(domain)
     readiness = parse_probe(node.child("readinessProbe"), liveness=False)
     liveness = parse_probe(node.child("livenessProbe"), liveness=True)
@@ -143,8 +134,8 @@ def _parse_domain(node: Node) -> dict[str, Any]:
     rng = devices.child("rng")  # every guest gets a virtio RNG: asking for one is fine
     if rng is not None:
         rng.done()
-    disks = tuple(parse_disk(d) for d in devices.items("disks"))
-    interfaces = tuple(parse_interface(i) for i in devices.items("interfaces"))
+    disks = tuple(parse_disk(d) for d in devices.items("disks", MAX_DISKS))
+    interfaces = tuple(parse_interface(i) for i in devices.items("interfaces", MAX_INTERFACES))
     devices.done()
     node.done()
     return {

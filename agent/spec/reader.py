@@ -81,11 +81,14 @@ class Node:
             return None
         return Node(self.at(key), self.data[key])
 
-    def items(self, key: str) -> list[Node]:
+    def items(self, key: str, limit: int) -> list[Node]:
+        """The list at ``key``, of at most ``limit`` items."""
         self.allowed.add(key)
         value = self.data.get(key) or []
         if not isinstance(value, list):
             raise InvalidSpec(self.at(key), "must be a list")
+        if len(value) > limit:
+            raise InvalidSpec(self.at(key), f"has {len(value)} items; at most {limit} allowed")
         return [Node(f"{self.at(key)}[{i}]", item) for i, item in enumerate(value)]
 
     def done(self) -> None:
