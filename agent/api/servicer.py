@@ -30,6 +30,7 @@ from agent.api._gen.virtagent.v1 import (
 )
 from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
+from agent.api.paging import PAGE_BYTES, one_page
 from agent.domain.lifecycle import VMService
 from agent.domain.registry import Registry
 from agent.domain.views import VMViews
@@ -113,6 +114,7 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         self.views = views
         self.streams = _Slots(max_streams, "watch/console streams")
         self.slow_calls = _Slots(max_slow, "apply/start/stop/restart/delete calls")
+        self.page_bytes = PAGE_BYTES
 
     @grpc_errors
     def ApplyVirtualMachine(
@@ -134,8 +136,17 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         self, request: pb.ListVirtualMachinesRequest, context: grpc.ServicerContext
     ) -> pb.ListVirtualMachinesResponse:
         records, version = self.views.list(request.namespace, request.label_selector)
+        vms, next_token = one_page(
+            records,
+            key=lambda r: (r.spec.namespace, r.spec.name),
+            convert=vm_to_proto,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            filters=(request.namespace, request.label_selector),
+            max_bytes=self.page_bytes,
+        )
         return pb.ListVirtualMachinesResponse(
-            vms=[vm_to_proto(r) for r in records], resource_version=version
+            vms=vms, resource_version=version, next_page_token=next_token
         )
 
     @grpc_stream_errors
