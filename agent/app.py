@@ -144,13 +144,14 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
     )
     hv.subscribe(service)
     views = VMViews(registry, service.files)
-    vm_servicer = VirtualMachineServicer(service, views, max_streams=max_streams, max_slow=max_slow)
+    host = PsutilHostProbe()
+    vm_servicer = VirtualMachineServicer(
+        service, views, max_streams=max_streams, max_slow=max_slow, host=host
+    )
     migrations = _migrations(settings, hv, service, networking)
     server = create_server(
         vm_servicer,
-        NodeServicer(
-            service, views, PsutilHostProbe(), hv, reserved_memory=settings.reserved_memory
-        ),
+        NodeServicer(service, views, host, hv, reserved_memory=settings.reserved_memory),
         listen=settings.listen,
         unix_socket=settings.unix_socket,
         credentials=credentials,

@@ -38,6 +38,7 @@ from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
 from agent.models import MAX_GRACE_PERIOD_SECONDS
 from agent.ports import HostProbe, HypervisorVersions
 from agent.spec import validate_name
+from agent.spec.limits import check_capacity
 
 __all__ = ["MigrationServicer", "NodeServicer", "VirtualMachineServicer"]
 
@@ -108,10 +109,17 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     """virtagent.v1.VirtualMachineService: verbs go to the VMService, reads to the VMViews."""
 
     def __init__(
-        self, service: VMService, views: VMViews, *, max_streams: int = 16, max_slow: int = 32
+        self,
+        service: VMService,
+        views: VMViews,
+        *,
+        max_streams: int = 16,
+        max_slow: int = 32,
+        host: HostProbe | None = None,
     ) -> None:
         self.service = service
         self.views = views
+        self.host = host  # the node's size, to refuse VMs larger than it (None: unchecked)
         self.streams = _Slots(max_streams, "watch/console streams")
         self.slow_calls = _Slots(max_slow, "apply/start/stop/restart/delete calls")
         self.page_bytes = PAGE_BYTES
@@ -121,6 +129,9 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         self, request: pb.ApplyVirtualMachineRequest, context: grpc.ServicerContext
     ) -> pb.ApplyVirtualMachineResponse:
         spec = spec_from_proto(request.vm)
+        if self.host is not None:
+            facts = self.host.facts()
+            check_capacity(spec, facts.cpus, facts.memory_bytes)
         with self.slow_calls.take():
             record, changed = self.service.apply(spec, request.request_id)
         return pb.ApplyVirtualMachineResponse(vm=vm_to_proto(record), changed=changed)

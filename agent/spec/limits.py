@@ -3,10 +3,13 @@ registry, watch buffers, domain metadata), so none is unbounded."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
 from agent.errors import InvalidSpec
+from agent.models import CPU, VMSpec
+from agent.quantity import format_bytes, parse_cpu_quantity, parse_quantity
 
 __all__ = [
     "MAX_DISKS",
@@ -16,6 +19,7 @@ __all__ = [
     "MAX_LABELS",
     "MAX_PORTS",
     "MAX_USER_DATA_BYTES",
+    "check_capacity",
     "check_labels",
 ]
 
@@ -54,3 +58,29 @@ def check_labels(labels: Mapping[str, object], field: str = "metadata.labels") -
                 f"the value of {key!r}, {value[:80]!r}, is not a label value (at most 63 "
                 "letters, digits, '-', '_' or '.', starting and ending alphanumeric)",
             )
+
+
+def check_capacity(spec: VMSpec, cpus: int, memory_bytes: int) -> None:
+    """Refuse a VM that asks for more vCPUs or memory than the node has, naming the field."""
+    domain = "spec.template.spec.domain"
+    if spec.memory_bytes > memory_bytes:
+        from_requests = spec.resource_requests.get("memory")
+        field = "resources.requests.memory" if from_requests else "memory.guest"
+        if from_requests and parse_quantity(from_requests) != spec.memory_bytes:
+            field = "memory.guest"
+        raise InvalidSpec(
+            f"{domain}.{field}",
+            f"{format_bytes(spec.memory_bytes)} is more than this node has "
+            f"({format_bytes(memory_bytes)})",
+        )
+    if spec.cpu.vcpus > cpus:
+        sized_by = spec.resource_limits.get("cpu") or spec.resource_requests.get("cpu")
+        which = "limits" if "cpu" in spec.resource_limits else "requests"
+        field = f"resources.{which}.cpu" if sized_by and spec.cpu == _sized(sized_by) else "cpu"
+        raise InvalidSpec(
+            f"{domain}.{field}", f"{spec.cpu.vcpus} vCPUs is more than this node has ({cpus})"
+        )
+
+
+def _sized(quantity: str) -> CPU:
+    return CPU(sockets=max(1, math.ceil(parse_cpu_quantity(quantity))))

@@ -27,7 +27,7 @@ from agent.spec.devices import (
     parse_volume,
 )
 from agent.spec.hardware import parse_hardware
-from agent.spec.limits import MAX_DISKS, MAX_INTERFACES, check_labels
+from agent.spec.limits import MAX_DISKS, MAX_INTERFACES, MAX_KERNEL_ARGS, check_labels
 from agent.spec.probes import parse_probe
 from agent.spec.reader import Node, one_of, quantity, relative_path, validate_name
 
@@ -36,6 +36,8 @@ __all__ = ["parse_vm"]
 _MAX_VCPUS = 256
 _MIN_MEMORY = 16 * 1024 * 1024
 _MAX_IGNITION = 256 * 1024
+_MAX_MEMORY = 16 * 1024**4  # 16 TiB; the node's own size is checked when a VM is applied
+_CPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # host-model, Skylake-Server
 
 
 def parse_vm(document: Mapping[str, Any]) -> VMSpec:
@@ -170,7 +172,10 @@ def _parse_cpu(node: Node, requests: dict[str, str], limits: dict[str, str]) -> 
             counts[key] = cpu_node.get(key, int, 0) or 1
             if counts[key] < 1:
                 raise InvalidSpec(cpu_node.at(key), "must be at least 1")
-        cpu = CPU(model=cpu_node.get("model", str, ""), **counts)
+        model = cpu_node.get("model", str, "")
+        if model and not _CPU_MODEL.match(model):
+            raise InvalidSpec(cpu_node.at("model"), f"{model[:40]!r} is not a CPU model name")
+        cpu = CPU(model=model, **counts)
         if cpu.vcpus > _MAX_VCPUS:
             raise InvalidSpec(cpu_node.path, f"{cpu.vcpus} vCPUs is more than {_MAX_VCPUS}")
         cpu_node.done()
@@ -228,6 +233,8 @@ def _parse_memory(domain: Node, requests: dict[str, str], limits: dict[str, str]
         )
     if memory < _MIN_MEMORY:
         raise InvalidSpec(f"{domain.path}.{field}", "must be at least 16Mi")
+    if memory > _MAX_MEMORY:
+        raise InvalidSpec(f"{domain.path}.{field}", f"must be at most {format_bytes(_MAX_MEMORY)}")
     if "memory" in limits and parse_quantity(limits["memory"]) < memory:
         raise InvalidSpec(
             f"{domain.path}.resources.limits.memory",
@@ -289,7 +296,7 @@ def _parse_firmware(node: Node | None) -> Firmware:
         kernel_boot = KernelBoot(
             kernel_path=relative_path(container, "kernelPath"),
             initrd_path=relative_path(container, "initrdPath", required=False),
-            kernel_args=kb.get("kernelArgs", str, ""),
+            kernel_args=_kernel_args(kb),
         )
         container.done()
         kb.done()
@@ -301,3 +308,10 @@ def _parse_firmware(node: Node | None) -> Firmware:
         efi_persistent=persistent,
         serial=serial,
     )
+
+
+def _kernel_args(node: Node) -> str:
+    args = node.get("kernelArgs", str, "", max_length=MAX_KERNEL_ARGS)
+    if any(ch < " " or ch == "\x7f" for ch in args):  # one line; the XML check allows \n
+        raise InvalidSpec(node.at("kernelArgs"), "must be one line without control characters")
+    return args

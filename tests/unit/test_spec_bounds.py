@@ -71,3 +71,58 @@ def test_specs_at_the_bounds_are_fine() -> None:
     _set("metadata.labels", {f"example.com/k{i}": "v" * 63 for i in range(MAX_LABELS)})(doc)
     _seed("x" * MAX_USER_DATA_BYTES)(doc)
     assert len(parse_vm(doc).labels) == MAX_LABELS
+
+
+# -- every field checked: INVALID_ARGUMENT naming it, never an internal error ---------------
+
+_DOMAIN = f"{INSTANCE}.domain"
+_KB = {"container": {"kernelPath": "vmlinuz"}}
+
+FIELDS = [
+    ("memory-400-digits", _set(f"{_DOMAIN}.memory.guest", "9" * 400), f"{_DOMAIN}.memory.guest"),
+    ("memory-exabyte", _set(f"{_DOMAIN}.memory.guest", "1Ei"), f"{_DOMAIN}.memory.guest"),
+    ("memory-64-tib", _set(f"{_DOMAIN}.memory.guest", "64Ti"), f"{_DOMAIN}.memory.guest"),
+    ("request-400-digits", _set(f"{_DOMAIN}.resources.requests.memory", "9" * 400),
+     f"{_DOMAIN}.resources.requests.memory"),
+    ("cpu-400-digits", _set(f"{_DOMAIN}.resources.requests.cpu", "9" * 400),
+     f"{_DOMAIN}.resources.requests.cpu"),
+    ("cpu-model-control", _set(f"{_DOMAIN}.cpu", {"model": "host\x00-model"}),
+     f"{_DOMAIN}.cpu.model"),
+    ("cpu-model-markup", _set(f"{_DOMAIN}.cpu", {"model": "x'/><evil/>"}),
+     f"{_DOMAIN}.cpu.model"),
+    ("kernel-args-control", _set(f"{_DOMAIN}.firmware.kernelBoot",
+                                 {**_KB, "kernelArgs": "console=ttyS0\x01"}),
+     f"{_DOMAIN}.firmware.kernelBoot.kernelArgs"),
+    ("kernel-args-newline", _set(f"{_DOMAIN}.firmware.kernelBoot",
+                                 {**_KB, "kernelArgs": "a\nb"}),
+     f"{_DOMAIN}.firmware.kernelBoot.kernelArgs"),
+    ("kernel-args-long", _set(f"{_DOMAIN}.firmware.kernelBoot",
+                              {**_KB, "kernelArgs": "a" * 5000}),
+     f"{_DOMAIN}.firmware.kernelBoot.kernelArgs"),
+    ("port-name-control", _set(f"{DEVICES}.interfaces.0.ports.0.name", "web\x1b[0m"),
+     f"{DEVICES}.interfaces[0].ports[0].name"),
+    ("port-name-long", _set(f"{DEVICES}.interfaces.0.ports.0.name", "p" * 100),
+     f"{DEVICES}.interfaces[0].ports[0].name"),
+    ("image-path-control", _set(f"{INSTANCE}.volumes.0.imageFile.path", "images/\x07.qcow2"),
+     f"{INSTANCE}.volumes[0].imageFile.path"),
+    ("user-data-control", _seed("#cloud-config\n\x00"),
+     f"{INSTANCE}.volumes[1].cloudInitNoCloud.userData"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutate", "field"), [c[1:] for c in FIELDS], ids=[c[0] for c in FIELDS])
+def test_hostile_values_are_invalid_naming_the_field(mutate: Mutation, field: str) -> None:
+    doc = _doc()
+    mutate(doc)
+    with pytest.raises(InvalidSpec) as caught:
+        parse_vm(doc)
+    assert caught.value.field == field, str(caught.value)
+
+
+def test_ordinary_values_still_parse() -> None:
+    doc = _doc()
+    _set(f"{_DOMAIN}.cpu", {"model": "host-passthrough", "cores": 2})(doc)
+    _set(f"{_DOMAIN}.firmware.kernelBoot", {**_KB, "kernelArgs": "console=ttyS0 quiet"})(doc)
+    _seed("#cloud-config\nruncmd:\n\t- [echo, hi]\r\n")(doc)
+    vm = parse_vm(doc)
+    assert vm.cpu.model == "host-passthrough" and vm.cpu.vcpus == 2
