@@ -63,7 +63,9 @@ class Settings:
     vm_network: bool = True
     vm_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.250.0.0/16")
     node_vm_pool: str = ""  # empty: the whole --vm-cidr (one node, or no migration)
-    node_port_range: tuple[int, int] = (30000, 32767)
+    # Not Kubernetes' NodePort range (30000-32767, DNAT-ed by kube-proxy at the same hook
+    # priority) and below Linux's ephemeral ports (32768-60999): no collision with either.
+    node_port_range: tuple[int, int] = (24000, 24999)
     uplink: str = ""  # empty: the link of the default route
     bridge_network: list[str] = field(default_factory=list)  # NAME=BRIDGE; none: no bridges
     dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback

@@ -107,7 +107,7 @@ def _network_flags(add: Any) -> None:
         help="subnet of --vm-cidr this node hands guest addresses out from "
         "(default: all of --vm-cidr; give each node its own when VMs migrate)",
     )
-    add("--node-port-range", help="node ports for published guest ports (default 30000-32767)")
+    add("--node-port-range", help="node ports for published guest ports (default 24000-24999)")
     add("--uplink", help="the node's outside link (default: the link of the default route)")
     add(
         "--bridge-network",

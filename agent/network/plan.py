@@ -46,7 +46,7 @@ class NetworkConfig:
 
     cidr: ipaddress.IPv4Network
     pool: ipaddress.IPv4Network | None = None
-    node_ports: tuple[int, int] = (30000, 32767)
+    node_ports: tuple[int, int] = (24000, 24999)
     uplink: str = ""
     dns: tuple[str, ...] = ()
     table: str = DEFAULT_TABLE

@@ -9,6 +9,7 @@ agent touches. Its rules never change; a VM only adds elements:
     same_namespace  devgroup . devgroup                     (g . g) per namespace group
     fwd_addr        inet_proto . inet_service : ipv4_addr     node port -> guest address
     fwd_port        inet_proto . inet_service : inet_service  node port -> guest port
+    published       ipv4_addr . inet_proto . inet_service   guest address, port published
 
 so the number of rules is the same with 1 VM and with 1,000. The rules (chain: what):
 
@@ -16,7 +17,8 @@ so the number of rules is the same with 1 VM and with 1,000. The rules (chain: w
                               source (tap, IP, MAC) must be the tap's guest, else drop.
                               Before conntrack, so spoofed packets leave no entry.
     input (filter)            from a tap to the node itself: replies, DHCP and ping only.
-    forward (filter)          replies pass; DNAT-ed (published) connections pass; tap to
+    forward (filter)          replies pass; connections DNAT-ed to one of the agent's own
+                              published (guest address, port) pairs pass; tap to
                               tap only within one namespace (the taps' interface groups,
                               one per namespace, must form a (g . g) pair); nothing else
                               reaches a tap.
@@ -56,6 +58,7 @@ _SETS: tuple[tuple[str, str | list[str], str | None], ...] = (
     ("same_namespace", ["devgroup", "devgroup"], None),
     ("fwd_addr", ["inet_proto", "inet_service"], "ipv4_addr"),
     ("fwd_port", ["inet_proto", "inet_service"], "inet_service"),
+    ("published", ["ipv4_addr", "inet_proto", "inet_service"], None),
 )
 
 
@@ -102,6 +105,9 @@ class FirewallState:
             "same_namespace": [{"concat": [g, g]} for g in sorted(self.groups)],
             "fwd_addr": [[{"concat": [f.protocol, f.node_port]}, f.ip] for f in forwards],
             "fwd_port": [[{"concat": [f.protocol, f.node_port]}, f.port] for f in forwards],
+            "published": [
+                {"concat": list(p)} for p in sorted({(f.ip, f.protocol, f.port) for f in forwards})
+            ],
         }
 
 
@@ -225,6 +231,10 @@ def _ct(key: str) -> Json:
 _FROM_TAP = _match(_meta("iifname"), "@taps")
 _TO_TAP = _match(_meta("oifname"), "@taps")
 _COUNTED_DROP: list[Json] = [{"counter": None}, {"drop": None}]
+_published = _match(
+    {"concat": [_payload("ip", "daddr"), _meta("l4proto"), _payload("th", "dport")]},
+    "@published",
+)
 
 
 def _dnat_published() -> list[Json]:
@@ -266,7 +276,9 @@ def _rules() -> list[tuple[str, list[Json]]]:
         ("guest_input", [_match(_payload("icmp", "type"), "echo-request"), {"accept": None}]),
         ("guest_input", list(_COUNTED_DROP)),
         ("forward", [established, {"accept": None}]),
-        ("forward", [_TO_TAP, _match(_ct("status"), "dnat", "in"), {"accept": None}]),
+        # DNAT-ed by the agent: to a guest address and port it published (a DNAT made by
+        # other software to a tap does not pass).
+        ("forward", [_TO_TAP, _match(_ct("status"), "dnat", "in"), _published, {"accept": None}]),
         ("forward", [_FROM_TAP, _TO_TAP, _match(groups, "@same_namespace"), {"accept": None}]),
         ("forward", [_TO_TAP, *_COUNTED_DROP]),
         ("nat_prerouting", _dnat_published()),
