@@ -258,6 +258,8 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
         uplink=uplink,
         dns=dns,
         bridges=bridge_networks(settings),
+        egress_deny=tuple(settings.egress_deny),
+        egress_allow=tuple(settings.egress_allow),
     )
     dhcp = DhcpServer()
     network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)

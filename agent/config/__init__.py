@@ -25,6 +25,12 @@ from typing import Any, get_type_hints
 import yaml
 
 from agent.config.flags import VIRT_TYPES, parser
+from agent.config.networks import (
+    bridge_pairs,
+    check_bridge_networks,
+    check_interface_name,
+    check_ipv4_network,
+)
 from agent.defaults import UNIX_SOCKET
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
@@ -68,6 +74,8 @@ class Settings:
     node_port_range: tuple[int, int] = (24000, 24999)
     uplink: str = ""  # empty: the link of the default route
     bridge_network: list[str] = field(default_factory=list)  # NAME=BRIDGE; none: no bridges
+    egress_deny: list[str] = field(default_factory=list)  # CIDRs guests may not reach
+    egress_allow: list[str] = field(default_factory=list)  # exceptions (link-local is denied)
     dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback
     # Disks and images (see agent.domain.files).
     host_disk_root: list[str] = field(default_factory=list)  # empty: no hostDisk volumes
@@ -215,31 +223,9 @@ def _ipv4(value: str) -> None:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
-def _interface_name(value: str) -> None:
-    if len(value) > 15:
-        raise ValueError(f"{value!r} is longer than an interface name")
-
-
-def _bridge_network(value: str) -> tuple[str, str]:
-    name, sep, bridge = value.partition("=")
-    if not sep or not name.strip() or not bridge.strip() or name != name.strip():
-        raise ValueError(f"{value!r} is not NAME=BRIDGE")
-    _interface_name(bridge)
-    return name, bridge
-
-
-def _bridge_networks(values: list[str]) -> None:
-    seen = set()
-    for value in values:
-        name, _ = _bridge_network(value)
-        if name in seen:
-            raise ValueError(f"{name!r} is given twice")
-        seen.add(name)
-
-
 def bridge_networks(settings: Settings) -> tuple[tuple[str, str], ...]:
     """The operator's bridge networks as (name, host bridge) pairs, in the order given."""
-    return tuple(_bridge_network(value) for value in settings.bridge_network)
+    return bridge_pairs(settings.bridge_network)
 
 
 def _host_port(value: str) -> None:
@@ -266,8 +252,10 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "max_outbound_migrations": _positive,
     "max_inbound_migrations": _positive,
     "dns": _each(_ipv4),
-    "uplink": _interface_name,
-    "bridge_network": _bridge_networks,
+    "uplink": check_interface_name,
+    "bridge_network": check_bridge_networks,
+    "egress_deny": _each(check_ipv4_network),
+    "egress_allow": _each(check_ipv4_network),
     "listen": _each(_host_port),
     "metrics_listen": lambda value: _host_port(value) if value else None,
     "insecure_registry": _each(_registry),

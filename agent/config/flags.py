@@ -110,6 +110,19 @@ def _network_flags(add: Any) -> None:
     add("--node-port-range", help="node ports for published guest ports (default 24000-24999)")
     add("--uplink", help="the node's outside link (default: the link of the default route)")
     add(
+        "--egress-deny",
+        action="append",
+        metavar="CIDR",
+        help="a network guests may not reach (repeatable; link-local, the cloud metadata "
+        "service's, is always denied)",
+    )
+    add(
+        "--egress-allow",
+        action="append",
+        metavar="CIDR",
+        help="an exception to the denied networks (repeatable)",
+    )
+    add(
         "--bridge-network",
         action="append",
         metavar="NAME=BRIDGE",

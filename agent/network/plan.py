@@ -54,6 +54,9 @@ class NetworkConfig:
     # The operator's bridge networks (``--bridge-network NAME=BRIDGE``): the only host
     # bridges a VM can join, named by multus.networkName. None: bridge binding is refused.
     bridges: tuple[tuple[str, str], ...] = ()
+    # Guest egress (``--egress-deny``/``--egress-allow``): link-local is always denied.
+    egress_deny: tuple[str, ...] = ()
+    egress_allow: tuple[str, ...] = ()
 
     @property
     def gateway(self) -> str:

@@ -72,6 +72,7 @@ class RoutedNetwork:
         self.dhcp = dhcp
         self.ledger = Ledger(config.cidr, config.node_ports, pool=config.pool)
         self._bridges = dict(config.bridges)
+        self._policy = FirewallState.egress_policy(config.egress_deny, config.egress_allow)
         self._clock = clock
         self._check_interval = check_interval
         self._ready_timeout = ready_timeout
@@ -260,7 +261,7 @@ class RoutedNetwork:
     def check(self) -> None:
         """Repair what changed behind the agent's back: the nft table and running VMs' taps."""
         with self._lock:
-            desired = FirewallState.union(p.firewall for _, p in self._live.values())
+            desired = self._desired(self._live)
             listing = self.firewall.list_table(ruleset.FAMILY, self.config.table)
             found = ruleset.listing_summary(listing) if listing is not None else None
             if found != ruleset.summary(desired):
@@ -292,7 +293,7 @@ class RoutedNetwork:
 
     def _sync_firewall(self, live: dict[str, tuple[VMAllocation, Plumbing]]) -> None:
         """Bring nft to the union of ``live``'s elements; rebuild the table when needed."""
-        desired = FirewallState.union(plan.firewall for _, plan in live.values())
+        desired = self._desired(live)
         table = self.config.table
         if self._applied is not None:
             commands = ruleset.element_commands(table, self._applied, desired)
@@ -307,6 +308,9 @@ class RoutedNetwork:
         self._applied = None
         self.firewall.apply(ruleset.rebuild_commands(table, desired))
         self._applied = desired
+
+    def _desired(self, live: dict[str, tuple[VMAllocation, Plumbing]]) -> FirewallState:
+        return FirewallState.union(plan.firewall for _, plan in live.values()) | self._policy
 
     def _repair(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> Plumbing | None:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,28 @@ def test_egress_is_masqueraded_to_the_node_uplink_address(net: Net) -> None:
     result = guest_exec(net.node, net.web.ip, f"wget -q -O - {net.world.http_url}")
     assert result.ok, result.output
     assert f"client={net.node.uplink_ip}" in result.output
+
+
+def test_guests_cannot_reach_cloud_metadata(net: Net) -> None:
+    # The world plays the cloud: an HTTP server at the metadata address, which the node
+    # reaches; the guests must not (they would read the node's credentials).
+    metadata = "169.254.169.254"
+    world_addr = ["ip", "-n", net.world.netns, "addr"]
+    subprocess.run([*world_addr, "add", f"{metadata}/32", "dev", net.world.bridge], check=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", net.world.netns, sys.executable, "-m", "http.server",
+         "--bind", metadata, "80"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: node_get(net.node, metadata, 80, timeout=2), 20, 0.3, "metadata server")
+        result = guest_exec(net.node, net.web.ip, f"timeout 5 wget -q -O - http://{metadata}/")
+        assert not result.ok, result.output
+        assert guest_exec(net.node, net.web.ip, f"wget -q -O - {net.world.http_url}").ok
+    finally:
+        server.terminate()
+        server.wait(10)
+        subprocess.run([*world_addr, "del", f"{metadata}/32", "dev", net.world.bridge], check=True)
 
 
 # -- 4. published ports ----------------------------------------------------------------------

@@ -73,3 +73,13 @@ def test_the_default_node_ports_collide_neither_with_kubernetes_nor_ephemeral_po
     ours = range(low, high + 1)
     assert not set(ours) & set(kubernetes) and not set(ours) & set(ephemeral)
     assert len(ours) >= 1000
+
+
+def test_egress_policy_flags() -> None:
+    settings = load_settings(
+        ["--egress-deny", "10.96.0.0/12", "--egress-allow", "169.254.169.123/32"], environ={}
+    )
+    assert settings.egress_deny == ["10.96.0.0/12"]
+    assert settings.egress_allow == ["169.254.169.123/32"]
+    with pytest.raises(ConfigError, match="^egress-deny: 'nope' is not an IPv4 network"):
+        load_settings(["--egress-deny", "nope"], environ={})

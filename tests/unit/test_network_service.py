@@ -358,3 +358,15 @@ def test_unplug_survives_nft_failing_and_check_converges(node: Node) -> None:
     assert len(node.elements("taps")) == 2  # stale for now
     node.network.check()
     assert len(node.elements("taps")) == 1
+
+
+def test_guest_egress_to_metadata_and_denied_networks_is_dropped_unless_allowed() -> None:
+    config = dataclasses.replace(
+        CONFIG, egress_deny=("10.96.0.0/12",), egress_allow=("169.254.169.123/32",)
+    )
+    node = Node(config=config)
+    node.network.reconcile({})
+    node.create(vm("web"))
+    prefixes = {(p["prefix"]["addr"], p["prefix"]["len"]) for p in node.elements("egress_deny")}
+    assert prefixes == {("169.254.0.0", 16), ("10.96.0.0", 12)}  # link-local always
+    assert node.elements("egress_allow") == [{"prefix": {"addr": "169.254.169.123", "len": 32}}]
