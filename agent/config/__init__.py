@@ -24,6 +24,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from agent.config.errors import ConfigError
 from agent.config.flags import VIRT_TYPES, parser
 from agent.config.networks import (
     bridge_pairs,
@@ -31,17 +32,21 @@ from agent.config.networks import (
     check_interface_name,
     check_ipv4_network,
 )
+from agent.config.statedir import check_state_dir
 from agent.defaults import UNIX_SOCKET
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
 from agent.network.ipam import parse_cidr, parse_pool, parse_port_range
 from agent.quantity import parse_quantity
 
-__all__ = ["ConfigError", "Settings", "bridge_networks", "check_files", "load_settings"]
-
-
-class ConfigError(Exception):
-    """A setting is missing or wrong; the message names it."""
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "bridge_networks",
+    "check_files",
+    "check_state_dir",
+    "load_settings",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,7 @@ class Settings:
     authz_config: str = ""  # client identities → roles (agent.api.authz); empty: all control-plane
     insecure: bool = False
     qemu_run_dir: str = "/run/libvirt/qemu"
+    qemu_user: str = "libvirt-qemu"  # qemu.conf's user: it must reach <state-dir>; "": no check
     reserved_memory: int = 1024**3  # bytes
     shutdown_grace_seconds: float = 30.0
     vm_network: bool = True

@@ -154,6 +154,11 @@ def _migration_flags(add: Any) -> None:
 
 def _disk_flags(add: Any) -> None:
     add(
+        "--qemu-user",
+        help="the user libvirt runs QEMU as (qemu.conf; default libvirt-qemu): it must be "
+        "able to reach --state-dir, checked at start; empty: no check",
+    )
+    add(
         "--host-disk-root",
         action="append",
         help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",

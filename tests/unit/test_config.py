@@ -3,7 +3,9 @@ where it came from before the agent starts."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -195,3 +197,27 @@ def test_container_disk_limits_have_defaults_and_are_checked() -> None:
         load_settings(["--max-image-ratio", "-1"], environ={})
     with pytest.raises(ConfigError, match="^max-image-size: 'huge'"):
         load_settings(["--max-image-size", "huge"], environ={})
+
+
+def test_a_state_dir_qemu_cannot_traverse_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = types.ModuleType("agent.app")
+    app.run = lambda settings: 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "agent.app", app)
+    top = Path(tempfile.mkdtemp(dir="/tmp", prefix="va-state-"))  # /tmp: world-traversable
+    try:
+        top.chmod(0o755)
+        private = top / "private"
+        private.mkdir(mode=0o700)
+        state = private / "state"
+        # "nobody" stands in for QEMU's user (libvirt-qemu by default).
+        assert main(["--state-dir", str(state), "--qemu-user", "nobody"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"virt-agent: state-dir: QEMU's user nobody cannot reach {state}")
+        assert f"{private} is drwx------" in err
+        private.chmod(0o711)  # traversable is enough
+        assert main(["--state-dir", str(state), "--qemu-user", "nobody"]) == 0
+        assert main(["--state-dir", str(state), "--qemu-user", "root"]) == 0
+    finally:
+        shutil.rmtree(top)
