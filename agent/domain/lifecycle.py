@@ -312,7 +312,8 @@ class VMService:
                 self._restart_later(info.name, delay=0.0)
         for stale in self.registry.names() - set(ours):
             self.registry.remove(stale)
-        self.files.remove_orphans({i.name for i in domains} | set(self._holders))
+        busy = set(self._holders) | self.steps.migrating  # being made, or arriving
+        self.files.remove_orphans({i.name for i in domains} | busy)
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
         self.network.reconcile(ours)
 

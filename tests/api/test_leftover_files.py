@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from tests.api.conftest import Agent
@@ -21,6 +22,9 @@ def with_scratch(name: str = "web") -> dict[str, Any]:
 
 def killed_mid_delete(agent: Agent) -> None:
     """What an agent killed between undefining the domain and removing its folder leaves."""
+    for thread in threading.enumerate():  # the agent's one-time sweep at start: let it end
+        if thread.name == "migration-leftovers":
+            thread.join(30)
     folder = agent.state_dir / "vms" / "default_web"
     (scratch,) = folder.glob("scratch-empty.qcow2")
     scratch.write_bytes(SECRET)  # what the old tenant wrote to its empty disk
@@ -45,3 +49,17 @@ def test_a_new_vm_of_the_same_name_never_reuses_files_left_there(agent: Agent) -
     apply(agent, with_scratch())  # another tenant's VM, same namespace and name
     scratch = agent.state_dir / "vms" / "default_web" / "scratch-empty.qcow2"
     assert SECRET not in scratch.read_bytes()
+
+
+def test_resync_keeps_the_folder_of_a_vm_migrating_in(agent: Agent) -> None:
+    # An incoming migration prepares the folder before libvirt defines the domain.
+    folder = agent.state_dir / "vms" / "default_arriving"
+    folder.mkdir(parents=True)
+    agent.service.steps.migrating.add("default_arriving")
+    try:
+        agent.service.resync()
+        assert folder.is_dir()
+    finally:
+        agent.service.steps.migrating.discard("default_arriving")
+    agent.service.resync()
+    assert not folder.exists()  # once it is not arriving any more, it is a leftover
