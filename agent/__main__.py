@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.config import ConfigError, check_files, load_settings
+from agent.config import ConfigError, check_files, check_state_dir, load_settings
 from agent.logs import setup_logging
 
 
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
         check_files(settings)
+        check_state_dir(settings)
     except ConfigError as exc:
         print(f"virt-agent: {exc}", file=sys.stderr)
         return 2

@@ -33,10 +33,11 @@ from agent.api.server import Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.api.tls import TlsFiles, reloading_credentials
 from agent.client import TLSOptions
-from agent.config import ConfigError, Settings
+from agent.config import ConfigError, Settings, bridge_networks
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
+from agent.disks.layers import LayerLimits
 from agent.domain.capabilities import NodeSupport
 from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
@@ -143,13 +144,14 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
     )
     hv.subscribe(service)
     views = VMViews(registry, service.files)
-    vm_servicer = VirtualMachineServicer(service, views, max_streams=max_streams, max_slow=max_slow)
+    host = PsutilHostProbe()
+    vm_servicer = VirtualMachineServicer(
+        service, views, max_streams=max_streams, max_slow=max_slow, host=host
+    )
     migrations = _migrations(settings, hv, service, networking)
     server = create_server(
         vm_servicer,
-        NodeServicer(
-            service, views, PsutilHostProbe(), hv, reserved_memory=settings.reserved_memory
-        ),
+        NodeServicer(service, views, host, hv, reserved_memory=settings.reserved_memory),
         listen=settings.listen,
         unix_socket=settings.unix_socket,
         credentials=credentials,
@@ -250,7 +252,14 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
             cidr,
         )
     config = NetworkConfig(
-        cidr=cidr, pool=pool, node_ports=settings.node_port_range, uplink=uplink, dns=dns
+        cidr=cidr,
+        pool=pool,
+        node_ports=settings.node_port_range,
+        uplink=uplink,
+        dns=dns,
+        bridges=bridge_networks(settings),
+        egress_deny=tuple(settings.egress_deny),
+        egress_allow=tuple(settings.egress_allow),
     )
     dhcp = DhcpServer()
     network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)
@@ -273,7 +282,11 @@ def _vm_files(settings: Settings, registry: Registry) -> VMFiles:
     )
     cache_dir = settings.image_cache_dir or os.path.join(settings.state_dir, "containerdisks")
     in_use = functools.partial(vm_folder_exists, settings.state_dir)
-    disks = ContainerDisks(client, ImageCache(cache_dir, vm_exists=in_use), QemuImg())
+    limits = LayerLimits(max_bytes=settings.max_image_size, max_ratio=settings.max_image_ratio)
+    cache = ImageCache(cache_dir, vm_exists=in_use)
+    disks = ContainerDisks(
+        client, cache, QemuImg(), limits=limits, pull_timeout=settings.pull_timeout
+    )
     support = VolumeSupport(
         container_disks=disks,
         iso=PycdlibIso(),

@@ -7,6 +7,7 @@
     ├── FailedPrecondition   the object is in the wrong state for the request
     ├── Conflict             another operation on the same object is in flight
     ├── Unavailable          a dependency (libvirtd) cannot be reached right now; retry
+    ├── Cancelled            the client gave up on the call; what it waited for was left
     ├── DeadlineExceeded     an operation did not finish within its bound
     ├── ResourceExhausted    a limit of the agent is reached (e.g. open watch streams)
     ├── Unsupported          a feature exists in the API but not in this agent (yet)
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "AlreadyExists",
+    "Cancelled",
     "Conflict",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -63,6 +65,10 @@ class Conflict(AgentError):
 
 class Unavailable(AgentError):
     """A dependency of the agent (libvirtd) is unreachable; the call may be retried."""
+
+
+class Cancelled(AgentError):
+    """The client gave up on the call; what it waited for was left as it was."""
 
 
 class DeadlineExceeded(AgentError):

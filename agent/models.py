@@ -18,6 +18,7 @@ from agent.probe import Probe
 __all__ = [
     "CPU",
     "DISK_FORMATS",
+    "MAX_GRACE_PERIOD_SECONDS",
     "Bookkeeping",
     "DiskBacking",
     "NicAllocation",
@@ -47,6 +48,10 @@ __all__ = [
 
 # The image formats the agent hands to QEMU (anything else is refused or converted first).
 DISK_FORMATS = ("qcow2", "raw")
+
+# The longest a graceful stop may wait for the guest (spec and Stop/Delete requests). A stop
+# holds its VM and a call slot while it waits, so it is bounded; a forced stop preempts it.
+MAX_GRACE_PERIOD_SECONDS = 3600
 
 
 class RunStrategy(enum.StrEnum):

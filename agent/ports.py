@@ -187,9 +187,10 @@ class VMNetwork(Protocol):
     """Plugs VMs into the node's network: addresses, taps, NAT, DHCP.
 
     ``allocate`` decides what a VM holds (addresses, MACs, tap names, node ports), keeping
-    what ``previous`` held; the caller stores the result in the VM's bookkeeping, so a
-    restarted agent hands nothing out twice. Every other method reads that allocation and
-    is idempotent.
+    what ``previous`` held (both stay reserved); the caller stores the result in the VM's
+    bookkeeping, so a restarted agent hands nothing out twice, then calls ``settle`` with
+    the allocation the bookkeeping holds now (the new one, or ``previous`` when storing
+    failed). Every other method reads that allocation and is idempotent.
     ``adopt`` does the same for a VM migrating in, keeping what it had on its source.
     """
 
@@ -199,6 +200,7 @@ class VMNetwork(Protocol):
     def adopt(
         self, domain: str, spec: VMSpec, incoming: VMAllocation | None
     ) -> VMAllocation | None: ...
+    def settle(self, domain: str, allocation: VMAllocation | None) -> None: ...
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[NicBacking, ...]: ...

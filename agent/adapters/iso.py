@@ -56,5 +56,5 @@ class PycdlibIso:
             iso.write(tmp)
         finally:
             iso.close()
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)  # seeds carry secrets; libvirt hands them to QEMU's user
         os.replace(tmp, path)

@@ -2,9 +2,12 @@
 
 HTTPS by default (the system CAs, or a CA bundle); plain HTTP only for registries listed as
 insecure. Anonymous access first; on 401 the challenge decides: ``Bearer`` gets a token from
-the realm (with basic credentials when the credentials file has some for the registry),
-``Basic`` repeats the request with them. Tokens are kept per registry and repository until a
-401. The environment is not read (``trust_env=False``): no proxies, no ``.netrc``.
+the realm (with basic credentials when the credentials file has some for the registry and
+the realm is on the registry's own host or listed for it), ``Basic`` repeats the request with
+them. A challenge from another origin after a redirect (a blob store) is not answered, and
+nothing is sent to a plain-HTTP realm unless the registry is listed insecure. Tokens are kept
+per registry and repository until a 401. The environment is not read (``trust_env=False``):
+no proxies, no ``.netrc``.
 """
 
 from __future__ import annotations
@@ -107,7 +110,10 @@ class HttpxRegistry:
                 sent["Authorization"] = token
             try:
                 with self._client.stream("GET", url, headers=sent) as response:
-                    if response.status_code == 401 and attempt == 0:
+                    # A 401 from another origin (a redirect to a blob store) is that
+                    # server's business: the registry's credentials are not for it.
+                    same_origin = _origin(response.url) == _origin(httpx.URL(url))
+                    if response.status_code == 401 and attempt == 0 and same_origin:
                         challenge = response.headers.get("www-authenticate", "")
                         response.read()
                         self._authenticate(image, challenge)
@@ -144,6 +150,16 @@ class HttpxRegistry:
             realm, query = token_params(challenge, image.repository)
         except ValueError as exc:
             raise FailedPrecondition(f"registry {image.registry}: {exc}") from None
+        where = httpx.URL(realm)
+        if where.scheme != "https" and image.registry not in self.insecure:
+            raise FailedPrecondition(
+                f"registry {image.registry}: token realm {realm} is plain HTTP; nothing is "
+                "sent there unless the registry is listed with --insecure-registry"
+            )
+        if creds is not None and not self.credentials.may_receive(
+            image.registry, image.api_host, where.netloc.decode()
+        ):
+            creds = None  # ask for an anonymous token: the credentials stay with the registry
         try:
             with self._client.stream(
                 "GET", realm, params=query, auth=httpx.BasicAuth(*creds) if creds else None
@@ -160,6 +176,10 @@ class HttpxRegistry:
         if not isinstance(token, str) or not token:
             raise FailedPrecondition(f"registry {image.registry}: {realm} gave no token")
         return token
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
 
 
 def _transport_error(exc: httpx.HTTPError, where: str) -> Exception:

@@ -13,6 +13,7 @@ import grpc
 from agent.errors import (
     AgentError,
     AlreadyExists,
+    Cancelled,
     Conflict,
     DeadlineExceeded,
     FailedPrecondition,
@@ -39,6 +40,7 @@ STATUS_CODES: dict[type[AgentError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Cancelled: grpc.StatusCode.CANCELLED,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

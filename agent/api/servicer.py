@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -30,11 +30,15 @@ from agent.api._gen.virtagent.v1 import (
 )
 from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
+from agent.api.paging import PAGE_BYTES, one_page
 from agent.domain.lifecycle import VMService
+from agent.domain.registry import Registry
 from agent.domain.views import VMViews
 from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
+from agent.models import MAX_GRACE_PERIOD_SECONDS
 from agent.ports import HostProbe, HypervisorVersions
 from agent.spec import validate_name
+from agent.spec.limits import check_capacity
 
 __all__ = ["MigrationServicer", "NodeServicer", "VirtualMachineServicer"]
 
@@ -58,9 +62,24 @@ def _names(request: _NamedRequest) -> tuple[str, str]:
 def _grace(request: Any) -> int | None:
     if not request.HasField("grace_period_seconds"):
         return None
-    if request.grace_period_seconds < 0:
-        raise InvalidSpec("grace_period_seconds", "must not be negative")
+    if not 0 <= request.grace_period_seconds <= MAX_GRACE_PERIOD_SECONDS:
+        raise InvalidSpec(
+            "grace_period_seconds", f"must be between 0 and {MAX_GRACE_PERIOD_SECONDS} seconds"
+        )
     return int(request.grace_period_seconds)
+
+
+def _cancellation(context: grpc.ServicerContext, registry: Registry) -> Callable[[], bool]:
+    """Whether the client went away: a long wait (a graceful stop) then ends and frees its
+    slot and its VM. The registry is poked so that waits on it notice at once."""
+    ended = threading.Event()
+
+    def on_end() -> None:
+        ended.set()
+        registry.poke()
+
+    context.add_callback(on_end)
+    return lambda: ended.is_set() and not context.is_active()
 
 
 class _Slots:
@@ -90,18 +109,29 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     """virtagent.v1.VirtualMachineService: verbs go to the VMService, reads to the VMViews."""
 
     def __init__(
-        self, service: VMService, views: VMViews, *, max_streams: int = 16, max_slow: int = 32
+        self,
+        service: VMService,
+        views: VMViews,
+        *,
+        max_streams: int = 16,
+        max_slow: int = 32,
+        host: HostProbe | None = None,
     ) -> None:
         self.service = service
         self.views = views
+        self.host = host  # the node's size, to refuse VMs larger than it (None: unchecked)
         self.streams = _Slots(max_streams, "watch/console streams")
         self.slow_calls = _Slots(max_slow, "apply/start/stop/restart/delete calls")
+        self.page_bytes = PAGE_BYTES
 
     @grpc_errors
     def ApplyVirtualMachine(
         self, request: pb.ApplyVirtualMachineRequest, context: grpc.ServicerContext
     ) -> pb.ApplyVirtualMachineResponse:
         spec = spec_from_proto(request.vm)
+        if self.host is not None:
+            facts = self.host.facts()
+            check_capacity(spec, facts.cpus, facts.memory_bytes)
         with self.slow_calls.take():
             record, changed = self.service.apply(spec, request.request_id)
         return pb.ApplyVirtualMachineResponse(vm=vm_to_proto(record), changed=changed)
@@ -117,8 +147,17 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         self, request: pb.ListVirtualMachinesRequest, context: grpc.ServicerContext
     ) -> pb.ListVirtualMachinesResponse:
         records, version = self.views.list(request.namespace, request.label_selector)
+        vms, next_token = one_page(
+            records,
+            key=lambda r: (r.spec.namespace, r.spec.name),
+            convert=vm_to_proto,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            filters=(request.namespace, request.label_selector),
+            max_bytes=self.page_bytes,
+        )
         return pb.ListVirtualMachinesResponse(
-            vms=[vm_to_proto(r) for r in records], resource_version=version
+            vms=vms, resource_version=version, next_page_token=next_token
         )
 
     @grpc_stream_errors
@@ -152,7 +191,11 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         names, grace = _names(request), _grace(request)
         with self.slow_calls.take():
             record = self.service.stop(
-                *names, grace_period=grace, force=request.force, request_id=request.request_id
+                *names,
+                grace_period=grace,
+                force=request.force,
+                request_id=request.request_id,
+                cancelled=_cancellation(context, self.service.registry),
             )
         return pb.StopVirtualMachineResponse(vm=vm_to_proto(record))
 
@@ -185,7 +228,12 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     ) -> pb.DeleteVirtualMachineResponse:
         names, grace = _names(request), _grace(request)
         with self.slow_calls.take():
-            self.service.delete(*names, grace_period=grace, request_id=request.request_id)
+            self.service.delete(
+                *names,
+                grace_period=grace,
+                request_id=request.request_id,
+                cancelled=_cancellation(context, self.service.registry),
+            )
         return pb.DeleteVirtualMachineResponse()
 
     @grpc_stream_errors

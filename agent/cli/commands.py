@@ -93,7 +93,14 @@ def connect(args: argparse.Namespace) -> AgentClient:
 
 def _connect(args: argparse.Namespace) -> AgentClient:
     files = (args.ca_file, args.cert_file, args.key_file, args.server_name)
+    if args.insecure and any(files):
+        raise UsageError("--insecure means no TLS: give it or the TLS flags, not both")
     if not any(files):
+        if not args.agent.startswith("unix:") and not args.insecure:
+            raise UsageError(
+                f"{args.agent} would be plaintext: give --ca-file (and --cert-file/--key-file "
+                "for mutual TLS), or --insecure to send VM specs and secrets unencrypted"
+            )
         return AgentClient(args.agent, timeout=args.timeout)
     tls = TLSOptions(*files)
     try:

@@ -160,6 +160,12 @@ def _add_connection_options(parser: Parser, *, defaults: bool) -> None:
     group.add_argument(
         "--server-name", default=default(None), help="name expected in the agent's certificate"
     )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=default(False),
+        help="talk plaintext to a host:port agent (no TLS flags); unix sockets never need it",
+    )
 
 
 def _add_apply(parser: Parser) -> None:

@@ -181,14 +181,21 @@ class AgentClient(MigrationCalls):
     def list(
         self, namespace: str = "", label_selector: str = ""
     ) -> builtins.list[vm_pb2.VirtualMachine]:
-        """VMs of one namespace (all namespaces when empty) matching the label selector."""
-        request = vm_service_pb2.ListVirtualMachinesRequest(
-            namespace=namespace, label_selector=label_selector
-        )
-        response: vm_service_pb2.ListVirtualMachinesResponse = self._unary(
-            self._vms.ListVirtualMachines, request
-        )
-        return list(response.vms)
+        """VMs of one namespace (all namespaces when empty) matching the label selector;
+        every page of them (the agent sends at most a page per call)."""
+        vms: builtins.list[vm_pb2.VirtualMachine] = []
+        token = ""
+        while True:
+            request = vm_service_pb2.ListVirtualMachinesRequest(
+                namespace=namespace, label_selector=label_selector, page_token=token
+            )
+            response: vm_service_pb2.ListVirtualMachinesResponse = self._unary(
+                self._vms.ListVirtualMachines, request
+            )
+            vms += response.vms
+            token = response.next_page_token
+            if not token:
+                return vms
 
     def watch(
         self,

@@ -24,18 +24,29 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from agent.config.errors import ConfigError
 from agent.config.flags import VIRT_TYPES, parser
+from agent.config.networks import (
+    bridge_pairs,
+    check_bridge_networks,
+    check_interface_name,
+    check_ipv4_network,
+)
+from agent.config.statedir import check_state_dir
 from agent.defaults import UNIX_SOCKET
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
 from agent.network.ipam import parse_cidr, parse_pool, parse_port_range
 from agent.quantity import parse_quantity
 
-__all__ = ["ConfigError", "Settings", "check_files", "load_settings"]
-
-
-class ConfigError(Exception):
-    """A setting is missing or wrong; the message names it."""
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "bridge_networks",
+    "check_files",
+    "check_state_dir",
+    "load_settings",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +69,26 @@ class Settings:
     authz_config: str = ""  # client identities → roles (agent.api.authz); empty: all control-plane
     insecure: bool = False
     qemu_run_dir: str = "/run/libvirt/qemu"
+    qemu_user: str = "libvirt-qemu"  # qemu.conf's user: it must reach <state-dir>; "": no check
     reserved_memory: int = 1024**3  # bytes
     shutdown_grace_seconds: float = 30.0
     vm_network: bool = True
     vm_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.250.0.0/16")
     node_vm_pool: str = ""  # empty: the whole --vm-cidr (one node, or no migration)
-    node_port_range: tuple[int, int] = (30000, 32767)
+    # Not Kubernetes' NodePort range (30000-32767, DNAT-ed by kube-proxy at the same hook
+    # priority) and below Linux's ephemeral ports (32768-60999): no collision with either.
+    node_port_range: tuple[int, int] = (24000, 24999)
     uplink: str = ""  # empty: the link of the default route
+    bridge_network: list[str] = field(default_factory=list)  # NAME=BRIDGE; none: no bridges
+    egress_deny: list[str] = field(default_factory=list)  # CIDRs guests may not reach
+    egress_allow: list[str] = field(default_factory=list)  # exceptions (link-local is denied)
     dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback
     # Disks and images (see agent.domain.files).
     host_disk_root: list[str] = field(default_factory=list)  # empty: no hostDisk volumes
     image_cache_dir: str = ""  # empty: <state-dir>/containerdisks
+    pull_timeout: float = 1800.0  # a whole container disk pull, all layers
+    max_image_size: int = 64 * 1024**3  # bytes: a container disk's disk file, expanded
+    max_image_ratio: int = 1100  # expanded over compressed; 0: off (see LayerLimits)
     secrets_dir: str = ""  # empty: <state-dir>/secrets
     registry_config: str = ""  # docker config.json with registry credentials
     registry_ca: str = ""  # CA bundle for HTTPS registries (default: the system's)
@@ -160,6 +180,7 @@ _CONVERTERS: dict[object, Callable[[object], Any]] = {
 _CONVERT = {name: _CONVERTERS[hint] for name, hint in get_type_hints(Settings).items()}
 # Settings whose type does not say how they are written.
 _CONVERT["reserved_memory"] = lambda value: parse_quantity(_to_str(value))
+_CONVERT["max_image_size"] = lambda value: parse_quantity(_to_str(value))
 
 
 # -- checking one setting's value ---------------------------------------------------------
@@ -208,9 +229,9 @@ def _ipv4(value: str) -> None:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
-def _interface_name(value: str) -> None:
-    if len(value) > 15:
-        raise ValueError(f"{value!r} is longer than an interface name")
+def bridge_networks(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """The operator's bridge networks as (name, host bridge) pairs, in the order given."""
+    return bridge_pairs(settings.bridge_network)
 
 
 def _host_port(value: str) -> None:
@@ -229,13 +250,18 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "virt_type": _one_of(VIRT_TYPES),
     "log_format": _one_of(FORMATS),
     "log_level": _one_of(LEVELS),
+    "max_image_ratio": _not_negative,
+    "pull_timeout": _positive,
     "shutdown_grace_seconds": _not_negative,
     "node_vm_pool": _optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
     "migration_address": _optional(_ipv4),
     "max_outbound_migrations": _positive,
     "max_inbound_migrations": _positive,
     "dns": _each(_ipv4),
-    "uplink": _interface_name,
+    "uplink": check_interface_name,
+    "bridge_network": check_bridge_networks,
+    "egress_deny": _each(check_ipv4_network),
+    "egress_allow": _each(check_ipv4_network),
     "listen": _each(_host_port),
     "metrics_listen": lambda value: _host_port(value) if value else None,
     "insecure_registry": _each(_registry),

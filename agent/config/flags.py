@@ -107,8 +107,28 @@ def _network_flags(add: Any) -> None:
         help="subnet of --vm-cidr this node hands guest addresses out from "
         "(default: all of --vm-cidr; give each node its own when VMs migrate)",
     )
-    add("--node-port-range", help="node ports for published guest ports (default 30000-32767)")
+    add("--node-port-range", help="node ports for published guest ports (default 24000-24999)")
     add("--uplink", help="the node's outside link (default: the link of the default route)")
+    add(
+        "--egress-deny",
+        action="append",
+        metavar="CIDR",
+        help="a network guests may not reach (repeatable; link-local, the cloud metadata "
+        "service's, is always denied)",
+    )
+    add(
+        "--egress-allow",
+        action="append",
+        metavar="CIDR",
+        help="an exception to the denied networks (repeatable)",
+    )
+    add(
+        "--bridge-network",
+        action="append",
+        metavar="NAME=BRIDGE",
+        help="a host bridge VMs may join as multus network NAME (repeatable; "
+        "none: bridge binding is refused)",
+    )
     add(
         "--dns",
         action="append",
@@ -134,11 +154,22 @@ def _migration_flags(add: Any) -> None:
 
 def _disk_flags(add: Any) -> None:
     add(
+        "--qemu-user",
+        help="the user libvirt runs QEMU as (qemu.conf; default libvirt-qemu): it must be "
+        "able to reach --state-dir, checked at start; empty: no check",
+    )
+    add(
         "--host-disk-root",
         action="append",
         help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",
     )
     add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
+    add("--pull-timeout", help="seconds a container disk pull may take in all (default 1800)")
+    add("--max-image-size", help="largest disk file a container disk may hold (default 64Gi)")
+    add(
+        "--max-image-ratio",
+        help="largest disk file size over its compressed layer size (default 1100; 0: off)",
+    )
     add(
         "--secrets-dir",
         help="cloud-init secretRef files: <dir>/<namespace>/<name>/userdata "

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
-# Docker Hub is known under several names in config files.
+# Docker Hub is known under several names in config files; its tokens come from auth.docker.io.
 _HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+_HUB_REALMS = ("auth.docker.io",)
 
 
 class CredentialsError(ValueError):
@@ -80,6 +81,9 @@ class Credentials:
     """
 
     by_host: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # Token realms (host or host:port) other than the registry's own host that may receive
+    # its credentials: the entry's ``"realms": [...]`` in the file.
+    realms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def lookup(self, registry: str) -> tuple[str, str] | None:
         if registry in _HUB_NAMES:
@@ -87,6 +91,25 @@ class Credentials:
                 if name in self.by_host:
                     return self.by_host[name]
         return self.by_host.get(registry)
+
+    def may_receive(self, registry: str, registry_host: str, realm: str) -> bool:
+        """Whether a token realm at ``realm`` (host[:port]) may get ``registry``'s
+        credentials: only on the registry's own host, or listed for it in the file."""
+        realm_host = _hostname(realm)
+        if realm_host == _hostname(registry_host):
+            return True
+        listed = self.realms.get(registry, ())
+        if registry in _HUB_NAMES:
+            listed = _HUB_REALMS + tuple(r for n in _HUB_NAMES for r in self.realms.get(n, ()))
+        return realm in listed or realm_host in listed
+
+
+def _hostname(host_port: str) -> str:
+    """``reg:5000`` → ``reg``; ``[::1]:5000`` → ``[::1]``."""
+    host = host_port.lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
 
 
 def _host_key(key: str) -> str:
@@ -106,6 +129,7 @@ def load_credentials(text: str) -> Credentials:
     if not isinstance(auths, dict):
         raise CredentialsError('expected an object with an "auths" object')
     found: dict[str, tuple[str, str]] = {}
+    realms: dict[str, tuple[str, ...]] = {}
     for key, entry in auths.items():
         if not isinstance(entry, dict):
             raise CredentialsError(f"auths[{key!r}] is not an object")
@@ -122,4 +146,8 @@ def load_credentials(text: str) -> Credentials:
         else:
             continue  # e.g. only an identitytoken: nothing this agent can use
         found[_host_key(str(key))] = (user, password)
-    return Credentials(found)
+        listed = entry.get("realms", [])
+        if not isinstance(listed, list) or not all(isinstance(r, str) for r in listed):
+            raise CredentialsError(f"auths[{key!r}].realms is not a list of hosts")
+        realms[_host_key(str(key))] = tuple(r.lower() for r in listed)
+    return Credentials(found, realms)

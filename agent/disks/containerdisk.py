@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import agent.metrics.agent_metrics as agent_metrics
 from agent.disks.cache import CacheEntry, ImageCache
 from agent.disks.imagecheck import usable_format
-from agent.disks.layers import DiskSearch, LayerError
+from agent.disks.layers import DEFAULT_LIMITS, DiskSearch, LayerError, LayerLimits
 from agent.disks.manifest import (
     ACCEPT,
     LAYER_TYPES,
@@ -41,7 +42,7 @@ from agent.disks.manifest import (
     select_platform,
 )
 from agent.disks.ports import RegistryClient
-from agent.errors import FailedPrecondition, InvalidSpec
+from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.imageref import ImageRef
 from agent.ports import ImageTool
 
@@ -85,10 +86,24 @@ class ContainerDisks:
         disks.release("default_web")    # on delete; then disks.gc()
     """
 
-    def __init__(self, client: RegistryClient, cache: ImageCache, images: ImageTool) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        cache: ImageCache,
+        images: ImageTool,
+        *,
+        limits: LayerLimits = DEFAULT_LIMITS,
+        pull_timeout: float = 1800.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.cache = cache
         self.images = images
+        self.limits = limits
+        # The registry client bounds each read; this bounds the whole pull (a registry
+        # trickling bytes would otherwise hold a call slot for ever).
+        self.pull_timeout = pull_timeout
+        self.clock = clock
 
     def ensure(
         self,
@@ -207,12 +222,13 @@ class ContainerDisks:
         report(0, total)
         with agent_metrics.image_pull(total), self.cache.workdir() as workdir:
             try:
-                search = DiskSearch(workdir, wanted=path)
+                search = DiskSearch(workdir, wanted=path, limits=self.limits)
                 done = 0
+                deadline = self.clock() + self.pull_timeout
                 for number, layer in enumerate(manifest.layers):
                     blob = os.path.join(workdir, f"layer-{number}")
                     done = self._download(image, layer.digest, layer.size, blob, done, total,
-                                          report)  # fmt: skip
+                                          report, deadline)  # fmt: skip
                     search.apply_layer(blob)
                     os.unlink(blob)
                 disk = search.result()
@@ -236,12 +252,18 @@ class ContainerDisks:
         done: int,
         total: int,
         report: Progress,
+        deadline: float,
     ) -> int:
         log.info("downloading blob %s of %s (%d bytes)", digest, image, size)
         with open(target, "xb") as out:
             last = [done]
 
             def sink(chunk: bytes) -> None:
+                if self.clock() > deadline:
+                    raise Unavailable(
+                        f"{image}: the pull took longer than {self.pull_timeout:.0f}s "
+                        "(--pull-timeout); retry"
+                    )
                 out.write(chunk)
                 now = done + writer.done
                 if now - last[0] >= _PROGRESS_STEP:

@@ -10,19 +10,38 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import tarfile
 from dataclasses import dataclass, field
+from typing import IO, BinaryIO
 
-__all__ = ["DiskSearch", "LayerError"]
+__all__ = ["DEFAULT_LIMITS", "DiskSearch", "LayerError", "LayerLimits"]
 
 DISK_DIR = "disk"
+_CHUNK = 1024 * 1024
+_HOLE = 64 * 1024  # zero runs this long (and aligned) become holes
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 
 
 class LayerError(ValueError):
     """A layer cannot be read, or the image holds no usable disk file."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerLimits:
+    """How big a disk file a layer may expand to.
+
+    ``max_bytes`` caps the disk file's size; ``max_ratio`` caps its size over the layer's
+    compressed size (0: no ratio check). Deflate expands at most 1032:1, so a gzip'd file of
+    real data stays under the default; only tar's sparse maps (holes declared in a header)
+    go beyond, and a sparse raw image needs the ratio raised or turned off.
+    """
+
+    max_bytes: int = 64 << 30
+    max_ratio: int = 1100
+
+
+DEFAULT_LIMITS = LayerLimits()
 
 
 def _normalise(name: str) -> str | None:
@@ -46,6 +65,7 @@ class DiskSearch:
 
     workdir: str
     wanted: str = ""  # an image path such as "disk/fedora.qcow2"; "" = the file in /disk/
+    limits: LayerLimits = DEFAULT_LIMITS
     # image path → extracted file, or "" for a non-regular entry (link, device, ...)
     found: dict[str, str] = field(default_factory=dict)
     _counter: int = 0
@@ -63,14 +83,15 @@ class DiskSearch:
 
     def apply_layer(self, blob_path: str) -> None:
         """Read one layer blob (already digest-verified) and update the candidates."""
+        compressed = max(os.path.getsize(blob_path), 1)
         try:
             with tarfile.open(blob_path, mode="r|*") as tar:
                 for member in tar:
-                    self._member(tar, member)
+                    self._member(tar, member, compressed)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise LayerError(f"layer is not a readable tar (gzip'd or plain): {exc}") from None
 
-    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, compressed: int) -> None:
         path = _normalise(member.name)
         if path is None:
             return  # never ours to use; a '..' name cannot name a disk
@@ -88,6 +109,7 @@ class DiskSearch:
         if not member.isreg():
             self.found[path] = ""  # refused if chosen: a link could point anywhere
             return
+        self._check_size(path, member.size, compressed)
         source = tar.extractfile(member)
         if source is None:
             self.found[path] = ""
@@ -95,8 +117,22 @@ class DiskSearch:
         self._counter += 1
         target = os.path.join(self.workdir, f"candidate-{self._counter}")
         with source, open(target, "xb") as out:
-            shutil.copyfileobj(source, out, 1024 * 1024)
+            _copy_sparse(source, out, member.size)
         self.found[path] = target
+
+    def _check_size(self, path: str, size: int, compressed: int) -> None:
+        """Refuse before writing: a header can declare any size (a 100-byte layer, 1 PiB)."""
+        limits = self.limits
+        if size > limits.max_bytes:
+            raise LayerError(
+                f"/{path} is {size} bytes, more than the node allows ({limits.max_bytes} "
+                "bytes, --max-image-size)"
+            )
+        if limits.max_ratio and size > compressed * limits.max_ratio:
+            raise LayerError(
+                f"/{path} expands to {size} bytes from a {compressed}-byte layer, more than "
+                f"{limits.max_ratio} times its size (--max-image-ratio)"
+            )
 
     def _drop(self, path: str) -> None:
         previous = self.found.pop(path, None)
@@ -121,3 +157,16 @@ class DiskSearch:
         if not self.found[chosen]:
             raise LayerError(f"/{chosen} in the image is not a regular file (a link?)")
         return self.found[chosen]
+
+
+def _copy_sparse(source: IO[bytes], out: BinaryIO, size: int) -> None:
+    """Copy ``size`` bytes, leaving runs of zeros as holes (tar's sparse maps included)."""
+    while chunk := source.read(_CHUNK):
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), _HOLE):
+            block = view[start : start + _HOLE]
+            if chunk.count(0, start, start + _HOLE) == len(block):
+                out.seek(len(block), os.SEEK_CUR)
+            else:
+                out.write(block)
+    out.truncate(size)

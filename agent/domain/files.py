@@ -39,6 +39,10 @@ __all__ = ["PreparedFiles", "VMFiles", "VolumeSupport", "vm_folder", "vm_folder_
 log = logging.getLogger(__name__)
 
 _INSTANCE = "spec.template.spec"
+# A VM's files hold guest data and secrets: owner-only (libvirt gives each to QEMU's user
+# while the VM runs, "dynamic ownership"); the folders can be traversed, not listed.
+_FILE_MODE = 0o600
+_FOLDER_MODE = 0o711
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,20 @@ class VMFiles:
     def vm_exists(self, domain: str) -> bool:
         return vm_folder_exists(self.state_dir, domain)
 
+    def remove_orphans(self, keep: set[str]) -> list[str]:
+        """Remove the folders of VMs not in ``keep`` (domains, and VMs being made): they have
+        no domain (an agent killed mid-delete), so nothing of theirs may ever be handed to a
+        new VM of the same name. Returns their names."""
+        try:
+            names = sorted(os.listdir(os.path.join(self.state_dir, "vms")))
+        except FileNotFoundError:
+            return []
+        orphans = [n for n in names if n not in keep and os.path.isdir(self.vm_dir(n))]
+        for name in orphans:
+            log.warning("removing the files of %s: it has no domain (a delete interrupted?)", name)
+            self.remove(name)
+        return orphans
+
     def console_log(self, domain: str) -> str:
         return os.path.join(self.vm_dir(domain), "console.log")
 
@@ -117,7 +135,9 @@ class VMFiles:
                     self.image_roots, boot.initrd_path, f"{field}.initrdPath"
                 )
         created_dir = not os.path.isdir(self.vm_dir(domain))
-        os.makedirs(self.vm_dir(domain), mode=0o755, exist_ok=True)
+        os.makedirs(self.vm_dir(domain), mode=_FOLDER_MODE, exist_ok=True)
+        for folder in (os.path.dirname(self.vm_dir(domain)), self.vm_dir(domain)):
+            os.chmod(folder, _FOLDER_MODE)  # (the umask may have taken the x bits)
         try:
             disks = tuple(self._disk(vm, domain, index) for index in range(len(vm.volumes)))
         except Exception:
@@ -142,6 +162,7 @@ class VMFiles:
             path = os.path.join(self.vm_dir(domain), f"{volume.name}-empty.qcow2")
             if not os.path.exists(path):
                 self.images.create_blank(path, source.capacity_bytes)
+                os.chmod(path, _FILE_MODE)
             return DiskBacking(name=volume.name, path=path, format="qcow2")
         if isinstance(source, ContainerDisk):
             return self._container_disk(vm, domain, volume, source, f"{field}.containerDisk")
@@ -160,6 +181,7 @@ class VMFiles:
         overlay = os.path.join(self.vm_dir(domain), f"{volume}-{digest}.qcow2")
         if not os.path.exists(overlay):
             self.images.create_overlay(base, base_format, overlay)
+            os.chmod(overlay, _FILE_MODE)
         return DiskBacking(name=volume, path=overlay, format="qcow2")
 
     def _container_disk(
@@ -205,6 +227,7 @@ class VMFiles:
         path = os.path.join(self.vm_dir(domain), f"{volume}-cidata-{seed.digest[:12]}.iso")
         if not os.path.exists(path):
             self.support.iso.write_iso(path, VOLUME_ID, seed.files)
+            os.chmod(path, _FILE_MODE)  # secretRef contents: QEMU's user and root only
         return DiskBacking(name=volume, path=path, format="raw")
 
     def remove(self, domain: str) -> None:

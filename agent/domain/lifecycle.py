@@ -1,9 +1,9 @@
 """VMService: define, start, stop, pause, restart and delete VMs; idempotent, one op per VM.
 
-Every verb measures, then acts: starting a running VM, stopping a stopped one and applying
-an identical spec change nothing. Operations on one VM are serialised (a second concurrent
-one fails with Conflict); different VMs proceed in parallel. Guests start paused, get
-plumbed, then run (Nova's ordering), and a VM that cannot start is not left behind.
+Every verb measures, then acts: starting a running VM, stopping a stopped one and applying an
+identical spec change nothing. Operations on one VM are serialised (a second concurrent one
+fails with Conflict; different VMs proceed in parallel). Guests start paused, get plumbed,
+then run (Nova's ordering); a VM that cannot start is not left behind.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport
 from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
+from agent.domain.oplocks import VMLocks
 from agent.domain.readiness import Readiness
 from agent.domain.recovery import StartRecovery
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.requests import RequestLog
 from agent.domain.restarts import STARTED_ON_CREATE, CrashBackoff, should_restart
-from agent.domain.steps import Current, DomainSteps
+from agent.domain.steps import Current, DomainSteps, never
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition
 from agent.models import Bookkeeping, RunStrategy, VMAllocation, VMSpec
-from agent.naming import domain_name, vm_key
+from agent.naming import domain_name
 from agent.network.none import NoNetwork
 from agent.ports import Clock, DomainEvent, DomainState, Hypervisor, VMNetwork
 
@@ -37,8 +38,6 @@ __all__ = ["VMService"]
 log = logging.getLogger(__name__)
 
 _RUNNING = (DomainState.RUNNING, DomainState.BLOCKED)
-_BACKGROUND = frozenset({"note-stop", "restart-on-failure", "finish-start"})
-_BACKGROUND_WAIT_SECONDS = 60.0
 
 Spawn = Callable[[str, Callable[[], None]], None]
 
@@ -93,9 +92,8 @@ class VMService:
             support=support,
         )
         self.requests = RequestLog()
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._holders: dict[str, str] = {}  # what holds each VM's lock, for messages
+        self._vm_locks = VMLocks(self.steps.preempt)
+        self._holders = self._vm_locks.holders  # what holds each VM's lock
         self._backoff = CrashBackoff()
         self._recovery = StartRecovery(self.steps, spawn, self._operation, self._restart_later)
 
@@ -129,6 +127,7 @@ class VMService:
         except Exception:
             self.network.unplug(domain, spec, books.network)  # gives back what allocate took
             raise
+        self.network.settle(domain, books.network)
         if spec.run_strategy in STARTED_ON_CREATE:
             try:
                 self.steps.start(domain)
@@ -152,12 +151,15 @@ class VMService:
                 self.steps.start(domain)
                 record = self.steps.refreshed(domain)
             return record, False
-        books = dataclasses.replace(
-            books,
-            generation=books.generation + 1,
-            network=self.network.allocate(domain, spec, books.network),
-        )
-        self.steps.define(domain, spec, books, new=False)
+        held = books.network
+        network = self.network.allocate(domain, spec, held)
+        books = dataclasses.replace(books, generation=books.generation + 1, network=network)
+        try:
+            self.steps.define(domain, spec, books, new=False)
+        except Exception:
+            self.network.settle(domain, held)  # libvirt's books still store the old one
+            raise
+        self.network.settle(domain, books.network)
         running = info.state != DomainState.SHUTOFF
         if spec.run_strategy != stored.run_strategy:
             # Once starts a VM that never ran (a VMI an older vmctl made Manual, say).
@@ -181,14 +183,15 @@ class VMService:
         grace_period: int | None = None,
         force: bool = False,
         request_id: str = "",
+        cancelled: Callable[[], bool] = never,
     ) -> VMRecord:
         def stop(domain: str, current: Current) -> None:
-            grace = grace_period
-            if grace is None:
-                grace = current[1].termination_grace_period_seconds
-            self.steps.stop(domain, grace, force=force)
+            grace = current[1].termination_grace_period_seconds
+            grace = grace if grace_period is None else grace_period
+            self.steps.stop(domain, grace, force=force, cancelled=cancelled)
 
-        return self._verb("stop", namespace, name, request_id, stop)
+        forced = force or grace_period == 0  # preempts a graceful stop in flight
+        return self._verb("stop", namespace, name, request_id, stop, preempt=forced)
 
     def restart(self, namespace: str, name: str, *, hard: bool, request_id: str = "") -> VMRecord:
         """Soft: the guest reboots (ACPI). Hard: power-cycle, which applies a pending spec."""
@@ -201,13 +204,12 @@ class VMService:
                 self.steps.start(domain)
                 return
             if info.state not in _RUNNING:
-                raise FailedPrecondition(
-                    f"vm {namespace}/{name} is not running; a soft restart needs a running guest"
-                )
+                raise FailedPrecondition(f"vm {namespace}/{name} is not running; a soft "
+                                         "restart needs a running guest")  # fmt: skip
             self.hv.reboot(domain)
 
         verb = "hard-restart" if hard else "restart"
-        return self._verb(verb, namespace, name, request_id, restart)
+        return self._verb(verb, namespace, name, request_id, restart, preempt=hard)
 
     def pause(self, namespace: str, name: str, request_id: str = "") -> VMRecord:
         def pause(domain: str, current: Current) -> None:
@@ -232,20 +234,24 @@ class VMService:
         return self._verb("resume", namespace, name, request_id, resume)
 
     def delete(
-        self, namespace: str, name: str, *, grace_period: int | None = None, request_id: str = ""
+        self,
+        namespace: str,
+        name: str,
+        *,
+        grace_period: int | None = None,
+        request_id: str = "",
+        cancelled: Callable[[], bool] = never,
     ) -> None:
         """Stop the VM (within its grace period), then remove it and all its files."""
         domain = domain_name(namespace, name)
         if not RequestLog.missing(self.requests.recall(request_id, "delete", domain)):
             return
-        with self._operation(domain, "delete"):
+        with self._operation(domain, "delete", preempt=grace_period == 0):
             _, spec, books = self.steps.require(domain)
             grace = spec.termination_grace_period_seconds if grace_period is None else grace_period
-            self.steps.stop(domain, grace, force=False)
+            self.steps.stop(domain, grace, force=False, cancelled=cancelled)
             self.steps.remove(domain, spec, books)
         self._backoff.forget(domain)
-        with self._guard:
-            self._locks.pop(domain, None)  # a later VM of that name starts afresh
         self.requests.remember(request_id, "delete", domain, True)
 
     def _verb(
@@ -255,11 +261,13 @@ class VMService:
         name: str,
         request_id: str,
         action: Callable[[str, Current], None],
+        *,
+        preempt: bool = False,
     ) -> VMRecord:
         domain = domain_name(namespace, name)
         if not RequestLog.missing(self.requests.recall(request_id, verb, domain)):
             return self.get(namespace, name)
-        with self._operation(domain, verb):
+        with self._operation(domain, verb, preempt=preempt):
             action(domain, self.steps.require(domain))
             record = self.steps.refreshed(domain)
         self.requests.remember(request_id, verb, domain, True)
@@ -271,29 +279,17 @@ class VMService:
         return self._operation(domain, verb)
 
     @contextlib.contextmanager
-    def _operation(self, domain: str, verb: str, *, wait: float = 0.0) -> Iterator[None]:
+    def _operation(
+        self, domain: str, verb: str, *, wait: float = 0.0, preempt: bool = False
+    ) -> Iterator[None]:
         """Hold the VM's lock: at once (Conflict when a client's call holds it) or within
-        ``wait`` seconds. The agent's own short background work (recording a stop,
-        restarting a crashed guest) is waited for rather than reported to clients."""
-        with agent_metrics.operation(verb, conflict=Conflict), self._locked(domain, verb, wait):
+        ``wait`` seconds. The agent's short background work is waited for, and a forced
+        (``preempt``) verb cuts a graceful stop in flight short, then runs."""
+        with (
+            agent_metrics.operation(verb, conflict=Conflict),
+            self._vm_locks.held(domain, verb, wait=wait, preempt=preempt),
+        ):
             yield
-
-    @contextlib.contextmanager
-    def _locked(self, domain: str, verb: str, wait: float) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks.setdefault(domain, threading.Lock())
-        acquired = lock.acquire(timeout=wait) if wait else lock.acquire(blocking=False)
-        if not acquired and self._holders.get(domain) in _BACKGROUND:
-            acquired = lock.acquire(timeout=_BACKGROUND_WAIT_SECONDS)
-        if not acquired:
-            holder = self._holders.get(domain, "another operation")
-            raise Conflict(f"{holder} on vm {vm_key(domain)} is in progress; retry")
-        self._holders[domain] = verb
-        try:
-            yield
-        finally:
-            self._holders.pop(domain, None)
-            lock.release()
 
     # -- keeping the node in line with the specs ------------------------------------------
 
@@ -301,7 +297,8 @@ class VMService:
         """Rebuild the registry from libvirt: adopt every domain the agent made, drop the rest."""
         ours: dict[str, tuple[VMSpec, VMAllocation | None, bool]] = {}
         later: list[Callable[[], None]] = []  # finishing or (re)starting VMs
-        for info in self.hv.list_domains():
+        domains = self.hv.list_domains()
+        for info in domains:
             try:
                 parsed = read_metadata(info.config_xml)
             except CorruptMetadata:
@@ -320,6 +317,8 @@ class VMService:
                 later.append(work)
         for stale in self.registry.names() - set(ours):
             self.registry.remove(stale)
+        busy = set(self._holders) | self.steps.migrating  # being made, or arriving
+        self.files.remove_orphans({i.name for i in domains} | busy)
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
         self.network.reconcile(ours)
         for work in later:  # (started after the reconcile, which would unplug what they plug)

@@ -13,12 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.domain.clock import SYSTEM_CLOCK
-from agent.models import Bookkeeping, VMSpec, VMStatus
+from agent.models import Bookkeeping, CloudInitNoCloud, VMSpec, VMStatus
 from agent.ports import Clock
 
-__all__ = ["VMRecord", "Registry", "WatchEvent", "Watch"]
+__all__ = ["WATCH_BUFFER_BYTES", "VMRecord", "Registry", "WatchEvent", "Watch", "record_bytes"]
 
 _WATCH_BUFFER = 10_000
+# What a watcher that does not read may hold: its events are cut off beyond this. Each event
+# holds a whole VM (user data included), so a count alone bounds nothing.
+WATCH_BUFFER_BYTES = 8 * 1024 * 1024
+_RECORD_OVERHEAD = 2048  # the fixed-size part of a record, roughly
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,7 @@ class WatchEvent:
     type: str
     record: VMRecord | None
     resource_version: int
+    size: int = 0  # roughly, in bytes (see record_bytes)
 
 
 class Watch:
@@ -45,12 +50,16 @@ class Watch:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self.queue: queue.Queue[WatchEvent] = queue.Queue(maxsize=_WATCH_BUFFER)
+        self.buffered_bytes = 0  # changed under the registry's lock
 
     def next_event(self, timeout: float) -> WatchEvent | None:
         try:
-            return self.queue.get(timeout=timeout)
+            event = self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        with self._registry._lock:
+            self.buffered_bytes -= event.size
+        return event
 
     def close(self) -> None:
         self._registry._unwatch(self)
@@ -59,7 +68,8 @@ class Watch:
 class Registry:
     """Thread-safe map of domain name → VMRecord."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, watch_buffer_bytes: int = WATCH_BUFFER_BYTES) -> None:
+        self.watch_buffer_bytes = watch_buffer_bytes
         self._lock = threading.Condition()
         self._records: dict[str, VMRecord] = {}
         self._version = 0
@@ -98,13 +108,19 @@ class Registry:
 
     def _publish(self, kind: str, record: VMRecord) -> None:
         self._version += 1
-        event = WatchEvent(kind, record, self._version)
+        event = WatchEvent(kind, record, self._version, record_bytes(record))
         for watch in list(self._watches):
             try:
+                if watch.buffered_bytes + event.size > self.watch_buffer_bytes:
+                    raise queue.Full
                 watch.queue.put_nowait(event)
+                watch.buffered_bytes += event.size
             except queue.Full:
-                # A watcher that cannot keep up is cut off; it must list and watch again.
+                # A watcher that cannot keep up is cut off (its events dropped at once); it
+                # must watch again, which starts with a snapshot.
                 self._watches.discard(watch)
+                _drain(watch.queue)
+                watch.buffered_bytes = 0
                 _force_put(watch.queue, WatchEvent("OVERFLOW", None, self._version))
         self._lock.notify_all()
 
@@ -118,6 +134,11 @@ class Registry:
     def _unwatch(self, watch: Watch) -> None:
         with self._lock:
             self._watches.discard(watch)
+
+    def poke(self) -> None:
+        """Wake every ``wait_until`` to check its predicate again (it may look elsewhere)."""
+        with self._lock:
+            self._lock.notify_all()
 
     def wait_until(
         self,
@@ -137,6 +158,26 @@ class Registry:
                     return False
                 clock.wait(self._lock, remaining)
             return True
+
+
+def record_bytes(record: VMRecord) -> int:
+    """Roughly how much memory a record holds: its client-sized parts plus a constant."""
+    spec = record.spec
+    size = _RECORD_OVERHEAD + sum(len(k) + len(v) for k, v in spec.labels.items())
+    for volume in spec.volumes:
+        source = volume.source
+        if isinstance(source, CloudInitNoCloud):
+            size += len(source.user_data) + len(source.network_data)
+    boot = spec.firmware.kernel_boot
+    return size + (len(boot.kernel_args) if boot else 0)
+
+
+def _drain(target: queue.Queue[WatchEvent]) -> None:
+    while True:
+        try:
+            target.get_nowait()
+        except queue.Empty:
+            return
 
 
 def _force_put(target: queue.Queue[WatchEvent], event: WatchEvent) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 from agent.errors import InvalidSpec
 
-__all__ = ["RequestLog"]
+__all__ = ["MAX_REQUEST_ID", "RequestLog"]
 
 _MISSING = object()
+MAX_REQUEST_ID = 128  # a UUID is 36; kept for ten minutes, so bounded
 
 
 class RequestLog:
@@ -32,6 +33,10 @@ class RequestLog:
         """The stored result of this request, or MISSING; a reused id for another call fails."""
         if not request_id:
             return _MISSING
+        if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+            raise InvalidSpec(
+                "request_id", f"must be at most {MAX_REQUEST_ID} printable characters"
+            )
         with self._lock:
             self._expire()
             entry = self._entries.get(request_id)
@@ -45,7 +50,7 @@ class RequestLog:
         return result
 
     def remember(self, request_id: str, verb: str, vm: str, result: Any) -> None:
-        if not request_id:
+        if not request_id or len(request_id) > MAX_REQUEST_ID:
             return
         with self._lock:
             self._entries[request_id] = (time.monotonic(), verb, vm, result)

@@ -24,12 +24,12 @@ from agent.domain.plan import HostPlan
 from agent.domain.registry import Registry, VMRecord
 from agent.domain.status import ACTIVE_PHASES, derive_status
 from agent.domain.xml import domain_xml
-from agent.errors import AlreadyExists, FailedPrecondition, NotFound
+from agent.errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound
 from agent.models import Bookkeeping, Condition, Phase, RunStrategy, VMSpec, VMStatus
 from agent.naming import vm_key
 from agent.ports import Clock, DomainInfo, DomainState, Hypervisor, VMNetwork
 
-__all__ = ["Current", "DomainSteps"]
+__all__ = ["Current", "DomainSteps", "never"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ _SHUTDOWN_RESEND_SECONDS = 5.0  # a booting guest can miss an ACPI event (KubeVi
 _DESTROY_WAIT_SECONDS = 30.0
 
 Current = tuple[DomainInfo, VMSpec, Bookkeeping]
+
+
+def never() -> bool:
+    """Not cancelled: the default of ``cancelled``."""
+    return False
 
 
 def _needs_restart(running: VMSpec, stored: VMSpec) -> bool:
@@ -82,6 +87,7 @@ class DomainSteps:
         self._starting: set[str] = set()
         # Domains leaving or arriving by live migration: their phase is Migrating.
         self.migrating: set[str] = set()
+        self._preempted: set[str] = set()  # graceful stops to cut short (a forced one waits)
         self._refresh_lock = threading.Lock()
 
     # -- reading ------------------------------------------------------------------------
@@ -155,6 +161,10 @@ class DomainSteps:
     def define(self, domain: str, spec: VMSpec, books: Bookkeeping, *, new: bool) -> None:
         """Resolve the VM's files and (re)define its domain; a new VM's files go on failure."""
         require_node_support(spec, self.virt_type, self.support)
+        if new and self.files.vm_exists(domain):
+            # Left by a VM of that name whose delete was cut short: never handed on.
+            log.warning("removing leftover files of %s before creating it", domain)
+            self.files.remove(domain)
         try:
             self.hv.define(self.definition(domain, spec, books))
         except Exception:
@@ -208,8 +218,19 @@ class DomainSteps:
             self._starting.discard(domain)
         self.save_books(domain, spec, dataclasses.replace(books, starting=False), live=True)
 
-    def stop(self, domain: str, grace: int, *, force: bool) -> None:
-        """ACPI shutdown re-sent every few seconds, destroy when the grace period runs out.
+    def preempt(self, domain: str, on: bool = True) -> None:
+        """Cut a graceful stop of ``domain`` in flight short: it destroys the guest now."""
+        if on:
+            self._preempted.add(domain)
+            self.registry.poke()
+        else:
+            self._preempted.discard(domain)
+
+    def stop(
+        self, domain: str, grace: int, *, force: bool, cancelled: Callable[[], bool] = never
+    ) -> None:
+        """ACPI shutdown re-sent every few seconds, destroy when the grace period runs out
+        (or at once when preempted); Cancelled when ``cancelled()`` turns true meanwhile.
 
         The VM is marked halted first, so its run strategy does not start it again.
         """
@@ -223,7 +244,9 @@ class DomainSteps:
             self.destroy(domain)
             return
         deadline = self.clock.monotonic() + grace
-        while self.clock.monotonic() < deadline:
+        while self.clock.monotonic() < deadline and domain not in self._preempted:
+            if cancelled():
+                raise Cancelled(f"stopping vm {vm_key(domain)}: the call was cancelled")
             if info.state == DomainState.PAUSED:
                 # A paused guest cannot react to the power button. (A guest suspended to RAM
                 # cannot be resumed this way: it gets the button, then the destroy.)
@@ -232,13 +255,14 @@ class DomainSteps:
             with contextlib.suppress(FailedPrecondition):
                 self.hv.shutdown(domain)
             wait = min(_SHUTDOWN_RESEND_SECONDS, max(0.0, deadline - self.clock.monotonic()))
-            if self.wait_for_shutoff(domain, wait):
+            if self.wait_for_shutoff(domain, wait, cancelled):
                 return
             current = self.hv.lookup(domain)
             if current is None or current.state == DomainState.SHUTOFF:
                 return
             info = current
-        log.info("grace period of %ss over for %s; destroying", grace, domain)
+        why = "preempted" if domain in self._preempted else "over"
+        log.info("grace period of %ss %s for %s; destroying", grace, why, domain)
         self.destroy(domain)
 
     def destroy(self, domain: str) -> None:
@@ -246,11 +270,17 @@ class DomainSteps:
             self.hv.destroy(domain)
         self.wait_for_shutoff(domain, _DESTROY_WAIT_SECONDS)
 
-    def wait_for_shutoff(self, domain: str, timeout: float) -> bool:
+    def wait_for_shutoff(
+        self, domain: str, timeout: float, cancelled: Callable[[], bool] = never
+    ) -> bool:
         def stopped(record: VMRecord | None) -> bool:
             return record is None or record.status.phase not in ACTIVE_PHASES
 
-        if self.registry.wait_until(domain, stopped, timeout, clock=self.clock):
+        def done(record: VMRecord | None) -> bool:
+            return stopped(record) or domain in self._preempted or cancelled()
+
+        waited = self.registry.wait_until(domain, done, timeout, clock=self.clock)
+        if waited and stopped(self.registry.get(domain)):
             return True
         info = self.hv.lookup(domain)  # an event may have been missed: ask libvirt directly
         return info is None or info.state == DomainState.SHUTOFF

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from agent.domain.console import read_console
 from agent.domain.files import VMFiles
 from agent.domain.registry import Registry, VMRecord
-from agent.errors import Conflict, NotFound
+from agent.errors import NotFound, ResourceExhausted
 from agent.labels import matches_selector, parse_selector
 from agent.naming import domain_name
 
@@ -65,7 +65,8 @@ class VMViews:
     ) -> Iterator[WatchItem]:
         """The matching VMs as ADDED, then SYNCED, then every change while ``keep_going()``.
 
-        Raises Conflict when the watcher fell too far behind (it must list and watch again).
+        Raises ResourceExhausted when the watcher left too much unread (it may watch again:
+        a new watch starts with a snapshot).
         """
         wanted = _matcher(namespace, selector)
         snapshot, version, watch = self.registry.watch()
@@ -79,7 +80,11 @@ class VMViews:
                 if event is None:
                     continue
                 if event.record is None:
-                    raise Conflict("the watch fell behind the node's changes; list and watch again")
+                    raise ResourceExhausted(
+                        "the watch fell behind the node's changes (more than "
+                        f"{self.registry.watch_buffer_bytes} bytes unread); watch again: a "
+                        "new watch starts with a snapshot"
+                    )
                 if wanted(event.record):
                     yield WatchItem(event.type, event.record, event.resource_version)
         finally:

@@ -9,6 +9,7 @@ hands out anything (see ``Ledger.reset``), so nothing is given out twice.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.models import Network, NicAllocation, VMAllocation, VMSpec
@@ -26,12 +27,19 @@ _MAC_ATTEMPTS = 256
 
 
 def allocate_vm(
-    domain: str, spec: VMSpec, previous: VMAllocation | None, ledger: Ledger
+    domain: str,
+    spec: VMSpec,
+    previous: VMAllocation | None,
+    ledger: Ledger,
+    *,
+    bridges: Mapping[str, str] | None = None,
 ) -> VMAllocation:
     """The allocation for ``spec``: what ``previous`` held is kept, the rest is new.
 
     Raises InvalidSpec naming the field when the spec asks for something another VM holds
-    (a MAC, a node port) or a node port outside the node's range. Does not claim anything:
+    (a MAC, a node port) or a node port outside the node's range. ``bridges`` maps a bridge
+    network's name (multus.networkName) to its host bridge (see ``guards.allowed_bridges``;
+    without it the name is the bridge, as in tests of the ledger). Does not claim anything:
     the caller claims the result in the ledger (under the same lock).
     """
     if previous is not None and previous.namespace != spec.namespace:
@@ -49,7 +57,10 @@ def allocate_vm(
         mac = _mac(domain, spec.uid, iface.name, iface.mac_address, before, ledger, picked, field)
         network = networks.get(iface.name, Network(iface.name))
         if iface.binding == BRIDGE:
-            nics.append(NicAllocation(iface.name, BRIDGE, tap, mac, bridge=network.network_name))
+            bridge = network.network_name
+            if bridges is not None:
+                bridge = bridges[bridge]
+            nics.append(NicAllocation(iface.name, BRIDGE, tap, mac, bridge=bridge))
             continue
         ip = before.ip if before and before.ip else ledger.free_ip(exclude=picked.ips)
         picked.ips.add(ip)

@@ -36,6 +36,9 @@ SERVER_PORT = 67
 CLIENT_PORT = 68
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 _RECV_SIZE = 4096
+# A guest (or anything on its tap) sending from other MACs gets one log line per tap per
+# interval, with the count since: a flood must not fill the log from the one DHCP thread.
+_IGNORED_LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ class DhcpServer:
         self._changes: queue.SimpleQueue[tuple[str, socket.socket | None]] = queue.SimpleQueue()
         self._sockets: dict[str, socket.socket] = {}  # owned by the server thread
         self._asked: dict[str, float] = {}  # mac -> first DISCOVER not yet answered by an ACK
+        self.ignored_packets = 0  # from MACs a tap's lease is not for (a counter, for metrics)
+        self._ignored_logged: dict[str, tuple[float, int]] = {}  # tap -> (last line, since)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._thread: threading.Thread | None = None
@@ -195,6 +200,8 @@ class DhcpServer:
             if sock is not None:
                 self._sockets[tap] = sock
                 selector.register(sock, selectors.EVENT_READ, tap)
+            else:
+                self._ignored_logged.pop(tap, None)
 
     def _receive(self, tap: str, sock: socket.socket) -> None:
         try:
@@ -219,7 +226,7 @@ class DhcpServer:
         reply = answer(request, lease)
         if reply is None:
             if request.chaddr != lease.mac:
-                log.info("dhcp: ignoring %s on %s: expecting %s", request.chaddr, tap, lease.mac)
+                self._ignored(tap, request.chaddr, lease.mac, now)
             return
         try:
             sock.sendto(reply.encode(), self._reply_to(request, source))
@@ -230,6 +237,16 @@ class DhcpServer:
             self._leased(tap, lease, now)
         elif reply.type == MessageType.NAK:
             log.info("dhcp: NAK to %s on %s (asked for another address)", lease.mac, tap)
+
+    def _ignored(self, tap: str, mac: str, expected: str, now: float) -> None:
+        self.ignored_packets += 1
+        last, since = self._ignored_logged.get(tap, (float("-inf"), 0))
+        if now - last < _IGNORED_LOG_INTERVAL:
+            self._ignored_logged[tap] = (last, since + 1)
+            return
+        self._ignored_logged[tap] = (now, 0)
+        more = f" ({since} more from other MACs since the last line)" if since else ""
+        log.info("dhcp: ignoring %s on %s: expecting %s%s", mac, tap, expected, more)
 
     def _leased(self, tap: str, lease: Lease, now: float) -> None:
         asked = self._asked.pop(lease.mac, now)

@@ -130,6 +130,15 @@ class Ledger:
                 return port
         raise FailedPrecondition(f"no free {protocol} node port left in {low}-{high}")
 
+    def conflicts(self, domain: str, allocation: VMAllocation) -> list[str]:
+        """What claiming ``allocation`` for ``domain`` would collide with (claims nothing)."""
+        conflicts = []
+        for key in _keys(allocation):
+            holder = self._holders.get(key, domain)
+            if holder != domain:
+                conflicts.append(f"{key[0]} {key[1]} is held by {holder}")
+        return conflicts
+
     # -- changing -------------------------------------------------------------------------
 
     def claim(self, domain: str, allocation: VMAllocation) -> list[str]:

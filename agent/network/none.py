@@ -26,6 +26,9 @@ class NoNetwork:
     ) -> VMAllocation | None:
         return self.allocate(domain, spec, incoming)
 
+    def settle(self, domain: str, allocation: VMAllocation | None) -> None:
+        return None
+
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[NicBacking, ...]:

@@ -46,11 +46,17 @@ class NetworkConfig:
 
     cidr: ipaddress.IPv4Network
     pool: ipaddress.IPv4Network | None = None
-    node_ports: tuple[int, int] = (30000, 32767)
+    node_ports: tuple[int, int] = (24000, 24999)
     uplink: str = ""
     dns: tuple[str, ...] = ()
     table: str = DEFAULT_TABLE
     lease_seconds: int = INFINITE
+    # The operator's bridge networks (``--bridge-network NAME=BRIDGE``): the only host
+    # bridges a VM can join, named by multus.networkName. None: bridge binding is refused.
+    bridges: tuple[tuple[str, str], ...] = ()
+    # Guest egress (``--egress-deny``/``--egress-allow``): link-local is always denied.
+    egress_deny: tuple[str, ...] = ()
+    egress_allow: tuple[str, ...] = ()
 
     @property
     def gateway(self) -> str:

@@ -9,6 +9,11 @@ agent touches. Its rules never change; a VM only adds elements:
     same_namespace  devgroup . devgroup                     (g . g) per namespace group
     fwd_addr        inet_proto . inet_service : ipv4_addr     node port -> guest address
     fwd_port        inet_proto . inet_service : inet_service  node port -> guest port
+    published       ipv4_addr . inet_proto . inet_service   guest address, port published
+    egress_deny     ipv4_addr (intervals)                   where guests may not go:
+                                                            link-local (cloud metadata)
+                                                            and the operator's list
+    egress_allow    ipv4_addr (intervals)                   exceptions to egress_deny
 
 so the number of rules is the same with 1 VM and with 1,000. The rules (chain: what):
 
@@ -16,7 +21,9 @@ so the number of rules is the same with 1 VM and with 1,000. The rules (chain: w
                               source (tap, IP, MAC) must be the tap's guest, else drop.
                               Before conntrack, so spoofed packets leave no entry.
     input (filter)            from a tap to the node itself: replies, DHCP and ping only.
-    forward (filter)          replies pass; DNAT-ed (published) connections pass; tap to
+    forward (filter)          replies pass; from a tap to egress_deny and not egress_allow:
+                              counted drop; connections DNAT-ed to one of the agent's own
+                              published (guest address, port) pairs pass; tap to
                               tap only within one namespace (the taps' interface groups,
                               one per namespace, must form a (g . g) pair); nothing else
                               reaches a tap.
@@ -29,6 +36,7 @@ so the number of rules is the same with 1 VM and with 1,000. The rules (chain: w
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -50,12 +58,18 @@ Json = dict[str, Any]
 _L4_KEY: Json = {
     "concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
 }
+# Link-local: the cloud's metadata service (169.254.169.254) and its kin; never a guest's.
+EGRESS_ALWAYS_DENIED = ("169.254.0.0/16",)
+_INTERVALS = ("egress_deny", "egress_allow")  # sets of address ranges
 _SETS: tuple[tuple[str, str | list[str], str | None], ...] = (
     ("taps", "ifname", None),
+    ("egress_deny", "ipv4_addr", None),
+    ("egress_allow", "ipv4_addr", None),
     ("guest_sources", ["ifname", "ipv4_addr", "ether_addr"], None),
     ("same_namespace", ["devgroup", "devgroup"], None),
     ("fwd_addr", ["inet_proto", "inet_service"], "ipv4_addr"),
     ("fwd_port", ["inet_proto", "inet_service"], "inet_service"),
+    ("published", ["ipv4_addr", "inet_proto", "inet_service"], None),
 )
 
 
@@ -77,6 +91,8 @@ class FirewallState:
     sources: frozenset[tuple[str, str, str]] = frozenset()  # (tap, ip, mac)
     groups: frozenset[int] = frozenset()
     forwards: frozenset[Forward] = frozenset()
+    egress_deny: frozenset[str] = frozenset()  # CIDRs (the node's policy, not a VM's)
+    egress_allow: frozenset[str] = frozenset()
 
     def __or__(self, other: FirewallState) -> FirewallState:
         return FirewallState(
@@ -84,6 +100,16 @@ class FirewallState:
             self.sources | other.sources,
             self.groups | other.groups,
             self.forwards | other.forwards,
+            self.egress_deny | other.egress_deny,
+            self.egress_allow | other.egress_allow,
+        )
+
+    @staticmethod
+    def egress_policy(deny: Iterable[str], allow: Iterable[str]) -> FirewallState:
+        """The node's egress policy: link-local always denied, plus the operator's lists."""
+        return FirewallState(
+            egress_deny=frozenset(EGRESS_ALWAYS_DENIED) | frozenset(deny),
+            egress_allow=frozenset(allow),
         )
 
     @staticmethod
@@ -102,7 +128,20 @@ class FirewallState:
             "same_namespace": [{"concat": [g, g]} for g in sorted(self.groups)],
             "fwd_addr": [[{"concat": [f.protocol, f.node_port]}, f.ip] for f in forwards],
             "fwd_port": [[{"concat": [f.protocol, f.node_port]}, f.port] for f in forwards],
+            "published": [
+                {"concat": list(p)} for p in sorted({(f.ip, f.protocol, f.port) for f in forwards})
+            ],
+            "egress_deny": _prefixes(self.egress_deny),
+            "egress_allow": _prefixes(self.egress_allow),
         }
+
+
+def _prefixes(cidrs: Iterable[str]) -> list[Json]:
+    """Merged ranges (an interval set refuses overlapping elements), as nft prefixes."""
+    networks = ipaddress.collapse_addresses(ipaddress.IPv4Network(c) for c in cidrs)
+    return [
+        {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}} for n in sorted(networks)
+    ]
 
 
 # -- whole-table transactions ---------------------------------------------------------------
@@ -122,6 +161,8 @@ def rebuild_commands(table: str, state: FirewallState) -> list[Json]:
         body: Json = {"family": FAMILY, "table": table, "name": name, "type": key_type}
         if data_type:
             body["map"] = data_type
+        if name in _INTERVALS:
+            body["flags"] = ["interval"]
         commands.append({"add": {kind: body}})
     for chain, hook in _CHAINS:
         body = {"family": FAMILY, "table": table, "name": chain}
@@ -200,6 +241,7 @@ _CHAINS: tuple[tuple[str, Json | None], ...] = (
     ("input", _hook("filter", "input", 0)),
     ("guest_input", None),
     ("forward", _hook("filter", "forward", 0)),
+    ("egress", None),
     ("nat_prerouting", _hook("nat", "prerouting", -100)),
     ("nat_output", _hook("nat", "output", -100)),
     ("nat_postrouting", _hook("nat", "postrouting", 100)),
@@ -225,6 +267,10 @@ def _ct(key: str) -> Json:
 _FROM_TAP = _match(_meta("iifname"), "@taps")
 _TO_TAP = _match(_meta("oifname"), "@taps")
 _COUNTED_DROP: list[Json] = [{"counter": None}, {"drop": None}]
+_published = _match(
+    {"concat": [_payload("ip", "daddr"), _meta("l4proto"), _payload("th", "dport")]},
+    "@published",
+)
 
 
 def _dnat_published() -> list[Json]:
@@ -266,7 +312,12 @@ def _rules() -> list[tuple[str, list[Json]]]:
         ("guest_input", [_match(_payload("icmp", "type"), "echo-request"), {"accept": None}]),
         ("guest_input", list(_COUNTED_DROP)),
         ("forward", [established, {"accept": None}]),
-        ("forward", [_TO_TAP, _match(_ct("status"), "dnat", "in"), {"accept": None}]),
+        ("forward", [_FROM_TAP, {"jump": {"target": "egress"}}]),
+        ("egress", [_match(_payload("ip", "daddr"), "@egress_allow"), {"return": None}]),
+        ("egress", [_match(_payload("ip", "daddr"), "@egress_deny"), *_COUNTED_DROP]),
+        # DNAT-ed by the agent: to a guest address and port it published (a DNAT made by
+        # other software to a tap does not pass).
+        ("forward", [_TO_TAP, _match(_ct("status"), "dnat", "in"), _published, {"accept": None}]),
         ("forward", [_FROM_TAP, _TO_TAP, _match(groups, "@same_namespace"), {"accept": None}]),
         ("forward", [_TO_TAP, *_COUNTED_DROP]),
         ("nat_prerouting", _dnat_published()),

@@ -10,7 +10,6 @@ built again from the plugged VMs, atomically.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from collections.abc import Callable
 
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
-from agent.network import names, ruleset
+from agent.network import guards, names, ruleset
 from agent.network.allocation import BRIDGE, allocate_vm, incoming_allocation
 from agent.network.dhcp import Lease
 from agent.network.ipam import Ledger
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 # A VM allocated or plugged this recently is being created or started: a reconcile working
 # from an older list of domains must not take its addresses or plumbing away.
 _BUSY_SECONDS = 120.0
-_NETWORKS = "spec.template.spec.networks"
 
 
 class RoutedNetwork:
@@ -73,6 +71,8 @@ class RoutedNetwork:
         self.conntrack = conntrack
         self.dhcp = dhcp
         self.ledger = Ledger(config.cidr, config.node_ports, pool=config.pool)
+        self._bridges = dict(config.bridges)
+        self._policy = FirewallState.egress_policy(config.egress_deny, config.egress_allow)
         self._clock = clock
         self._check_interval = check_interval
         self._ready_timeout = ready_timeout
@@ -111,16 +111,14 @@ class RoutedNetwork:
         if not self._ready.wait(self._ready_timeout):
             raise Unavailable("the VM network is not reconciled with libvirt yet; retry")
         with self._lock:
-            new = allocate_vm(domain, spec, previous, self.ledger) if spec.interfaces else None
-            if new is not None:
-                self._check_bridges(spec, new, InvalidSpec)
-            live = self._live.get(domain)
-            held = _holding(new, live[0] if live else None)
-            if held is None:
-                self.ledger.release(domain)
-            else:
-                self.ledger.claim(domain, held)
-            self._touched[domain] = self._clock()
+            new = None
+            if spec.interfaces:
+                bridges = guards.allowed_bridges(spec, self._bridges)
+                new = allocate_vm(domain, spec, previous, self.ledger, bridges=bridges)
+                guards.check_bridges(self.links, spec, new, InvalidSpec, self._bridges)
+            # Until ``settle``, the VM also keeps what it held before: a failed define
+            # leaves the books with ``previous``, and nobody else may have taken it.
+            self._hold(domain, guards.holding(new, previous))
         return new
 
     def adopt(
@@ -133,6 +131,20 @@ class RoutedNetwork:
             kept = incoming_allocation(incoming, self.ledger, domain) if incoming else None
         return self.allocate(domain, spec, kept)
 
+    def settle(self, domain: str, allocation: VMAllocation | None) -> None:
+        """The VM's books now store ``allocation``: release whatever else it reserved."""
+        with self._lock:
+            self._hold(domain, allocation)
+
+    def _hold(self, domain: str, allocation: VMAllocation | None) -> None:
+        live = self._live.get(domain)
+        held = guards.holding(allocation, live[0] if live else None)
+        if held is None:
+            self.ledger.release(domain)
+        else:
+            self.ledger.claim(domain, held)
+        self._touched[domain] = self._clock()
+
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[NicBacking, ...]:
@@ -143,7 +155,8 @@ class RoutedNetwork:
     def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         if (allocation := self._require(spec, allocation)) is None:
             return
-        self._check_bridges(spec, allocation, _precondition)
+        guards.check_bridges(self.links, spec, allocation, guards.precondition, self._bridges)
+        self._refuse_conflicts(domain, spec, allocation)
         plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
         created: list[str] = []
         served: list[str] = []
@@ -162,6 +175,7 @@ class RoutedNetwork:
                 live = dict(self._live)
                 old = live.get(domain)
                 live[domain] = (allocation, plan)
+                self._refuse_conflicts(domain, spec, allocation)
                 self._sync_firewall(live)
                 self._live = live
                 self.ledger.claim(domain, allocation)
@@ -178,7 +192,7 @@ class RoutedNetwork:
                 self._plugging.discard(domain)
         if old is not None:  # taps of NICs the new spec no longer has
             self._remove_taps(domain, {t.name for t in old[1].taps} - {t.name for t in plan.taps})
-        log.info("plugged %s: %s", spec.key, _describe(plan), extra={"vm": spec.key})
+        log.info("plugged %s: %s", spec.key, guards.describe(plan), extra={"vm": spec.key})
 
     def unplug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         with self._lock:
@@ -247,7 +261,7 @@ class RoutedNetwork:
     def check(self) -> None:
         """Repair what changed behind the agent's back: the nft table and running VMs' taps."""
         with self._lock:
-            desired = FirewallState.union(p.firewall for _, p in self._live.values())
+            desired = self._desired(self._live)
             listing = self.firewall.list_table(ruleset.FAMILY, self.config.table)
             found = ruleset.listing_summary(listing) if listing is not None else None
             if found != ruleset.summary(desired):
@@ -279,7 +293,7 @@ class RoutedNetwork:
 
     def _sync_firewall(self, live: dict[str, tuple[VMAllocation, Plumbing]]) -> None:
         """Bring nft to the union of ``live``'s elements; rebuild the table when needed."""
-        desired = FirewallState.union(plan.firewall for _, plan in live.values())
+        desired = self._desired(live)
         table = self.config.table
         if self._applied is not None:
             commands = ruleset.element_commands(table, self._applied, desired)
@@ -294,6 +308,9 @@ class RoutedNetwork:
         self._applied = None
         self.firewall.apply(ruleset.rebuild_commands(table, desired))
         self._applied = desired
+
+    def _desired(self, live: dict[str, tuple[VMAllocation, Plumbing]]) -> FirewallState:
+        return FirewallState.union(plan.firewall for _, plan in live.values()) | self._policy
 
     def _repair(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> Plumbing | None:
         try:
@@ -345,6 +362,17 @@ class RoutedNetwork:
             except Exception as exc:  # never fail a delete over it
                 log.warning("forgetting connections of %s: %s", address, exc)
 
+    def _refuse_conflicts(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> None:
+        """Two taps must never route one address: a claim another VM holds is not plugged."""
+        with self._lock:
+            conflicts = self.ledger.conflicts(domain, allocation)
+        if conflicts:
+            log.error("refusing to plug %s: %s", spec.key, "; ".join(conflicts))
+            raise FailedPrecondition(
+                f"vm {spec.key} cannot be plugged: {'; '.join(conflicts)}; its network "
+                "allocation collides with another VM's (damaged bookkeeping?)"
+            )
+
     def _require(self, spec: VMSpec, allocation: VMAllocation | None) -> VMAllocation | None:
         if allocation is None and spec.interfaces:
             raise FailedPrecondition(
@@ -362,38 +390,3 @@ class RoutedNetwork:
             if nic.binding == BRIDGE:
                 mtus[nic.bridge] = self.links.mtu(nic.bridge) or 0
         return mtus
-
-    def _check_bridges(
-        self, spec: VMSpec, allocation: VMAllocation, error: Callable[[str, str], Exception]
-    ) -> None:
-        for index, network in enumerate(spec.networks):
-            nic = allocation.nic(network.name)
-            if nic is None or nic.binding != BRIDGE:
-                continue
-            kind = self.links.kind(nic.bridge)
-            if kind != "bridge":
-                found = "does not exist" if kind is None else f"is a {kind}, not a bridge"
-                raise error(
-                    f"{_NETWORKS}[{index}].multus.networkName",
-                    f"host bridge {nic.bridge!r} {found} on this node",
-                )
-
-
-def _precondition(field: str, problem: str) -> Exception:
-    return FailedPrecondition(f"{field}: {problem}")
-
-
-def _holding(new: VMAllocation | None, live: VMAllocation | None) -> VMAllocation | None:
-    """What a VM holds: its new allocation plus what its running plumbing still uses."""
-    if new is None or live is None:
-        return new or live
-    extra = tuple(nic for nic in live.nics if nic not in new.nics)
-    return dataclasses.replace(new, nics=new.nics + extra)
-
-
-def _describe(plan: Plumbing) -> str:
-    parts = []
-    for tap in plan.taps:
-        where = f"bridge {tap.bridge}" if tap.bridge else f"{tap.guest_ip} via {tap.gateway}"
-        parts.append(f"{tap.name} ({where}, mtu {tap.mtu})")
-    return ", ".join(parts) or "no NICs"

@@ -23,7 +23,16 @@ from agent.models import (
     Volume,
     VolumeSource,
 )
-from agent.spec.reader import Node, choice, one_of, quantity, relative_path, validate_name
+from agent.spec.limits import MAX_PORTS, MAX_USER_DATA_BYTES
+from agent.spec.reader import (
+    Node,
+    check_text,
+    choice,
+    one_of,
+    quantity,
+    relative_path,
+    validate_name,
+)
 
 __all__ = ["check_references", "parse_disk", "parse_interface", "parse_network", "parse_volume"]
 
@@ -101,15 +110,22 @@ def _container_disk(node: Node) -> ContainerDisk:
 
 
 def _decoded(node: Node, plain: str, encoded: str) -> str:
-    text = node.get(plain, str, "")
-    data = node.get(encoded, str, "")
+    text = node.get(plain, str, "", max_length=MAX_USER_DATA_BYTES)
+    data = node.get(encoded, str, "", max_length=MAX_USER_DATA_BYTES * 4 // 3 + 4)
     if text and data:
         raise InvalidSpec(node.path, f"set only one of {plain}, {encoded}")
     if data:
+        if len(data) > MAX_USER_DATA_BYTES * 4 // 3 + 4:
+            raise InvalidSpec(node.at(encoded), f"is larger than {MAX_USER_DATA_BYTES} bytes")
         try:
-            return base64.b64decode(data, validate=True).decode()
+            text = base64.b64decode(data, validate=True).decode()
         except ValueError:  # bad base64, text that is not ASCII, bytes that are not UTF-8
             raise InvalidSpec(node.at(encoded), "is not base64 of UTF-8 text") from None
+        check_text(node.at(encoded), text, MAX_USER_DATA_BYTES)
+    if len(text.encode()) > MAX_USER_DATA_BYTES:
+        raise InvalidSpec(
+            node.at(encoded if data else plain), f"is larger than {MAX_USER_DATA_BYTES} bytes"
+        )
     return text
 
 
@@ -166,7 +182,7 @@ def parse_interface(node: Node) -> Interface:
     binding = one_of(node, {"masquerade": lambda n: "masquerade", "bridge": lambda n: "bridge"})
     if binding is None:
         raise InvalidSpec(node.path, "needs a binding method: masquerade or bridge")
-    ports = tuple(_parse_port(p) for p in node.items("ports"))
+    ports = tuple(_parse_port(p) for p in node.items("ports", MAX_PORTS))
     if ports and binding != "masquerade":
         raise InvalidSpec(node.at("ports"), "are only supported with masquerade binding")
     mac = node.get("macAddress", str, "").lower()
@@ -175,6 +191,10 @@ def parse_interface(node: Node) -> Interface:
     model = choice(node, "model", NIC_MODELS, "virtio")
     node.done()
     return Interface(name, binding, ports, mac, model)
+
+
+# Kubernetes' port names (IANA service names): a letter somewhere, no "--", no edge "-".
+_PORT_NAME = re.compile(r"^(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 
 
 def _parse_port(node: Node) -> Port:
@@ -186,6 +206,10 @@ def _parse_port(node: Node) -> Port:
     if not 0 <= node_port <= 65535:
         raise InvalidSpec(node.at("nodePort"), "must be between 1 and 65535 (0: allocated)")
     name = node.get("name", str, "")
+    if name and not _PORT_NAME.match(name):
+        raise InvalidSpec(
+            node.at("name"), "must be at most 15 lowercase letters, digits and '-' (IANA)"
+        )
     node.done()
     return Port(port=port, protocol=protocol, name=name, node_port=node_port)
 

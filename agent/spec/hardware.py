@@ -17,6 +17,7 @@ from agent.hardware import (
     Tpm,
     Watchdog,
 )
+from agent.spec.limits import MAX_INPUTS
 from agent.spec.reader import Node, choice, one_of, validate_name
 
 __all__ = ["parse_hardware"]
@@ -36,7 +37,7 @@ def parse_hardware(domain: Node, devices: Node) -> Hardware:
     policy = domain.get("ioThreadsPolicy", str, "")
     if policy and policy not in ("shared", "auto"):
         raise InvalidSpec(domain.at("ioThreadsPolicy"), f"{policy!r} is not shared or auto")
-    inputs = tuple(_input(n) for n in devices.items("inputs"))
+    inputs = tuple(_input(n) for n in devices.items("inputs", MAX_INPUTS))
     _unique_names([i.name for i in inputs], devices.at("inputs"))
     video = devices.child("video")
     video_model = choice(video, "type", _VIDEO_MODELS, "vga") if video is not None else ""

@@ -12,6 +12,7 @@ from agent.defaults import GRACE_PERIOD_SECONDS
 from agent.errors import InvalidSpec
 from agent.models import (
     CPU,
+    MAX_GRACE_PERIOD_SECONDS,
     Firmware,
     KernelBoot,
     RunStrategy,
@@ -26,21 +27,17 @@ from agent.spec.devices import (
     parse_volume,
 )
 from agent.spec.hardware import parse_hardware
+from agent.spec.limits import MAX_DISKS, MAX_INTERFACES, MAX_KERNEL_ARGS, check_labels
 from agent.spec.probes import parse_probe
-from agent.spec.reader import (
-    Node,
-    check_text,
-    one_of,
-    quantity,
-    relative_path,
-    validate_name,
-)
+from agent.spec.reader import Node, one_of, quantity, relative_path, validate_name
 
 __all__ = ["parse_vm"]
 
 _MAX_VCPUS = 256
 _MIN_MEMORY = 16 * 1024 * 1024
 _MAX_IGNITION = 256 * 1024
+_MAX_MEMORY = 16 * 1024**4  # 16 TiB; the node's own size is checked when a VM is applied
+_CPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # host-model, Skylake-Server
 
 
 def parse_vm(document: Mapping[str, Any]) -> VMSpec:
@@ -58,10 +55,7 @@ def parse_vm(document: Mapping[str, Any]) -> VMSpec:
         except ValueError:
             raise InvalidSpec("metadata.uid", f"{uid!r} is not a UUID") from None
     labels = meta.get("labels", dict, {})
-    for key, value in labels.items():
-        if not isinstance(value, str):
-            raise InvalidSpec(f"metadata.labels.{key}", "must be a string")
-        check_text("metadata.labels", f"{key}{value}")
+    check_labels(labels)
     meta.allowed.update({"generation", "creationTimestamp", "resourceVersion"})
     meta.done()
 
@@ -93,16 +87,19 @@ def _parse_instance(
     domain = node.child("domain") or Node(node.at("domain"), {})
     uid = _firmware_uuid(domain.child("firmware"), uid)
     grace = node.get("terminationGracePeriodSeconds", int, GRACE_PERIOD_SECONDS)
-    if grace < 0:
-        raise InvalidSpec(node.at("terminationGracePeriodSeconds"), "must not be negative")
+    if not 0 <= grace <= MAX_GRACE_PERIOD_SECONDS:
+        raise InvalidSpec(
+            node.at("terminationGracePeriodSeconds"),
+            f"must be between 0 and {MAX_GRACE_PERIOD_SECONDS} seconds",
+        )
     ignition = node.get("ignitionData", str, "")
     if len(ignition.encode()) > _MAX_IGNITION:
         raise InvalidSpec(node.at("ignitionData"), "is more than 256 KiB")
     hostname = node.get("hostname", str, "")
     if hostname:
         validate_name(node.at("hostname"), hostname)
-    volumes = tuple(parse_volume(v) for v in node.items("volumes"))
-    networks = tuple(parse_network(n) for n in node.items("networks"))
+    volumes = tuple(parse_volume(v) for v in node.items("volumes", MAX_DISKS))
+    networks = tuple(parse_network(n) for n in node.items("networks", MAX_INTERFACES))
     hardware = _parse_domain(domain)
     readiness = parse_probe(node.child("readinessProbe"), liveness=False)
     liveness = parse_probe(node.child("livenessProbe"), liveness=True)
@@ -139,8 +136,8 @@ def _parse_domain(node: Node) -> dict[str, Any]:
     rng = devices.child("rng")  # every guest gets a virtio RNG: asking for one is fine
     if rng is not None:
         rng.done()
-    disks = tuple(parse_disk(d) for d in devices.items("disks"))
-    interfaces = tuple(parse_interface(i) for i in devices.items("interfaces"))
+    disks = tuple(parse_disk(d) for d in devices.items("disks", MAX_DISKS))
+    interfaces = tuple(parse_interface(i) for i in devices.items("interfaces", MAX_INTERFACES))
     devices.done()
     node.done()
     return {
@@ -175,7 +172,10 @@ def _parse_cpu(node: Node, requests: dict[str, str], limits: dict[str, str]) -> 
             counts[key] = cpu_node.get(key, int, 0) or 1
             if counts[key] < 1:
                 raise InvalidSpec(cpu_node.at(key), "must be at least 1")
-        cpu = CPU(model=cpu_node.get("model", str, ""), **counts)
+        model = cpu_node.get("model", str, "")
+        if model and not _CPU_MODEL.match(model):
+            raise InvalidSpec(cpu_node.at("model"), f"{model[:40]!r} is not a CPU model name")
+        cpu = CPU(model=model, **counts)
         if cpu.vcpus > _MAX_VCPUS:
             raise InvalidSpec(cpu_node.path, f"{cpu.vcpus} vCPUs is more than {_MAX_VCPUS}")
         cpu_node.done()
@@ -233,6 +233,8 @@ def _parse_memory(domain: Node, requests: dict[str, str], limits: dict[str, str]
         )
     if memory < _MIN_MEMORY:
         raise InvalidSpec(f"{domain.path}.{field}", "must be at least 16Mi")
+    if memory > _MAX_MEMORY:
+        raise InvalidSpec(f"{domain.path}.{field}", f"must be at most {format_bytes(_MAX_MEMORY)}")
     if "memory" in limits and parse_quantity(limits["memory"]) < memory:
         raise InvalidSpec(
             f"{domain.path}.resources.limits.memory",
@@ -294,7 +296,7 @@ def _parse_firmware(node: Node | None) -> Firmware:
         kernel_boot = KernelBoot(
             kernel_path=relative_path(container, "kernelPath"),
             initrd_path=relative_path(container, "initrdPath", required=False),
-            kernel_args=kb.get("kernelArgs", str, ""),
+            kernel_args=_kernel_args(kb),
         )
         container.done()
         kb.done()
@@ -306,3 +308,10 @@ def _parse_firmware(node: Node | None) -> Firmware:
         efi_persistent=persistent,
         serial=serial,
     )
+
+
+def _kernel_args(node: Node) -> str:
+    args = node.get("kernelArgs", str, "", max_length=MAX_KERNEL_ARGS)
+    if any(ch < " " or ch == "\x7f" for ch in args):  # one line; the XML check allows \n
+        raise InvalidSpec(node.at("kernelArgs"), "must be one line without control characters")
+    return args

@@ -24,10 +24,14 @@ T = TypeVar("T")
 
 # Characters XML 1.0 cannot carry: spec text ends up in the domain XML and its metadata.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+MAX_TEXT = 4096  # any text field, unless it says otherwise
 
 
-def check_text(field: str, value: str) -> str:
-    """Refuse control characters (other than tab and newlines) and non-characters."""
+def check_text(field: str, value: str, max_length: int = MAX_TEXT) -> str:
+    """Refuse text longer than ``max_length``, control characters (other than tab and
+    newlines) and non-characters."""
+    if len(value) > max_length:
+        raise InvalidSpec(field, f"is longer than {max_length} characters")
     bad = _NOT_XML.search(value)
     if bad is not None:
         raise InvalidSpec(field, f"must not hold the character U+{ord(bad.group()):04X}")
@@ -62,17 +66,21 @@ class Node:
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def get(self, key: str, kind: type[T], default: T) -> T:
+    def get(self, key: str, kind: type[T], default: T, *, max_length: int = MAX_TEXT) -> T:
+        """The value at ``key`` of type ``kind``; text is at most ``max_length`` characters
+        of what XML can carry (every spec ends up in the domain XML's metadata)."""
         self.allowed.add(key)
         value = self.data.get(key)
         if value is None:
             return default
-        if kind is int and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        if kind is int and isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,19}", value):
             value = int(value)  # the protobuf JSON mapping writes int64 as a string
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise InvalidSpec(self.at(key), f"must be {kind.__name__}, not {value!r}")
+            raise InvalidSpec(self.at(key), f"must be {kind.__name__}, not {str(value)[:40]!r}")
         if isinstance(value, str):
-            check_text(self.at(key), value)
+            check_text(self.at(key), value, max_length)
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise InvalidSpec(self.at(key), "is out of range")
         return value
 
     def child(self, key: str) -> Node | None:
@@ -81,11 +89,14 @@ class Node:
             return None
         return Node(self.at(key), self.data[key])
 
-    def items(self, key: str) -> list[Node]:
+    def items(self, key: str, limit: int) -> list[Node]:
+        """The list at ``key``, of at most ``limit`` items."""
         self.allowed.add(key)
         value = self.data.get(key) or []
         if not isinstance(value, list):
             raise InvalidSpec(self.at(key), "must be a list")
+        if len(value) > limit:
+            raise InvalidSpec(self.at(key), f"has {len(value)} items; at most {limit} allowed")
         return [Node(f"{self.at(key)}[{i}]", item) for i, item in enumerate(value)]
 
     def done(self) -> None:

@@ -14,6 +14,7 @@ from tests.testbed.nodebox import NodeBox
 __all__ = [
     "BRIDGE",
     "BRIDGE_GATEWAY",
+    "BRIDGE_NETWORK",
     "CIDR",
     "DNS",
     "GATEWAY",
@@ -36,6 +37,7 @@ GATEWAY = "10.250.0.1"
 DNS = "192.0.2.53"  # handed to guests only; nothing answers there
 UPLINK_MTU = 1400
 BRIDGE = "vbr0"
+BRIDGE_NETWORK = "lab-lan"  # the operator's name for BRIDGE (--bridge-network)
 BRIDGE_GATEWAY = "198.51.100.1"  # TEST-NET-2, only inside the node
 TABLE = "virt_agent"
 
@@ -126,7 +128,7 @@ def net_vm(
     networks: list[dict[str, Any]] = [{"name": "default", "pod": {}}]
     if bridge_mac:
         interfaces.append({"name": "lan", "bridge": {}, "macAddress": bridge_mac})
-        networks.append({"name": "lan", "multus": {"networkName": BRIDGE}})
+        networks.append({"name": "lan", "multus": {"networkName": BRIDGE_NETWORK}})
     instance = {
         "domain": {
             "cpu": {"cores": cores},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.system.guest_exec import EXEC_USER_DATA, guest_exec, write_seed_iso
 from tests.system.netbed import (
     BRIDGE,
     BRIDGE_GATEWAY,
+    BRIDGE_NETWORK,
     CIDR,
     DNS,
     GATEWAY,
@@ -165,7 +167,16 @@ def net(test_guest: GuestImage) -> Iterator[Net]:
             node=node,
             guest=test_guest,
             dir=node.dir / "agent",
-            extra_args=["--image-root", str(images), "--vm-cidr", CIDR, "--dns", DNS],
+            extra_args=[
+                "--image-root",
+                str(images),
+                "--vm-cidr",
+                CIDR,
+                "--dns",
+                DNS,
+                "--bridge-network",
+                f"{BRIDGE_NETWORK}={BRIDGE}",
+            ],  # fmt: skip
         )
         net = Net(
             world=world,
@@ -225,7 +236,7 @@ def test_vm_status_reports_mac_ip_tap_and_published_ports(net: Net) -> None:
     assert nic.name == "default" and re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", nic.mac)
     assert list(nic.ip_addresses) == [net.web.ip] and nic.tap_name == net.web.tap
     assert [(p.name, p.port, p.protocol) for p in nic.published_ports] == [("http", 80, "TCP")]
-    assert 30000 <= nic.published_ports[0].node_port <= 32767  # allocated from the range
+    assert 24000 <= nic.published_ports[0].node_port <= 24999  # allocated from the range
     clash = net_vm(
         "clash", "team-b", seed="seed.iso", ports=[{"port": 80, "nodePort": net.web.node_port}]
     )
@@ -270,6 +281,28 @@ def test_egress_is_masqueraded_to_the_node_uplink_address(net: Net) -> None:
     result = guest_exec(net.node, net.web.ip, f"wget -q -O - {net.world.http_url}")
     assert result.ok, result.output
     assert f"client={net.node.uplink_ip}" in result.output
+
+
+def test_guests_cannot_reach_cloud_metadata(net: Net) -> None:
+    # The world plays the cloud: an HTTP server at the metadata address, which the node
+    # reaches; the guests must not (they would read the node's credentials).
+    metadata = "169.254.169.254"
+    world_addr = ["ip", "-n", net.world.netns, "addr"]
+    subprocess.run([*world_addr, "add", f"{metadata}/32", "dev", net.world.bridge], check=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", net.world.netns, sys.executable, "-m", "http.server",
+         "--bind", metadata, "80"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: node_get(net.node, metadata, 80, timeout=2), 20, 0.3, "metadata server")
+        result = guest_exec(net.node, net.web.ip, f"timeout 5 wget -q -O - http://{metadata}/")
+        assert not result.ok, result.output
+        assert guest_exec(net.node, net.web.ip, f"wget -q -O - {net.world.http_url}").ok
+    finally:
+        server.terminate()
+        server.wait(10)
+        subprocess.run([*world_addr, "del", f"{metadata}/32", "dev", net.world.bridge], check=True)
 
 
 # -- 4. published ports ----------------------------------------------------------------------
@@ -371,12 +404,13 @@ def test_bridge_nic_joins_the_host_bridge_and_gets_its_traffic(net: Net) -> None
 
 def test_missing_bridge_is_refused_naming_the_field(net: Net) -> None:
     doc = net_vm("lost", "team-b", seed="seed.iso", bridge_mac="52:54:00:be:e0:02")
-    doc["spec"]["template"]["spec"]["networks"][1]["multus"]["networkName"] = "nobr0"
-    with pytest.raises(grpc.RpcError) as info:
-        net.agent.apply(doc)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "spec.template.spec.networks[1].multus.networkName" in info.value.details()
-    assert "nobr0" in info.value.details()
+    for name in ("nobr0", BRIDGE):  # a host link by its own name is not a bridge network
+        doc["spec"]["template"]["spec"]["networks"][1]["multus"]["networkName"] = name
+        with pytest.raises(grpc.RpcError) as info:
+            net.agent.apply(doc)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "spec.template.spec.networks[1].multus.networkName" in info.value.details()
+        assert f"{name!r} is not a bridge network" in info.value.details()
 
 
 # -- 6. nftables: repair, size, cleanup ------------------------------------------------------

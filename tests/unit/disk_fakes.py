@@ -155,3 +155,22 @@ class FakeObserver:
 
     def forget(self, domain: str) -> None:
         self.forgotten.append(domain)
+
+
+def sparse_layer(name: str, real_size: int, tail: bytes = b"QFI\xfb") -> bytes:
+    """A gzip'd tar with one GNU sparse member: ``real_size`` bytes of holes and ``tail``.
+
+    Python's tarfile reads such members but cannot write them; the header is made by hand
+    (old GNU format: the sparse map and the real size live in the header).
+    """
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    info.size = len(tail)  # what the archive stores
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[386:398] = tarfile.itn(real_size - len(tail), 12, tarfile.GNU_FORMAT)
+    header[398:410] = tarfile.itn(len(tail), 12, tarfile.GNU_FORMAT)
+    header[483:495] = tarfile.itn(real_size, 12, tarfile.GNU_FORMAT)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    padding = b"\0" * (-len(tail) % 512)
+    return gzip.compress(bytes(header) + tail + padding + b"\0" * 1024, mtime=0)

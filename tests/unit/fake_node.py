@@ -68,6 +68,10 @@ class RecordingNetwork:
         self.allocated.add(domain)
         return previous or VMAllocation(namespace=spec.namespace, group=1)
 
+    def settle(self, domain: str, allocation: VMAllocation | None) -> None:
+        if allocation is None:
+            self.allocated.discard(domain)
+
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[NicBacking, ...]:

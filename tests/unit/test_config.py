@@ -3,14 +3,16 @@ where it came from before the agent starts."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 import pytest
 
 from agent.__main__ import main
-from agent.config import ConfigError, Settings, check_files, load_settings
+from agent.config import ConfigError, Settings, bridge_networks, check_files, load_settings
 
 
 def config_file(tmp_path: Path, text: str) -> str:
@@ -169,3 +171,53 @@ def test_metrics_are_off_by_default_and_plain_http_needs_consent() -> None:
         [], environ={"VIRT_AGENT_METRICS_LISTEN": "[::]:8443", "VIRT_AGENT_METRICS_INSECURE": "1"}
     )
     assert from_env.metrics_listen == "[::]:8443"
+
+
+def test_bridge_networks_are_name_equals_bridge_pairs() -> None:
+    settings = load_settings(
+        ["--bridge-network", "lan=br0", "--bridge-network", "dmz=br-dmz"], environ={}
+    )
+    assert bridge_networks(settings) == (("lan", "br0"), ("dmz", "br-dmz"))
+    assert bridge_networks(load_settings([], environ={})) == ()  # none: bridge binding is refused
+    for bad, problem in [
+        ("br0", "is not NAME=BRIDGE"),
+        ("lan=", "is not NAME=BRIDGE"),
+        ("lan=a-bridge-name-too-long", "longer than an interface name"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^bridge-network: .*{problem}"):
+            load_settings(["--bridge-network", bad], environ={})
+    with pytest.raises(ConfigError, match="bridge-network: 'lan' is given twice"):
+        load_settings(["--bridge-network", "lan=br0", "--bridge-network", "lan=br1"], environ={})
+
+
+def test_container_disk_limits_have_defaults_and_are_checked() -> None:
+    settings = load_settings([], environ={})
+    assert (settings.max_image_size, settings.max_image_ratio) == (64 * 1024**3, 1100)
+    with pytest.raises(ConfigError, match="^max-image-ratio: -1 is negative"):
+        load_settings(["--max-image-ratio", "-1"], environ={})
+    with pytest.raises(ConfigError, match="^max-image-size: 'huge'"):
+        load_settings(["--max-image-size", "huge"], environ={})
+
+
+def test_a_state_dir_qemu_cannot_traverse_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = types.ModuleType("agent.app")
+    app.run = lambda settings: 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "agent.app", app)
+    top = Path(tempfile.mkdtemp(dir="/tmp", prefix="va-state-"))  # /tmp: world-traversable
+    try:
+        top.chmod(0o755)
+        private = top / "private"
+        private.mkdir(mode=0o700)
+        state = private / "state"
+        # "nobody" stands in for QEMU's user (libvirt-qemu by default).
+        assert main(["--state-dir", str(state), "--qemu-user", "nobody"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"virt-agent: state-dir: QEMU's user nobody cannot reach {state}")
+        assert f"{private} is drwx------" in err
+        private.chmod(0o711)  # traversable is enough
+        assert main(["--state-dir", str(state), "--qemu-user", "nobody"]) == 0
+        assert main(["--state-dir", str(state), "--qemu-user", "root"]) == 0
+    finally:
+        shutil.rmtree(top)

@@ -203,6 +203,20 @@ def test_credentials_from_docker_config() -> None:
     assert creds.lookup("token-only.example") is None and creds.lookup("other") is None
 
 
+def test_token_realms_that_may_get_credentials() -> None:
+    auth = base64.b64encode(b"alice:pw").decode()
+    creds = load_credentials(json.dumps({"auths": {
+        "reg.example:5000": {"auth": auth, "realms": ["auth.example", "sso.example:8443"]},
+        "docker.io": {"auth": auth},
+    }}))  # fmt: skip
+    assert creds.may_receive("reg.example:5000", "reg.example", "reg.example")
+    assert creds.may_receive("reg.example:5000", "reg.example", "sso.example:8443")
+    assert not creds.may_receive("reg.example:5000", "reg.example", "elsewhere.example")
+    assert creds.may_receive("docker.io", "registry-1.docker.io", "auth.docker.io")
+    with pytest.raises(CredentialsError, match="realms"):
+        load_credentials('{"auths": {"r": {"auth": "' + auth + '", "realms": "x"}}}')
+
+
 @pytest.mark.parametrize(
     "text",
     ["nope", '{"auths": []}', '{"auths": {"r": {"auth": "!!"}}}',

@@ -10,14 +10,15 @@ import pytest
 
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks, cache_key, effective_policy
+from agent.disks.layers import LayerLimits
 from agent.disks.ports import PullProgress
 from agent.domain.files import VMFiles, VolumeSupport
 from agent.domain.pullstatus import CONDITION, PullStatusPublisher
 from agent.domain.registry import Registry, VMRecord
-from agent.errors import FailedPrecondition, InvalidSpec
+from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.imageref import parse_reference
 from agent.models import Bookkeeping, ContainerDisk, Disk, Phase, VMSpec, VMStatus, Volume
-from tests.unit.disk_fakes import FakeImages, FakeObserver, FakeRegistry, layer
+from tests.unit.disk_fakes import FakeImages, FakeObserver, FakeRegistry, layer, sparse_layer
 
 IMAGE = "reg.test:5000/disks/guest:v1"
 DISK = b"QFI\xfb" + b"x" * 5000
@@ -282,3 +283,55 @@ def test_a_stand_in_left_after_a_good_pull_is_forgotten() -> None:
     assert registry.get("default_a") is not None  # until the lifecycle refreshes it
     publisher.forget("default_a")  # defining the domain failed: VMFiles.remove
     assert registry.get("default_a") is None
+
+
+# -- hostile layers: bounded expansion --------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def test_a_tiny_layer_expanding_to_a_huge_disk_is_refused_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    reg = FakeRegistry()
+    reg.add_image([sparse_layer("disk/disk.img", 256 * MIB)], tag="bomb")
+    reg.add_image([sparse_layer("disk/disk.img", 1 << 50)], tag="petabyte")
+    disks, cache, _ = make(tmp_path, reg)
+    for tag, problem in [("bomb", "expands to 268435456 bytes"), ("petabyte", "more than")]:
+        image = f"reg.test:5000/disks/guest:{tag}"
+        with pytest.raises(FailedPrecondition, match=f"^{image}: .*{problem}"):
+            disks.ensure(parse_reference(image), "", "default_a")
+    assert cache.entries() == [] and os.listdir(tmp_path / "cache" / "tmp") == []
+
+
+def test_a_sparse_disk_is_written_sparse(tmp_path: Path) -> None:
+    reg = FakeRegistry()
+    reg.add_image([sparse_layer("disk/disk.img", 64 * MIB)], tag="sparse")
+    alive: set[str] = set()
+    cache = ImageCache(str(tmp_path / "cache"), vm_exists=alive.__contains__)
+    limits = LayerLimits(max_bytes=1 << 30, max_ratio=0)  # ratio off: a sparse raw image
+    disks = ContainerDisks(reg, cache, FakeImages(), limits=limits)
+    entry = disks.ensure(parse_reference("reg.test:5000/disks/guest:sparse"), "", "default_a")
+    written = os.stat(entry.path)
+    assert written.st_size == 64 * MIB
+    assert written.st_blocks * 512 < MIB  # holes stay holes
+    with open(entry.path, "rb") as handle:
+        handle.seek(64 * MIB - 4)
+        assert handle.read() == b"QFI\xfb"
+
+
+def test_a_pull_has_an_overall_deadline(tmp_path: Path) -> None:
+    reg = FakeRegistry()
+    reg.add_image([layer({"disk/disk.qcow2": os.urandom(50_000)})], tag="slow")
+    now = [0.0]
+
+    def clock() -> float:  # every chunk arrives in time, but they take ten seconds each
+        now[0] += 10.0
+        return now[0]
+
+    cache = ImageCache(str(tmp_path / "cache"), vm_exists=lambda d: True)
+    disks = ContainerDisks(reg, cache, FakeImages(), pull_timeout=60.0, clock=clock)
+    image = "reg.test:5000/disks/guest:slow"
+    with pytest.raises(Unavailable, match=f"^{image}: the pull took longer than 60s"):
+        disks.ensure(parse_reference(image), "", "default_a")
+    assert cache.entries() == [] and os.listdir(tmp_path / "cache" / "tmp") == []

@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -259,3 +260,28 @@ def test_images_naming_host_files_are_refused(tmp_path: Path) -> None:
         check(backed)
     with pytest.raises(InvalidSpec, match="external data file"):
         check(external)
+
+
+# -- what other local users can read ------------------------------------------------------
+
+
+def test_vm_files_are_owner_only_and_the_folder_is_not_listable(tmp_path: Path) -> None:
+    # Seeds carry secretRef contents; disks carry guest data. libvirt hands each file to
+    # QEMU's user when the VM starts (dynamic ownership), so nobody else needs to read them.
+    files = VMFiles(str(tmp_path / "state"), [], QemuImg(), VolumeSupport(iso=PycdlibIso()))
+    spec = vm(
+        volumes=(
+            Volume("seed", CloudInitNoCloud(user_data="#cloud-config\npassword: s3cret\n")),
+            Volume("scratch", EmptyDisk(16 * 1024 * 1024)),
+        )
+    )
+    old_umask = os.umask(0o022)  # a usual umask: files would be 0644
+    try:
+        backings = files.prepare(spec, "team-a_web").disks
+    finally:
+        os.umask(old_umask)
+    for backing in backings:
+        assert stat.S_IMODE(os.stat(backing.path).st_mode) == 0o600, backing.path
+    folder = os.stat(files.vm_dir("team-a_web")).st_mode
+    assert stat.S_IMODE(folder) == 0o711  # QEMU's user can open the files, not list them
+    assert stat.S_IMODE(os.stat(tmp_path / "state" / "vms").st_mode) == 0o711

@@ -10,7 +10,7 @@ from agent.config import ConfigError, load_settings
 def test_defaults_turn_networking_on() -> None:
     settings = load_settings([], environ={})
     assert settings.vm_network is True
-    assert (str(settings.vm_cidr), settings.node_port_range) == ("10.250.0.0/16", (30000, 32767))
+    assert (str(settings.vm_cidr), settings.node_port_range) == ("10.250.0.0/16", (24000, 24999))
     assert settings.uplink == "" and settings.dns == []
 
 
@@ -64,3 +64,22 @@ def test_node_vm_pool_and_migration_settings() -> None:
     assert settings.migration is True and settings.migration_address == ""
     assert (settings.max_outbound_migrations, settings.max_inbound_migrations) == (2, 2)
     assert load_settings(["--no-migration"], environ={}).migration is False
+
+
+def test_the_default_node_ports_collide_neither_with_kubernetes_nor_ephemeral_ports() -> None:
+    low, high = load_settings([], environ={}).node_port_range
+    kubernetes = range(30000, 32768)  # kube-proxy DNATs these at the same hook priority
+    ephemeral = range(32768, 61000)  # Linux's default net.ipv4.ip_local_port_range
+    ours = range(low, high + 1)
+    assert not set(ours) & set(kubernetes) and not set(ours) & set(ephemeral)
+    assert len(ours) >= 1000
+
+
+def test_egress_policy_flags() -> None:
+    settings = load_settings(
+        ["--egress-deny", "10.96.0.0/12", "--egress-allow", "169.254.169.123/32"], environ={}
+    )
+    assert settings.egress_deny == ["10.96.0.0/12"]
+    assert settings.egress_allow == ["169.254.169.123/32"]
+    with pytest.raises(ConfigError, match="^egress-deny: 'nope' is not an IPv4 network"):
+        load_settings(["--egress-deny", "nope"], environ={})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -178,3 +179,39 @@ def test_server_stops_answering_a_tap_it_no_longer_serves(
     server.stop_serving("va0000000000bb")
     assert server.serving() == {}
     assert exchange(port, raw_request(1), 0.3) is None
+
+
+def test_packets_from_unknown_macs_are_counted_and_logged_at_a_bounded_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    ports: dict[str, int] = {}
+
+    def open_socket(tap: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        ports[tap] = sock.getsockname()[1]
+        return sock
+
+    server = DhcpServer(
+        open_socket=open_socket, reply_to=lambda request, source: source, clock=lambda: now[0]
+    )
+    server.start()
+    caplog.set_level(logging.INFO, logger="agent.network.dhcpd")
+    try:
+        server.serve("va0000000000cc", LEASE)
+        port = ports["va0000000000cc"]
+        stranger = raw_request(1, mac="52:54:00:00:00:01")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for _ in range(50):
+                client.sendto(stranger, ("127.0.0.1", port))
+            wait_for(lambda: server.ignored_packets == 50, timeout=10, message="50 ignored")
+            now[0] += 61.0  # a minute later, one more: one more line, saying how many were not
+            client.sendto(stranger, ("127.0.0.1", port))
+            wait_for(lambda: server.ignored_packets == 51, timeout=10, message="51 ignored")
+    finally:
+        server.stop()
+    lines = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "49 more" in lines[1]

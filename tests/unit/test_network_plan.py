@@ -226,3 +226,20 @@ def test_golden_table_is_accepted_by_nft_and_lists_as_summarised() -> None:
     assert proc.returncode == 0, proc.stderr
     listing = [i for i in json.loads(proc.stdout)["nftables"] if "metainfo" not in i]
     assert listing_summary(listing) == summary(plan.firewall)
+
+
+def test_only_the_agents_own_published_ports_are_forwarded_to_a_tap() -> None:
+    # A DNAT made by other software (a container runtime, kube-proxy) to a guest must not
+    # pass: the accept for DNAT-ed connections matches the agent's own mappings only.
+    plan = plumbing("team-a_web", web_spec(), WEB, CONFIG, MTUS)
+    commands = rebuild_commands("virt_agent", plan.firewall)
+    forward = [
+        c["add"]["rule"]["expr"]
+        for c in commands
+        if c.get("add", {}).get("rule", {}).get("chain") == "forward"
+    ]
+    dnat_accepts = [rule for rule in forward if "dnat" in json.dumps(rule)]
+    assert dnat_accepts and all("@published" in json.dumps(rule) for rule in dnat_accepts)
+    elements = plan.firewall.elements()["published"]
+    assert {"concat": ["10.250.0.2", "tcp", 80]} in elements
+    assert {"concat": ["10.250.0.2", "udp", 53]} in elements

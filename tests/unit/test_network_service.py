@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import uuid
 from typing import Any
@@ -18,20 +19,29 @@ from tests.unit.network_fakes import FakeConntrack, FakeDhcp, FakeFirewall, Fake
 
 TABLE = ("inet", "virt_agent")
 CONFIG = NetworkConfig(
-    cidr=ipaddress.IPv4Network("10.250.0.0/16"), node_ports=(30000, 30099), uplink="eth0"
+    cidr=ipaddress.IPv4Network("10.250.0.0/16"),
+    node_ports=(30000, 30099),
+    uplink="eth0",
+    # The operator's bridge networks: name -> host bridge (two of them broken on purpose).
+    bridges=(("lan", "br0"), ("lost", "nobr0"), ("uplink", "eth0")),
 )
 
 
 class Node:
     """A RoutedNetwork with its fakes, and a little bookkeeping like VMService's."""
 
-    def __init__(self, links: FakeLinks | None = None, firewall: FakeFirewall | None = None):
+    def __init__(
+        self,
+        links: FakeLinks | None = None,
+        firewall: FakeFirewall | None = None,
+        config: NetworkConfig = CONFIG,
+    ):
         self.links = links or FakeLinks()
         self.firewall = firewall or FakeFirewall()
         self.conntrack = FakeConntrack()
         self.dhcp = FakeDhcp()
         self.network = RoutedNetwork(
-            CONFIG, self.links, self.firewall, self.conntrack, self.dhcp,
+            config, self.links, self.firewall, self.conntrack, self.dhcp,
             check_interval=0, ready_timeout=0.01,
         )  # fmt: skip
         self.books: dict[str, tuple[VMSpec, VMAllocation | None]] = {}
@@ -195,7 +205,7 @@ def test_unplug_survives_a_conntrack_failure(node: Node) -> None:
 
 
 def test_bridge_nic_joins_its_bridge_without_nat_or_dhcp(node: Node) -> None:
-    spec = vm("web", bridge="br0")
+    spec = vm("web", bridge="lan")
     books = node.create(spec)
     default, lan = node.network.nics("default_web", spec, books)
     assert lan.mtu == 9000 and node.links.taps_made[lan.tap].bridge == "br0"
@@ -204,7 +214,7 @@ def test_bridge_nic_joins_its_bridge_without_nat_or_dhcp(node: Node) -> None:
 
 
 @pytest.mark.parametrize(
-    ("bridge", "found"), [("nobr0", "does not exist"), ("eth0", "is a device")]
+    ("bridge", "found"), [("lost", "does not exist"), ("uplink", "is a device")]
 )
 def test_a_missing_bridge_is_refused_naming_the_field(node: Node, bridge: str, found: str) -> None:
     with pytest.raises(InvalidSpec) as info:
@@ -214,8 +224,28 @@ def test_a_missing_bridge_is_refused_naming_the_field(node: Node, bridge: str, f
     assert node.network.ledger.claims() == {}
 
 
+@pytest.mark.parametrize("name", ["br0", "docker0", "cni0", "eth0"])
+def test_a_bridge_network_must_be_on_the_operators_list(node: Node, name: str) -> None:
+    # multus.networkName names an operator-listed network, never a host link by its name.
+    with pytest.raises(InvalidSpec) as info:
+        node.create(vm("web", bridge=name), plug=False)
+    assert info.value.field == "spec.template.spec.networks[1].multus.networkName"
+    assert f"{name!r} is not a bridge network of this node" in info.value.problem
+    assert "lan" in info.value.problem  # the ones there are
+    assert node.network.ledger.claims() == {}
+
+
+def test_without_bridge_networks_bridge_binding_is_refused() -> None:
+    bare = Node(config=dataclasses.replace(CONFIG, bridges=()))
+    bare.network.reconcile({})
+    with pytest.raises(InvalidSpec) as info:
+        bare.create(vm("web", bridge="lan"), plug=False)
+    assert info.value.field == "spec.template.spec.networks[1].multus.networkName"
+    assert "no bridge networks" in info.value.problem
+
+
 def test_a_bridge_gone_before_start_fails_the_plug(node: Node) -> None:
-    spec = vm("web", bridge="br0")
+    spec = vm("web", bridge="lan")
     books = node.create(spec, plug=False)
     del node.links.links["br0"]
     with pytest.raises(FailedPrecondition, match=r"networks\[1\]\.multus\.networkName"):
@@ -328,3 +358,15 @@ def test_unplug_survives_nft_failing_and_check_converges(node: Node) -> None:
     assert len(node.elements("taps")) == 2  # stale for now
     node.network.check()
     assert len(node.elements("taps")) == 1
+
+
+def test_guest_egress_to_metadata_and_denied_networks_is_dropped_unless_allowed() -> None:
+    config = dataclasses.replace(
+        CONFIG, egress_deny=("10.96.0.0/12",), egress_allow=("169.254.169.123/32",)
+    )
+    node = Node(config=config)
+    node.network.reconcile({})
+    node.create(vm("web"))
+    prefixes = {(p["prefix"]["addr"], p["prefix"]["len"]) for p in node.elements("egress_deny")}
+    assert prefixes == {("169.254.0.0", 16), ("10.96.0.0", 12)}  # link-local always
+    assert node.elements("egress_allow") == [{"prefix": {"addr": "169.254.169.123", "len": 32}}]

@@ -32,6 +32,8 @@ class FakeServer:
 
     auth: str = ""
     status: int = 200
+    realm: str = "https://auth.test/token"
+    redirect: str = ""  # blobs: answered with a redirect to this URL
     requests: list[httpx.Request] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -40,10 +42,15 @@ class FakeServer:
             if request.headers.get("authorization") not in (None, BASIC):
                 return httpx.Response(401)
             return httpx.Response(200, json={"token": "tok-123"})
+        if request.url.host == "blobs.elsewhere.test":  # a blob store asking for a login
+            challenge = 'Bearer realm="https://blobs.elsewhere.test/token",service="x"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
         if self.auth == "bearer" and request.headers.get("authorization") != "Bearer tok-123":
-            challenge = ('Bearer realm="https://auth.test/token",service="reg.test",'
+            challenge = (f'Bearer realm="{self.realm}",service="reg.test",'
                          'scope="repository:disks/guest:pull"')  # fmt: skip
             return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        if self.redirect and "/blobs/" in request.url.path:
+            return httpx.Response(307, headers={"Location": self.redirect})
         if self.auth == "basic" and request.headers.get("authorization") != BASIC:
             return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
         if self.status != 200:
@@ -83,9 +90,12 @@ def test_insecure_registries_use_plain_http() -> None:
     assert str(server.requests[0].url) == "http://192.0.2.1:5000/v2/disks/guest/manifests/v1"
 
 
+CREDS = Credentials({"reg.test": ("alice", "pw")}, realms={"reg.test": ("auth.test",)})
+
+
 def test_bearer_token_flow_with_credentials_and_token_reuse() -> None:
     server = FakeServer(auth="bearer")
-    registry = client(server, credentials=Credentials({"reg.test": ("alice", "pw")}))
+    registry = client(server, credentials=CREDS)
     registry.get_manifest(REF, "v1", ACCEPT)
     registry.get_blob(REF, BLOB_DIGEST, lambda chunk: None)
     paths = [r.url.path for r in server.requests]
@@ -200,3 +210,52 @@ def test_https_registries_are_verified_against_the_ca_bundle(
     assert fetched.body == MANIFEST
     with pytest.raises(FailedPrecondition, match="not trusted.*--registry-ca"):
         HttpxRegistry().get_manifest(ref, "v1", ACCEPT)
+
+
+# -- credentials stay with the registry --------------------------------------------------------
+
+
+@pytest.mark.parametrize("realm", ["https://elsewhere.test/token", "https://auth.test.evil/token"])
+def test_a_foreign_token_realm_gets_no_credentials(realm: str) -> None:
+    server = FakeServer(auth="bearer", realm=realm)
+    registry = client(server, credentials=Credentials({"reg.test": ("alice", "pw")}))
+    registry.get_manifest(REF, "v1", ACCEPT)  # an anonymous token is still asked for
+    token_request = server.requests[1]
+    assert token_request.url.host != "reg.test"
+    assert "authorization" not in token_request.headers
+
+
+def test_a_realm_on_the_registrys_own_host_or_listed_gets_them() -> None:
+    server = FakeServer(auth="bearer", realm="https://reg.test:8443/token")
+    client(server, credentials=Credentials({"reg.test": ("alice", "pw")})).get_manifest(
+        REF, "v1", ACCEPT
+    )
+    assert server.requests[1].headers["authorization"] == BASIC
+    listed = FakeServer(auth="bearer")  # auth.test, listed for reg.test
+    client(listed, credentials=CREDS).get_manifest(REF, "v1", ACCEPT)
+    assert listed.requests[1].headers["authorization"] == BASIC
+
+
+def test_credentials_never_go_over_plain_http_to_a_secure_registry() -> None:
+    server = FakeServer(auth="bearer", realm="http://reg.test/token")
+    registry = client(server, credentials=Credentials({"reg.test": ("alice", "pw")}))
+    with pytest.raises(FailedPrecondition, match="plain HTTP"):
+        registry.get_manifest(REF, "v1", ACCEPT)
+    assert all(r.url.scheme == "https" for r in server.requests)
+    insecure_ref = parse_reference("reg.test:5000/disks/guest:v1")
+    plain = FakeServer(auth="bearer", realm="http://reg.test:5000/token")
+    client(
+        plain,
+        insecure=["reg.test:5000"],
+        credentials=Credentials({"reg.test:5000": ("alice", "pw")}),
+    ).get_manifest(insecure_ref, "v1", ACCEPT)
+    assert plain.requests[1].headers["authorization"] == BASIC  # listed insecure: allowed
+
+
+def test_a_challenge_after_a_redirect_to_another_host_is_ignored() -> None:
+    server = FakeServer(auth="bearer", redirect="https://blobs.elsewhere.test/b/1")
+    registry = client(server, credentials=CREDS)
+    with pytest.raises(FailedPrecondition, match="access denied"):
+        registry.get_blob(REF, BLOB_DIGEST, lambda chunk: None)
+    elsewhere = [r.url.path for r in server.requests if r.url.host == "blobs.elsewhere.test"]
+    assert elsewhere == ["/b/1"]  # followed, but its challenge is not answered

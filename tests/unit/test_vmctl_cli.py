@@ -71,7 +71,7 @@ def agent(fake: FakeAgent) -> Iterator[str]:
 
 
 def run(agent: str, *args: str) -> int:
-    return main(["--agent", agent, "--timeout", "5", *args])
+    return main(["--agent", agent, "--insecure", "--timeout", "5", *args])
 
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -298,5 +298,31 @@ def test_agent_from_environment(
 ) -> None:
     monkeypatch.setenv("VMCTL_AGENT", agent)
     fake.add("web", vm_pb2.PHASE_PAUSED)
-    assert main(["get", "web"]) == 0
+    assert main(["get", "web", "--insecure"]) == 0
     assert "Paused" in capsys.readouterr().out
+
+
+def test_plaintext_to_a_network_address_needs_insecure(
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--agent", agent, "get"]) == 2
+    err = capsys.readouterr().err
+    assert "plaintext" in err and "--insecure" in err and "--ca-file" in err
+    assert fake.calls == []  # refused before anything was sent
+    assert main(["--agent", agent, "--insecure", "get"]) == 0  # said on purpose: allowed
+
+
+def test_insecure_with_tls_files_is_refused(
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "ca.pem").write_text("not used")
+    argv = ["--agent", agent, "--insecure", "--ca-file", str(tmp_path / "ca.pem"), "get"]
+    assert main(argv) == 2
+    assert "--insecure" in capsys.readouterr().err
+    assert fake.calls == []
+
+
+def test_unix_sockets_need_no_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    socket = f"unix:{tmp_path}/none.sock"
+    assert main(["--agent", socket, "--timeout", "1", "node"]) == 1  # tried, not refused
+    assert "cannot reach agent" in capsys.readouterr().err

@@ -146,25 +146,35 @@ Global___GetVirtualMachineResponse: _TypeAlias = GetVirtualMachineResponse  # no
 
 @_typing.final
 class ListVirtualMachinesRequest(_message.Message):
-    """ListVirtualMachinesRequest filters the VMs."""
+    """ListVirtualMachinesRequest filters the VMs and asks for one page of them (AIP-158)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Empty: all namespaces."""
     label_selector: _builtins.str
     """Kubernetes equality-based selector: "app=web,tier!=db,env"."""
+    page_size: _builtins.int
+    """At most this many VMs (0: the server's default, 100; above 1000: 1000). A page may
+    hold fewer (it is also cut at about 2 MiB); only an empty next_page_token ends the list.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous page; with the same namespace and label_selector."""
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         label_selector: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -172,14 +182,17 @@ Global___ListVirtualMachinesRequest: _TypeAlias = ListVirtualMachinesRequest  # 
 
 @_typing.final
 class ListVirtualMachinesResponse(_message.Message):
-    """ListVirtualMachinesResponse lists the VMs."""
+    """ListVirtualMachinesResponse is one page of VMs, in (namespace, name) order."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     VMS_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.int
-    """Resource version of the node's VM state when the list was taken."""
+    """Resource version of the node's VM state when the page was taken."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
     def vms(self) -> _containers.RepeatedCompositeFieldContainer[_vm_pb2.VirtualMachine]: ...
     def __init__(
@@ -187,10 +200,11 @@ class ListVirtualMachinesResponse(_message.Message):
         *,
         vms: _abc.Iterable[_vm_pb2.VirtualMachine] | None = ...,
         resource_version: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource_version", b"resource_version", "vms", b"vms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "resource_version", b"resource_version", "vms", b"vms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
