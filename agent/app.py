@@ -43,8 +43,8 @@ from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
 from agent.domain.probes import ProbeRunner
 from agent.domain.pullstatus import PullStatusPublisher
-from agent.domain.registry import Registry
 from agent.domain.views import VMViews
+from agent.domain.vmcache import VMCache
 from agent.errors import InvalidSpec
 from agent.metrics.setup import start_metrics
 from agent.migration.records import MigrationBook
@@ -69,7 +69,7 @@ class Agent:
 
     settings: Settings
     hv: LibvirtHypervisor
-    registry: Registry
+    cache: VMCache
     service: VMService
     views: VMViews
     vm_servicer: VirtualMachineServicer
@@ -131,19 +131,19 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
     access, credentials = access_control(settings), server_credentials(settings)
     os.makedirs(settings.state_dir, exist_ok=True)
     hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
-    registry = Registry()
+    cache = VMCache()
     networking = _network(settings)
     service = VMService(
         hv,
-        _vm_files(settings, registry),
-        registry,
+        _vm_files(settings, cache),
+        cache,
         node_name=settings.node_name,
         virt_type=_virt_type(settings.virt_type),
         network=networking[0] if networking else None,
         support=_node_support(),
     )
     hv.subscribe(service)
-    views = VMViews(registry, service.files)
+    views = VMViews(cache, service.files)
     host = PsutilHostProbe()
     vm_servicer = VirtualMachineServicer(
         service, views, max_streams=max_streams, max_slow=max_slow, host=host
@@ -163,7 +163,7 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
     probes = ProbeRunner(service, SocketProber())
     service.steps.probe_ready = probes.ready
     return Agent(
-        settings, hv, registry, service, views, vm_servicer, server, network, dhcp, access,
+        settings, hv, cache, service, views, vm_servicer, server, network, dhcp, access,
         probes, migrations=migrations,
     )  # fmt: skip
 
@@ -271,7 +271,7 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
     return network, dhcp
 
 
-def _vm_files(settings: Settings, registry: Registry) -> VMFiles:
+def _vm_files(settings: Settings, vms: VMCache) -> VMFiles:
     """Per-VM files with every volume kind: container disks, NoCloud seeds, host disks."""
     credentials = Credentials()
     if settings.registry_config:
@@ -292,7 +292,7 @@ def _vm_files(settings: Settings, registry: Registry) -> VMFiles:
         iso=PycdlibIso(),
         host_disk_roots=tuple(os.path.abspath(root) for root in settings.host_disk_root),
         secrets_dir=settings.secrets_dir or os.path.join(settings.state_dir, "secrets"),
-        pulls=PullStatusPublisher(registry, node_name=settings.node_name),
+        pulls=PullStatusPublisher(vms, node_name=settings.node_name),
     )
     disks.gc()  # entries whose VMs were deleted while the agent was down
     image_roots = settings.image_root or [os.path.join(settings.state_dir, "images")]

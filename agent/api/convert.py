@@ -8,7 +8,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.api._gen.virtagent.v1 import vm_pb2
-from agent.domain.registry import VMRecord
+from agent.domain.vmcache import VMRecord
 from agent.errors import InvalidSpec
 from agent.models import Phase, VMSpec
 from agent.spec import parse_vm, render_vm

@@ -32,8 +32,8 @@ from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
 from agent.api.paging import PAGE_BYTES, one_page
 from agent.domain.lifecycle import VMService
-from agent.domain.registry import Registry
 from agent.domain.views import VMViews
+from agent.domain.vmcache import VMCache
 from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
 from agent.models import MAX_GRACE_PERIOD_SECONDS
 from agent.ports import HostProbe, HypervisorVersions
@@ -69,14 +69,14 @@ def _grace(request: Any) -> int | None:
     return int(request.grace_period_seconds)
 
 
-def _cancellation(context: grpc.ServicerContext, registry: Registry) -> Callable[[], bool]:
+def _cancellation(context: grpc.ServicerContext, cache: VMCache) -> Callable[[], bool]:
     """Whether the client went away: a long wait (a graceful stop) then ends and frees its
-    slot and its VM. The registry is poked so that waits on it notice at once."""
+    slot and its VM. The VM cache is poked so that waits on it notice at once."""
     ended = threading.Event()
 
     def on_end() -> None:
         ended.set()
-        registry.poke()
+        cache.poke()
 
     context.add_callback(on_end)
     return lambda: ended.is_set() and not context.is_active()
@@ -195,7 +195,7 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
                 grace_period=grace,
                 force=request.force,
                 request_id=request.request_id,
-                cancelled=_cancellation(context, self.service.registry),
+                cancelled=_cancellation(context, self.service.cache),
             )
         return pb.StopVirtualMachineResponse(vm=vm_to_proto(record))
 
@@ -232,7 +232,7 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
                 *names,
                 grace_period=grace,
                 request_id=request.request_id,
-                cancelled=_cancellation(context, self.service.registry),
+                cancelled=_cancellation(context, self.service.cache),
             )
         return pb.DeleteVirtualMachineResponse()
 

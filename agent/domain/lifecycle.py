@@ -23,10 +23,10 @@ from agent.domain.metadata import CorruptMetadata, read_metadata
 from agent.domain.oplocks import VMLocks
 from agent.domain.readiness import Readiness
 from agent.domain.recovery import StartRecovery
-from agent.domain.registry import Registry, VMRecord
 from agent.domain.requests import RequestLog
 from agent.domain.restarts import STARTED_ON_CREATE, CrashBackoff, should_restart
 from agent.domain.steps import Current, DomainSteps, never
+from agent.domain.vmcache import VMCache, VMRecord
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition
 from agent.models import Bookkeeping, RunStrategy, VMAllocation, VMSpec
 from agent.naming import domain_name
@@ -52,7 +52,7 @@ class VMService:
 
     Usage::
 
-        service = VMService(hv, files, Registry(), node_name="node-1", virt_type="qemu")
+        service = VMService(hv, files, VMCache(), node_name="node-1", virt_type="qemu")
         service.resync()
         record, changed = service.apply(spec)
         service.stop("default", "web", grace_period=30)
@@ -62,7 +62,7 @@ class VMService:
         self,
         hv: Hypervisor,
         files: VMFiles,
-        registry: Registry,
+        cache: VMCache,
         *,
         node_name: str,
         virt_type: str,
@@ -73,7 +73,7 @@ class VMService:
         support: NodeSupport = ASSUMED_SUPPORT,
     ) -> None:
         self.hv = hv
-        self.registry = registry
+        self.cache = cache
         self.node_name = node_name
         self.virt_type = virt_type
         self.network: VMNetwork = network or NoNetwork()
@@ -85,7 +85,7 @@ class VMService:
             hv,
             files,
             self.network,
-            registry,
+            cache,
             node_name=node_name,
             virt_type=virt_type,
             clock=clock,
@@ -294,7 +294,7 @@ class VMService:
     # -- keeping the node in line with the specs ------------------------------------------
 
     def resync(self) -> None:
-        """Rebuild the registry from libvirt: adopt every domain the agent made, drop the rest."""
+        """Rebuild the VM cache from libvirt: adopt every domain the agent made, drop the rest."""
         ours: dict[str, tuple[VMSpec, VMAllocation | None, bool]] = {}
         later: list[Callable[[], None]] = []  # finishing or (re)starting VMs
         domains = self.hv.list_domains()
@@ -315,8 +315,8 @@ class VMService:
                 continue
             if record is not None and (work := self._recovery.plan(info.name, record)):
                 later.append(work)
-        for stale in self.registry.names() - set(ours):
-            self.registry.remove(stale)
+        for stale in self.cache.names() - set(ours):
+            self.cache.remove(stale)
         busy = set(self._holders) | self.steps.migrating  # being made, or arriving
         self.files.remove_orphans({i.name for i in domains} | busy)
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.

@@ -88,10 +88,10 @@ class ProbeRunner:
             self._stop.wait(_TICK)
 
     def tick(self) -> None:
-        """One pass over the registry: probe what is due, act on the results."""
+        """One pass over the VM cache: probe what is due, act on the results."""
         now = self.clock.monotonic()
         seen = set()
-        for record in self.service.registry.records():
+        for record in self.service.cache.records():
             spec, status = record.spec, record.status
             domain = domain_name(spec.namespace, spec.name)
             probes = (spec.readiness_probe, spec.liveness_probe)

@@ -1,7 +1,7 @@
 """Image pulls shown in VM status: clients see "pulled N of M bytes" while Apply pulls.
 
 Apply pulls a container disk before the domain is defined, so for a new VM libvirt knows
-nothing yet. While the pull runs, the registry holds a stand-in record for the VM (phase
+nothing yet. While the pull runs, the VM cache holds a stand-in record for the VM (phase
 Pending, reason ``PullingImage``, condition ``ImagePulling`` whose message is ``volume
 <name>: <image>: <done> of <total> bytes``), so Get, List and Watch show the progress. An
 existing VM keeps its record, with the condition added. When the pull ends the stand-in is
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from agent.disks.ports import PullProgress
-from agent.domain.registry import Registry, VMRecord
+from agent.domain.vmcache import VMCache, VMRecord
 from agent.models import Bookkeeping, Condition, Phase, VMSpec, VMStatus
 
 __all__ = ["CONDITION", "PullStatusPublisher"]
@@ -27,18 +27,18 @@ _MIN_INTERVAL = 0.25  # seconds between published updates; the first and last al
 
 
 class PullStatusPublisher:
-    """A PullObserver (see ``agent.disks.ports``) writing into the VM registry.
+    """A PullObserver (see ``agent.disks.ports``) writing into the VM cache.
 
     Usage::
 
-        publisher = PullStatusPublisher(registry, node_name="node-1")
+        publisher = PullStatusPublisher(cache, node_name="node-1")
         VMFiles(..., pulls=publisher)
     """
 
     def __init__(
-        self, registry: Registry, *, node_name: str, clock: Callable[[], float] = time.monotonic
+        self, cache: VMCache, *, node_name: str, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.registry = registry
+        self.cache = cache
         self.node_name = node_name
         self.clock = clock
         self._lock = threading.Lock()
@@ -52,10 +52,10 @@ class PullStatusPublisher:
             last_done = active is not None and progress.done_bytes >= progress.total_bytes
             if active is not None and now - active[2] < _MIN_INTERVAL and not last_done:
                 return
-            before = active[0] if active else self.registry.get(domain)
+            before = active[0] if active else self.cache.get(domain)
             record = self._record(spec, before, progress)
             self._active[domain] = (before, record, now)
-        self.registry.put(domain, record)
+        self.cache.put(domain, record)
 
     def _record(self, spec: VMSpec, before: VMRecord | None, progress: PullProgress) -> VMRecord:
         condition = Condition(
@@ -88,15 +88,15 @@ class PullStatusPublisher:
         if active is None:
             return
         before, stand_in, _ = active
-        current = self.registry.get(domain)
+        current = self.cache.get(domain)
         if current is not stand_in:
             return  # the lifecycle has refreshed the VM from libvirt since: that one stands
         if error is None:
             if before is not None:
-                self.registry.put(domain, before)
+                self.cache.put(domain, before)
             return  # a new VM's stand-in stays until the lifecycle reads the defined domain
         if before is not None:
-            self.registry.put(domain, before)
+            self.cache.put(domain, before)
             return
         failed = VMStatus(
             phase=Phase.FAILED,
@@ -105,13 +105,13 @@ class PullStatusPublisher:
             conditions=(Condition(CONDITION, False, reason="Failed", message=str(error)),),
             node_name=self.node_name,
         )
-        self.registry.put(domain, dataclasses.replace(stand_in, status=failed))
-        self.registry.remove(domain)
+        self.cache.put(domain, dataclasses.replace(stand_in, status=failed))
+        self.cache.remove(domain)
 
     def forget(self, domain: str) -> None:
         """Drop a stand-in left behind when defining the VM failed after a good pull."""
         with self._lock:
             self._active.pop(domain, None)
-        current = self.registry.get(domain)
+        current = self.cache.get(domain)
         if current is not None and current.status.reason == "PullingImage":
-            self.registry.remove(domain)
+            self.cache.remove(domain)

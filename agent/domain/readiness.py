@@ -9,7 +9,7 @@ __all__ = ["Readiness"]
 
 
 class Readiness:
-    """Connected to libvirt, and the registry rebuilt on this connection: one state, one lock.
+    """Connected to libvirt, and the VM cache rebuilt on this connection: one state, one lock.
 
     Each connection starts an epoch; a resync marks its own epoch synced, so a resync that
     began on a connection since lost can never report the agent ready.

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.domain.registry import VMRecord
 from agent.domain.restarts import should_restart
 from agent.domain.steps import DomainSteps
+from agent.domain.vmcache import VMRecord
 from agent.naming import vm_key
 from agent.ports import DomainState
 

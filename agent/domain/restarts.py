@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.domain.registry import VMRecord
 from agent.domain.status import ACTIVE_PHASES
+from agent.domain.vmcache import VMRecord
 from agent.models import Phase, RunStrategy
 
 __all__ = ["STARTED_ON_CREATE", "CrashBackoff", "should_restart"]

@@ -1,7 +1,7 @@
 """DomainSteps: the measure-then-act building blocks of the VM verbs (read, define, start, stop).
 
 Each step reads libvirt first and acts only when needed, so any of them can be repeated.
-``refresh`` is the single place a VM's status is derived and published to the registry.
+``refresh`` is the single place a VM's status is derived and published to the VM cache.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from agent.domain.metadata import (
     read_metadata,
 )
 from agent.domain.plan import HostPlan
-from agent.domain.registry import Registry, VMRecord
 from agent.domain.status import ACTIVE_PHASES, derive_status
+from agent.domain.vmcache import VMCache, VMRecord
 from agent.domain.xml import domain_xml
 from agent.errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound
 from agent.models import Bookkeeping, Condition, Phase, RunStrategy, VMSpec, VMStatus
@@ -67,7 +67,7 @@ class DomainSteps:
         hv: Hypervisor,
         files: VMFiles,
         network: VMNetwork,
-        registry: Registry,
+        cache: VMCache,
         *,
         node_name: str,
         virt_type: str,
@@ -77,7 +77,7 @@ class DomainSteps:
         self.hv = hv
         self.files = files
         self.network = network
-        self.registry = registry
+        self.cache = cache
         self.node_name = node_name
         self.virt_type = virt_type
         self.support = support
@@ -115,20 +115,20 @@ class DomainSteps:
 
     def record(self, domain: str) -> VMRecord:
         """The registry's record of the VM (no libvirt call)."""
-        record = self.registry.get(domain)
+        record = self.cache.get(domain)
         if record is None:
             raise NotFound(f"vm {vm_key(domain)} not found")
         return record
 
     def refresh(self, domain: str, info: DomainInfo | None = None) -> VMRecord | None:
-        """Read one domain (or use ``info`` just read) into the registry; return its record."""
+        """Read one domain (or use ``info`` just read) into the VM cache; return its record."""
         # One refresh at a time: a slow read finishing after a newer one would store the past.
         with self._refresh_lock:
             if info is None:
                 info = self.hv.lookup(domain)
             parsed = read_metadata(info.config_xml) if info else None
             if info is None or parsed is None:
-                self.registry.remove(domain)
+                self.cache.remove(domain)
                 return None
             spec, books = parsed
             live = read_metadata(info.live_xml) if info.live_xml else None
@@ -150,7 +150,7 @@ class DomainSteps:
             if domain in self.migrating and status.phase in ACTIVE_PHASES:
                 status = dataclasses.replace(status, phase=Phase.MIGRATING)
             record = VMRecord(spec=spec, books=books, status=status)
-            self.registry.put(domain, record)
+            self.cache.put(domain, record)
             return record
 
     def refreshed(self, domain: str) -> VMRecord:
@@ -222,7 +222,7 @@ class DomainSteps:
         """Cut a graceful stop of ``domain`` in flight short: it destroys the guest now."""
         if on:
             self._preempted.add(domain)
-            self.registry.poke()
+            self.cache.poke()
         else:
             self._preempted.discard(domain)
 
@@ -279,8 +279,8 @@ class DomainSteps:
         def done(record: VMRecord | None) -> bool:
             return stopped(record) or domain in self._preempted or cancelled()
 
-        waited = self.registry.wait_until(domain, done, timeout, clock=self.clock)
-        if waited and stopped(self.registry.get(domain)):
+        waited = self.cache.wait_until(domain, done, timeout, clock=self.clock)
+        if waited and stopped(self.cache.get(domain)):
             return True
         info = self.hv.lookup(domain)  # an event may have been missed: ask libvirt directly
         return info is None or info.state == DomainState.SHUTOFF
@@ -300,7 +300,7 @@ class DomainSteps:
             )
         finally:
             self.files.remove(domain)
-            self.registry.remove(domain)
+            self.cache.remove(domain)
 
     def save_books(
         self, domain: str, spec: VMSpec, books: Bookkeeping, *, live: bool = False

@@ -1,6 +1,6 @@
 """The read side of the node's VMs: one VM, lists, watch streams, counts and console logs.
 
-Everything here reads the registry (the cache rebuilt from libvirt) or the VM's files; no
+Everything here reads the VM cache (rebuilt from libvirt) or the VM's files; no
 libvirt call, no lock of a VM, so reads stay fast while verbs run.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from agent.domain.console import read_console
 from agent.domain.files import VMFiles
-from agent.domain.registry import Registry, VMRecord
+from agent.domain.vmcache import VMCache, VMRecord
 from agent.errors import NotFound, ResourceExhausted
 from agent.labels import matches_selector, parse_selector
 from agent.naming import domain_name
@@ -38,17 +38,17 @@ class VMViews:
 
     Usage::
 
-        views = VMViews(registry, files)
+        views = VMViews(cache, files)
         records, version = views.list("default", "app=web")
         for item in views.watch("", "", keep_going=lambda: True): ...
     """
 
-    def __init__(self, registry: Registry, files: VMFiles) -> None:
-        self.registry = registry
+    def __init__(self, cache: VMCache, files: VMFiles) -> None:
+        self.cache = cache
         self.files = files
 
     def get(self, namespace: str, name: str) -> VMRecord:
-        record = self.registry.get(domain_name(namespace, name))
+        record = self.cache.get(domain_name(namespace, name))
         if record is None:
             raise NotFound(f"vm {namespace}/{name} not found")
         return record
@@ -56,8 +56,8 @@ class VMViews:
     def list(self, namespace: str = "", selector: str = "") -> tuple[list[VMRecord], int]:
         """The matching VMs in name order, and the resource version they are as of."""
         wanted = _matcher(namespace, selector)
-        version = self.registry.resource_version
-        records = [r for r in self.registry.records() if wanted(r)]
+        version = self.cache.resource_version
+        records = [r for r in self.cache.records() if wanted(r)]
         return sorted(records, key=_order), version
 
     def watch(
@@ -69,7 +69,7 @@ class VMViews:
         a new watch starts with a snapshot).
         """
         wanted = _matcher(namespace, selector)
-        snapshot, version, watch = self.registry.watch()
+        snapshot, version, watch = self.cache.watch()
         try:
             for record in sorted(snapshot, key=_order):
                 if wanted(record):
@@ -82,7 +82,7 @@ class VMViews:
                 if event.record is None:
                     raise ResourceExhausted(
                         "the watch fell behind the node's changes (more than "
-                        f"{self.registry.watch_buffer_bytes} bytes unread); watch again: a "
+                        f"{self.cache.watch_buffer_bytes} bytes unread); watch again: a "
                         "new watch starts with a snapshot"
                     )
                 if wanted(event.record):
@@ -93,7 +93,7 @@ class VMViews:
     def phase_counts(self) -> dict[str, int]:
         """How many VMs are in each phase."""
         counts: dict[str, int] = {}
-        for record in self.registry.records():
+        for record in self.cache.records():
             phase = record.status.phase.value
             counts[phase] = counts.get(phase, 0) + 1
         return counts

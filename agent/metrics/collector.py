@@ -1,6 +1,6 @@
 """VMCollector: the custom collector behind /metrics: VM, node and agent metrics per scrape.
 
-Per scrape: the VMs from the agent's registry (identity, phase), one bounded bulk stats call,
+Per scrape: the VMs from the agent's VM cache (identity, phase), one bounded bulk stats call,
 and pure conversions (one module per resource, as KubeVirt's domainstats has). Domains that
 are not the agent's VMs (foreign domains, a VM deleted since) are left out.
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from agent.domain.registry import VMRecord
+from agent.domain.vmcache import VMRecord
 from agent.metrics import agent_metrics, block, cpu, info, memory, migration, network, node
 from agent.metrics.bounded import BoundedStats
 from agent.metrics.families import Families, Spec
@@ -40,7 +40,7 @@ _PER_DOMAIN = (cpu.collect, memory.collect, network.collect, block.collect)
 
 
 def vm_view(record: VMRecord) -> VMView:
-    """The identity and phase of one registry record."""
+    """The identity and phase of one VM cache record."""
     spec, status = record.spec, record.status
     return VMView(
         domain=domain_name(spec.namespace, spec.name),

@@ -12,7 +12,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 import agent.metrics.agent_metrics as agent_metrics
 from agent.config import ConfigError, Settings
-from agent.domain.registry import VMRecord
+from agent.domain.vmcache import VMRecord
 from agent.errors import AgentError
 from agent.metrics.bounded import BoundedStats
 from agent.metrics.collector import AgentCollector, VMCollector, vm_view
@@ -41,10 +41,10 @@ class VMSource(Protocol):
 
 
 class VMNode(Protocol):
-    """The VM service as the metrics read it: its registry and virtualization type."""
+    """The VM service as the metrics read it: its VM cache and virtualization type."""
 
     @property
-    def registry(self) -> VMSource: ...
+    def cache(self) -> VMSource: ...
     @property
     def virt_type(self) -> str: ...
 
@@ -118,7 +118,7 @@ def start_metrics(
         server = MetricsServer(
             build_endpoint(
                 BoundedStats(hv),
-                lambda: map(vm_view, node.registry.records()),
+                lambda: map(vm_view, node.cache.records()),
                 node_facts,
                 migrating,
             ),

@@ -3,7 +3,7 @@
 validate → wait for an outbound slot (Pending) → hold the VM (other verbs get Conflict) →
 the target prepares (Preparing) → libvirt migrates in a background thread while a monitor
 reads its job stats every second and applies the policy (Running) → on success the source
-removes every trace of the VM (tap, nft elements, DHCP lease, files, registry entry); on
+removes every trace of the VM (tap, nft elements, DHCP lease, files, VM cache entry); on
 failure or cancel the VM keeps running here and the target removes its preparations.
 """
 
@@ -336,7 +336,7 @@ class OutgoingMigrations:
         if current is not None:
             service.hv.undefine(domain)
         service.files.remove(domain)
-        service.registry.remove(domain)
+        service.cache.remove(domain)
 
     def _monitor(self, migration_id: str, control: _Control, done: threading.Event) -> None:
         """Read the job stats every poll interval, publish them and apply the policy."""

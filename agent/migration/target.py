@@ -5,7 +5,7 @@ Prepare holds the VM's address, MAC and tap in the node's ledger and plumbs them
 must exist before QEMU opens it), creates its files (container disk overlays on the same
 image, empty disks for the storage copy to fill, the cloud-init seed rebuilt from the spec)
 and answers the domain definition with this node's paths. When the domain arrives, libvirt's
-events put it into the registry (its metadata carries spec and books); ``finish`` confirms.
+events put it into the VM cache (its metadata carries spec and books); ``finish`` confirms.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class IncomingMigrations:
         root = os.path.join(service.files.state_dir, "vms")
         removed = []
         for domain in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            if service.registry.get(domain) is not None or domain in service.steps.migrating:
+            if service.cache.get(domain) is not None or domain in service.steps.migrating:
                 continue
             with contextlib.suppress(Conflict), service.exclusive(domain, "cleanup"):
                 if domain in service.steps.migrating or service.hv.lookup(domain) is not None:
@@ -244,7 +244,7 @@ class IncomingMigrations:
         allocatable = self.host.facts().memory_bytes - self.reserved_memory
         used = sum(
             r.spec.memory_bytes
-            for r in self.service.registry.records()
+            for r in self.service.cache.records()
             if r.status.phase in ACTIVE_PHASES
         )
         if used + spec.memory_bytes > allocatable:
@@ -376,4 +376,4 @@ class IncomingMigrations:
         except Exception:
             log.exception("unplugging the incoming %s failed; reconcile removes it", domain)
         service.files.remove(domain)
-        service.registry.remove(domain)
+        service.cache.remove(domain)

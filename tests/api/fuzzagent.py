@@ -31,8 +31,8 @@ from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
 from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
-from agent.domain.registry import Registry
 from agent.domain.views import VMViews
+from agent.domain.vmcache import VMCache
 from agent.network.plan import NetworkConfig
 from agent.network.service import RoutedNetwork
 from tests.unit.disk_fakes import FakeRegistry
@@ -96,7 +96,7 @@ def _serve(root: Path) -> Iterator[FuzzAgent]:
     )
     (images / "vmlinuz").write_bytes(b"kernel")
     hv = LibvirtHypervisor(f"test://{root / 'node.xml'}")
-    registry = Registry()
+    registry = VMCache()
     in_use = functools.partial(vm_folder_exists, str(root / "state"))
     support = VolumeSupport(
         container_disks=ContainerDisks(

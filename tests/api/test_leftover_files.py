@@ -30,7 +30,7 @@ def killed_mid_delete(agent: Agent) -> None:
     scratch.write_bytes(SECRET)  # what the old tenant wrote to its empty disk
     agent.hv.destroy("default_web")
     agent.hv.undefine("default_web")
-    wait_for(lambda: agent.service.registry.get("default_web") is None, 10, message="the event")
+    wait_for(lambda: agent.service.cache.get("default_web") is None, 10, message="the event")
     assert folder.is_dir()
 
 

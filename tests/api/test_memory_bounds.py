@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
-from agent.domain.registry import WATCH_BUFFER_BYTES, Registry
+from agent.domain.vmcache import WATCH_BUFFER_BYTES, VMCache
 from tests.api.conftest import Agent
 from tests.api.test_vm_api import apply, code_of, vm_doc
 from tests.testbed.wait import wait_for
@@ -38,7 +38,7 @@ def test_no_lock_is_kept_for_names_that_were_only_called(agent: Agent) -> None:
 
 
 def test_a_watcher_over_its_byte_budget_is_ended_and_can_watch_again(agent: Agent) -> None:
-    registry: Registry = agent.service.registry
+    registry: VMCache = agent.service.cache
     stream = agent.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest())
     assert next(stream).type == pb.EVENT_TYPE_SYNCED
     (watch,) = registry._watches

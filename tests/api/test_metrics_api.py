@@ -25,7 +25,7 @@ FACTS = NodeFacts("node-test", cpus=2, memory_bytes=4 << 30, reserved_memory_byt
 def scrape(agent: Agent) -> dict[str, list[tuple[dict[str, str], float]]]:
     endpoint = build_endpoint(
         BoundedStats(agent.hv, bound=4.0),
-        lambda: map(vm_view, agent.service.registry.records()),
+        lambda: map(vm_view, agent.service.cache.records()),
         lambda: FACTS,
     )
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}

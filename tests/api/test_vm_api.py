@@ -465,13 +465,13 @@ def test_a_resource_cpu_count_over_the_limit_is_refused_by_name(agent: Agent) ->
 
 
 def test_a_watcher_that_falls_behind_is_told_to_list_again(agent: Agent) -> None:
-    from agent.domain.registry import WatchEvent
+    from agent.domain.vmcache import WatchEvent
 
     stream = agent.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest())
     assert next(stream).type == pb.EVENT_TYPE_SYNCED
     # What the registry hands a watcher whose buffer overflowed (injected: filling 10,000
     # events through gRPC's own buffers takes long and depends on flow control).
-    (watch,) = agent.service.registry._watches
+    (watch,) = agent.service.cache._watches
     watch.queue.put(WatchEvent("OVERFLOW", None, 0))
     with pytest.raises(grpc.RpcError) as info:
         next(stream)

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.domain.files import VMFiles
 from agent.domain.lifecycle import Spawn, VMService
-from agent.domain.registry import Registry, VMRecord
+from agent.domain.vmcache import VMCache, VMRecord
 from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 from agent.spec import parse_vm
 from tests.unit.disk_fakes import FakeImages
@@ -106,7 +106,7 @@ class FakeNode:
 
     def vms(self) -> list[VMRecord]:
         """The registry's records, by name."""
-        return sorted(self.service.registry.records(), key=lambda r: r.spec.name)
+        return sorted(self.service.cache.records(), key=lambda r: r.spec.name)
 
     def vm_dir(self, name: str, namespace: str = "default") -> Path:
         return self.state_dir / "vms" / f"{namespace}_{name}"
@@ -131,7 +131,7 @@ def make_node(
     service = VMService(
         hv,
         VMFiles(str(state_dir), [str(images)], FakeImages()),
-        Registry(),
+        VMCache(),
         node_name="node-fake",
         virt_type="qemu",
         network=network,

@@ -14,7 +14,7 @@ from agent.disks.layers import LayerLimits
 from agent.disks.ports import PullProgress
 from agent.domain.files import VMFiles, VolumeSupport
 from agent.domain.pullstatus import CONDITION, PullStatusPublisher
-from agent.domain.registry import Registry, VMRecord
+from agent.domain.vmcache import VMCache, VMRecord
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.imageref import parse_reference
 from agent.models import Bookkeeping, ContainerDisk, Disk, Phase, VMSpec, VMStatus, Volume
@@ -235,7 +235,7 @@ def test_container_disks_are_refused_where_not_enabled(tmp_path: Path) -> None:
 
 
 def test_a_new_vm_shows_pull_progress_then_its_failure(tmp_path: Path) -> None:
-    registry = Registry()
+    registry = VMCache()
     _, _, watch = registry.watch()
     now = [0.0]
     publisher = PullStatusPublisher(registry, node_name="n1", clock=lambda: now[0])
@@ -259,7 +259,7 @@ def test_a_new_vm_shows_pull_progress_then_its_failure(tmp_path: Path) -> None:
 
 
 def test_an_existing_vm_keeps_its_record_around_a_pull() -> None:
-    registry = Registry()
+    registry = VMCache()
     existing = VMRecord(
         spec=spec(),
         books=Bookkeeping(generation=3, created_at=1.0),
@@ -276,7 +276,7 @@ def test_an_existing_vm_keeps_its_record_around_a_pull() -> None:
 
 
 def test_a_stand_in_left_after_a_good_pull_is_forgotten() -> None:
-    registry = Registry()
+    registry = VMCache()
     publisher = PullStatusPublisher(registry, node_name="n1")
     publisher.pulling("default_a", spec(), PullProgress("root", IMAGE, 10, 10))
     publisher.finished("default_a", None)

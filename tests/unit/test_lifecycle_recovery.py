@@ -158,7 +158,7 @@ def test_resync_drops_records_of_domains_removed_behind_the_agents_back(tmp_path
 def test_a_failed_resync_is_retried_with_backoff_on_the_clock(tmp_path: Path) -> None:
     node = make_node(tmp_path)
     node.service.apply(vm_spec("web"))
-    node.service.registry.remove(WEB)  # forgotten: only the resync brings it back
+    node.service.cache.remove(WEB)  # forgotten: only the resync brings it back
     for _ in range(3):
         node.hv.fail_next("list_domains", Unavailable("libvirt went away"))
     node.hv.reconnect()  # libvirtd restarted

@@ -127,7 +127,7 @@ def test_delete_waits_out_the_grace_period_then_removes_everything(node: FakeNod
     assert WEB not in node.hv.names()
     assert not node.vm_dir("web").exists()
     assert node.network.allocated == set()
-    assert node.service.registry.names() == set()
+    assert node.service.cache.names() == set()
 
 
 def test_a_stop_is_recorded_and_an_always_vm_stopped_on_purpose_stays_down(

@@ -149,7 +149,7 @@ def test_the_target_refuses_a_vm_its_free_memory_cannot_hold() -> None:
         spec=SimpleNamespace(memory_bytes=8 << 30), status=SimpleNamespace(phase=Phase.STOPPED)
     )
     service = SimpleNamespace(
-        node_name="node-b", registry=SimpleNamespace(records=lambda: [running, stopped])
+        node_name="node-b", cache=SimpleNamespace(records=lambda: [running, stopped])
     )
     host = SimpleNamespace(facts=lambda: HostFacts("node-b", 4, 8 << 30, "qemu64"))
     incoming = IncomingMigrations(
@@ -214,7 +214,7 @@ def test_leftover_vm_folders_without_a_domain_are_removed(tmp_path: Path) -> Non
     for name in ("default_kept", "default_left", "default_arriving", "default_defined"):
         (tmp_path / "vms" / name).mkdir(parents=True)
     service = SimpleNamespace(
-        registry=SimpleNamespace(get=lambda d: object() if d == "default_kept" else None),
+        cache=SimpleNamespace(get=lambda d: object() if d == "default_kept" else None),
         steps=SimpleNamespace(migrating={"default_arriving"}),
         hv=SimpleNamespace(lookup=lambda d: object() if d == "default_defined" else None),
         files=SimpleNamespace(

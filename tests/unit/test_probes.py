@@ -13,7 +13,7 @@ import pytest
 
 from agent.adapters.probing import SocketProber
 from agent.domain.probes import ProbeRunner
-from agent.domain.registry import Registry, VMRecord
+from agent.domain.vmcache import VMCache, VMRecord
 from agent.errors import InvalidSpec
 from agent.models import Bookkeeping, InterfaceStatus, Phase, VMStatus
 from agent.probe import Probe
@@ -77,7 +77,7 @@ class FakeService:
     """What the runner uses of VMService: the registry, refresh and hard restart."""
 
     def __init__(self) -> None:
-        self.registry = Registry()
+        self.cache = VMCache()
         self.steps = FakeSteps()
         self.restarts: list[tuple[str, str, bool]] = []
 
@@ -102,7 +102,7 @@ def _running(service: FakeService, **probes: Any) -> None:
         started_at=100.0,
         interfaces=(InterfaceStatus("default", ip_addresses=("10.250.0.5",)),),
     )
-    service.registry.put("d_web", VMRecord(spec, Bookkeeping(1, 1.0), status))
+    service.cache.put("d_web", VMRecord(spec, Bookkeeping(1, 1.0), status))
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.domain.registry import VMRecord
 from agent.domain.restarts import CrashBackoff, should_restart
+from agent.domain.vmcache import VMRecord
 from agent.models import Bookkeeping, Phase, RunStrategy, VMSpec, VMStatus
 
 

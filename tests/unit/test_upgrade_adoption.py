@@ -17,7 +17,7 @@ from agent.adapters.libvirt import LibvirtHypervisor
 from agent.adapters.qemuimg import QemuImg
 from agent.domain.files import VMFiles
 from agent.domain.lifecycle import VMService
-from agent.domain.registry import Registry
+from agent.domain.vmcache import VMCache
 from agent.network.plan import NetworkConfig
 from agent.network.service import RoutedNetwork
 from tests.unit.golden_files import GOLDEN
@@ -53,7 +53,7 @@ def test_a_vm_from_before_the_upgrade_keeps_address_mac_tap_and_node_port(
     service = VMService(
         hv,
         VMFiles(str(tmp_path / "state"), [str(tmp_path)], QemuImg()),
-        Registry(),
+        VMCache(),
         node_name="node-1",
         virt_type="qemu",
         network=network,

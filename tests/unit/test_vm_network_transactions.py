@@ -14,7 +14,7 @@ from agent.adapters.libvirt import LibvirtHypervisor
 from agent.adapters.qemuimg import QemuImg
 from agent.domain.files import VMFiles
 from agent.domain.lifecycle import VMService
-from agent.domain.registry import Registry
+from agent.domain.vmcache import VMCache
 from agent.errors import AgentError, FailedPrecondition
 from agent.models import VMSpec
 from agent.network.plan import NetworkConfig
@@ -67,7 +67,7 @@ def node(tmp_path: Path) -> Iterator[tuple[VMService, RoutedNetwork]]:
     service = VMService(
         hv,
         VMFiles(str(tmp_path / "state"), [str(tmp_path)], QemuImg()),
-        Registry(),
+        VMCache(),
         node_name="node-1",
         virt_type="qemu",
         network=network,

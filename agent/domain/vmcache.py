@@ -1,6 +1,6 @@
 """The node's VMs as last read from libvirt, with resource versions and watchers.
 
-The registry is a cache, never a source of truth: it is rebuilt from libvirt at start and
+The VM cache is never a source of truth: it is rebuilt from libvirt at start and
 refreshed on every libvirt event. Watchers get a consistent snapshot plus every later
 change, in resource-version order.
 """
@@ -16,7 +16,7 @@ from agent.domain.clock import SYSTEM_CLOCK
 from agent.models import Bookkeeping, CloudInitNoCloud, VMSpec, VMStatus
 from agent.ports import Clock
 
-__all__ = ["WATCH_BUFFER_BYTES", "VMRecord", "Registry", "WatchEvent", "Watch", "record_bytes"]
+__all__ = ["WATCH_BUFFER_BYTES", "VMRecord", "VMCache", "WatchEvent", "Watch", "record_bytes"]
 
 _WATCH_BUFFER = 10_000
 # What a watcher that does not read may hold: its events are cut off beyond this. Each event
@@ -47,25 +47,25 @@ class WatchEvent:
 class Watch:
     """A watcher's stream of events; iterate with ``next_event(timeout)``."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(self, cache: VMCache) -> None:
+        self._cache = cache
         self.queue: queue.Queue[WatchEvent] = queue.Queue(maxsize=_WATCH_BUFFER)
-        self.buffered_bytes = 0  # changed under the registry's lock
+        self.buffered_bytes = 0  # changed under the VM cache's lock
 
     def next_event(self, timeout: float) -> WatchEvent | None:
         try:
             event = self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
-        with self._registry._lock:
+        with self._cache._lock:
             self.buffered_bytes -= event.size
         return event
 
     def close(self) -> None:
-        self._registry._unwatch(self)
+        self._cache._unwatch(self)
 
 
-class Registry:
+class VMCache:
     """Thread-safe map of domain name → VMRecord."""
 
     def __init__(self, *, watch_buffer_bytes: int = WATCH_BUFFER_BYTES) -> None:

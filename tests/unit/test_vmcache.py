@@ -1,4 +1,4 @@
-"""The registry's watches: a consistent snapshot, then every change, or a clear cut-off."""
+"""The VM cache's watches: a consistent snapshot, then every change, or a clear cut-off."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from tests.unit.test_restarts import record
 def test_a_watch_that_overflows_is_cut_off_with_an_overflow_event(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agent.domain import registry as registry_module
+    from agent.domain import vmcache as registry_module
 
     monkeypatch.setattr(registry_module, "_WATCH_BUFFER", 3)
-    registry = registry_module.Registry()
+    registry = registry_module.VMCache()
     _, _, watch = registry.watch()
     for index in range(5):
         registry.put(f"vm{index}", record(RunStrategy.ALWAYS, Phase.RUNNING))
@@ -24,10 +24,10 @@ def test_a_watch_that_overflows_is_cut_off_with_an_overflow_event(
 
 
 def test_a_watch_is_bounded_by_bytes_too() -> None:
-    from agent.domain.registry import Registry, record_bytes
+    from agent.domain.vmcache import VMCache, record_bytes
 
     big = record(RunStrategy.ALWAYS, Phase.RUNNING)
-    registry = Registry(watch_buffer_bytes=10 * record_bytes(big))
+    registry = VMCache(watch_buffer_bytes=10 * record_bytes(big))
     _, _, watch = registry.watch()
     for index in range(11):
         registry.put(f"vm{index}", big)
