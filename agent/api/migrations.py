@@ -124,7 +124,9 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
         self.migrations = migrations
 
     @grpc_errors
-    def MigrateVirtualMachine(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def MigrateVirtualMachine(
+        self, request: mpb.MigrateVirtualMachineRequest, context: grpc.ServicerContext
+    ) -> mpb.MigrateVirtualMachineResponse:
         namespace = validate_name("namespace", request.namespace)
         name = validate_name("name", request.name)
         record = self.migrations.migrate(
@@ -137,27 +139,37 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
         return mpb.MigrateVirtualMachineResponse(migration=migration_to_proto(record))
 
     @grpc_errors
-    def GetMigration(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetMigration(
+        self, request: mpb.GetMigrationRequest, context: grpc.ServicerContext
+    ) -> mpb.GetMigrationResponse:
         record = self.migrations.get(_id(request))
         return mpb.GetMigrationResponse(migration=migration_to_proto(record))
 
     @grpc_errors
-    def ListMigrations(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ListMigrations(
+        self, request: mpb.ListMigrationsRequest, context: grpc.ServicerContext
+    ) -> mpb.ListMigrationsResponse:
         records = self.migrations.list(request.namespace, request.name)
         return mpb.ListMigrationsResponse(migrations=[migration_to_proto(r) for r in records])
 
     @grpc_stream_errors
-    def WatchMigration(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def WatchMigration(
+        self, request: mpb.WatchMigrationRequest, context: grpc.ServicerContext
+    ) -> Iterator[mpb.WatchMigrationResponse]:
         for record in self.migrations.watch(_id(request), alive=context.is_active):
             yield mpb.WatchMigrationResponse(migration=migration_to_proto(record))
 
     @grpc_errors
-    def CancelMigration(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def CancelMigration(
+        self, request: mpb.CancelMigrationRequest, context: grpc.ServicerContext
+    ) -> mpb.CancelMigrationResponse:
         record = self.migrations.cancel(_id(request))
         return mpb.CancelMigrationResponse(migration=migration_to_proto(record))
 
     @grpc_errors
-    def UpdateMigration(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def UpdateMigration(
+        self, request: mpb.UpdateMigrationRequest, context: grpc.ServicerContext
+    ) -> mpb.UpdateMigrationResponse:
         bandwidth = (
             request.bandwidth_mib_per_second
             if request.HasField("bandwidth_mib_per_second")
@@ -170,7 +182,9 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
         return mpb.UpdateMigrationResponse(migration=migration_to_proto(record))
 
     @grpc_errors
-    def PrepareMigrationTarget(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def PrepareMigrationTarget(
+        self, request: mpb.PrepareMigrationTargetRequest, context: grpc.ServicerContext
+    ) -> mpb.PrepareMigrationTargetResponse:
         answer = self.migrations.prepare(
             _id(request),
             request.metadata_xml,
@@ -186,7 +200,9 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
         )
 
     @grpc_errors
-    def FinishMigrationTarget(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def FinishMigrationTarget(
+        self, request: mpb.FinishMigrationTargetRequest, context: grpc.ServicerContext
+    ) -> mpb.FinishMigrationTargetResponse:
         downtime, final = self.migrations.finish(
             _id(request), succeeded=request.succeeded, message=request.message
         )

@@ -273,7 +273,9 @@ class NodeServicer(node_grpc.NodeServiceServicer):
         self.reserved_memory = reserved_memory
 
     @grpc_errors
-    def GetNode(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetNode(
+        self, request: node_pb2.GetNodeRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetNodeResponse:
         facts = self.host.facts()
         libvirt_version, qemu_version = self.versions.versions()
         counts = self.views.phase_counts()
