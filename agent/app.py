@@ -158,6 +158,7 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         reflection_enabled=settings.reflection,
         access=access,
         migrations=MigrationApi(migrations),
+        max_call_seconds=settings.max_call_seconds,
     )
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())

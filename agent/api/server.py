@@ -20,8 +20,12 @@ from agent.api._gen.virtagent.v1 import (
     vm_service_pb2_grpc,
 )
 from agent.api.access import Access, AccessInterceptor
+from agent.api.deadline import DeadlineInterceptor
 from agent.api.interceptor import MetricsInterceptor
 from agent.api.servicer import MigrationServicer, NodeServicer, VirtualMachineServicer
+
+# The longest a unary call may run: the longest graceful stop (3600 s) and then some.
+DEFAULT_MAX_CALL_SECONDS = 3900.0
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server"]
 
@@ -75,6 +79,7 @@ def create_server(
     access: Access | None = None,
     max_workers: int = 64,  # > streams (16) + slow calls (32): room for quick calls
     migrations: Any = None,  # a MigrationService servicer; None: answers UNIMPLEMENTED
+    max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS,
 ) -> Server:
     """Bind every address (``host:port``, port 0 picks one) and the unix socket; not started.
 
@@ -84,7 +89,11 @@ def create_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         # Metrics outside access control: denied calls are counted as PERMISSION_DENIED.
-        interceptors=[MetricsInterceptor(), AccessInterceptor(access or Access(mtls=False))],
+        interceptors=[
+            MetricsInterceptor(),
+            AccessInterceptor(access or Access(mtls=False)),
+            DeadlineInterceptor(max_call_seconds),
+        ],
         options=_OPTIONS,
         maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
     )
@@ -96,14 +105,7 @@ def create_server(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:
-        names = [
-            vm_service_pb2.DESCRIPTOR.services_by_name["VirtualMachineService"].full_name,
-            node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
-            migration_service_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ]
-        reflection.enable_server_reflection(names, server)
+        _enable_reflection(server)
     if credentials is not None:
         ports = [server.add_secure_port(address, credentials) for address in listen]
     else:
@@ -122,3 +124,14 @@ def _bind_unix_socket(server: grpc.Server, path: str) -> None:
     server.add_insecure_port(f"unix:{path}")
     # Callers on the socket are the control plane: only root may connect, whatever the umask.
     os.chmod(path, 0o600)
+
+
+def _enable_reflection(server: grpc.Server) -> None:
+    names = [
+        vm_service_pb2.DESCRIPTOR.services_by_name["VirtualMachineService"].full_name,
+        node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+        migration_service_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)

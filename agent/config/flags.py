@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
         const=False,
         help="turn off gRPC server reflection",
     )
-    _tls_flags(add)
+    _api_flags(add)
     add("--qemu-run-dir", help="where libvirt keeps QEMU pid files (default /run/libvirt/qemu)")
     add("--reserved-memory", help="memory kept back from VMs in allocatable (default 1Gi)")
     _network_flags(add)
@@ -76,7 +76,12 @@ def _metrics_flags(add: Any) -> None:
     )
 
 
-def _tls_flags(add: Any) -> None:
+def _api_flags(add: Any) -> None:
+    add(
+        "--max-call-seconds",
+        help="server-side deadline of every unary call; past it the call is cancelled "
+        "(default 3900: the longest graceful stop and then some)",
+    )
     add("--tls-cert", help="server certificate (PEM) for --listen")
     add("--tls-key", help="server private key (PEM) for --listen")
     add("--tls-client-ca", help="CA bundle that client certificates must chain to (mTLS)")

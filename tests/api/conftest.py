@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -37,6 +39,13 @@ class Agent:
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
     """The daemon's own wiring (``build_agent``) on libvirt's test driver, on loopback."""
+    with running_agent(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_agent(tmp_path: Path, **settings: Any) -> Iterator[Agent]:
+    """An agent as the ``agent`` fixture makes it, with some settings of its own."""
     node_xml = tmp_path / "node.xml"
     node_xml.write_text("<node/>")
     image_root = tmp_path / "images"
@@ -47,7 +56,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     )
     (image_root / "vmlinuz").write_bytes(b"kernel")
     state_dir = tmp_path / "state"
-    settings = Settings(
+    config = Settings(
         libvirt_uri=f"test://{node_xml}",
         state_dir=str(state_dir),
         image_root=[str(image_root)],
@@ -58,8 +67,9 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
         virt_type="qemu",
         node_name="node-test",
         reserved_memory=0,
+        **settings,
     )
-    built = build_agent(settings, max_streams=4, max_slow=4)
+    built = build_agent(config, max_streams=4, max_slow=4)
     built.start()
     assert built.service.readiness.wait(10), "the agent never became ready"
     channel = grpc.insecure_channel(f"127.0.0.1:{built.server.ports[0]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from agent.models import MAX_GRACE_PERIOD_SECONDS
-from tests.api.conftest import Agent
+from tests.api.conftest import Agent, running_agent
 from tests.api.test_vm_api import apply, code_of, vm_doc
 from tests.testbed.wait import wait_for
 
@@ -112,3 +113,21 @@ def test_a_cancelled_graceful_stop_gives_back_its_slot_and_the_vm(
         pb.StopVirtualMachineRequest(namespace="default", name="vm0", force=True), timeout=60
     ).vm
     assert again.status.phase == vm_pb2.PHASE_STOPPED
+
+
+def test_no_unary_call_runs_past_the_servers_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graceful stop of a guest that ignores the button, asked with the longest grace period
+    and no client deadline, is cut at --max-call-seconds; the VM is not pinned by it."""
+    with running_agent(tmp_path, max_call_seconds=2.0) as short:
+        apply(short, vm_doc())
+        ignore_acpi(short, monkeypatch)
+        ref: dict[str, Any] = {"namespace": "default", "name": "web"}
+        stop = pb.StopVirtualMachineRequest(**ref, grace_period_seconds=MAX_GRACE_PERIOD_SECONDS)
+        code, _ = code_of(lambda: short.vms.StopVirtualMachine(stop))
+        assert code == grpc.StatusCode.CANCELLED
+        wait_for(lambda: not holding(short, "default_web", "stop"), timeout=10,
+                 message="the cut stop still holds the VM")  # fmt: skip
+        forced = pb.StopVirtualMachineRequest(**ref, force=True)
+        assert short.vms.StopVirtualMachine(forced).vm.status.phase == vm_pb2.PHASE_STOPPED
