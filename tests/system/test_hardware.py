@@ -19,18 +19,27 @@ from tests.system.netbed import node_get
 from tests.testbed.wait import wait_for
 
 BRIDGE = "vbrhw0"
+NETWORK = "hw-lan"  # the operator's name for BRIDGE
 IGNITION = '{"ignition": {"version": "3.3.0"}}'
 
 
 @pytest.fixture
 def bridge(agent: AgentProcess) -> Iterator[str]:
-    """A host bridge in the node for the e1000e NIC (bridge binding)."""
+    """A host bridge in the node for the e1000e NIC (bridge binding), on the operator's list
+    of bridge networks as ``NETWORK``: the agent runs with ``--bridge-network`` meanwhile."""
     agent.node.exec(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
     agent.node.exec(["ip", "link", "set", BRIDGE, "up"], check=True)
+    allow = ["--bridge-network", f"{NETWORK}={BRIDGE}"]
+    agent.stop()
+    agent.extra_args.extend(allow)
+    agent.start()
     try:
-        yield BRIDGE
+        yield NETWORK
     finally:
         agent.delete_all()
+        agent.stop()
+        del agent.extra_args[-len(allow) :]
+        agent.start()
         agent.node.exec(["ip", "link", "del", BRIDGE])
 
 
