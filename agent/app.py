@@ -98,8 +98,6 @@ class Agent:
             migrating,
         )
         self.server.grpc_server.start()
-        if self.migrations is not None:
-            self.migrations.incoming.clean_leftovers_when_ready()
         self.hv.open(wait=False)
         if self.probes is not None:
             self.probes.start()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,6 @@ from agent.domain.metadata import CorruptMetadata, parse_metadata
 from agent.domain.status import ACTIVE_PHASES
 from agent.errors import (
     AlreadyExists,
-    Conflict,
     FailedPrecondition,
     InvalidSpec,
     ResourceExhausted,
@@ -177,38 +175,6 @@ class IncomingMigrations:
                 message = f"the incoming domain {why} and the source did not say why"
                 self.finish(migration_id, succeeded=False, message=message)
                 return
-
-    def clean_leftovers_when_ready(self) -> None:
-        """Once the agent has rebuilt its VMs from libvirt, remove VM folders no domain owns:
-        what a migration left while this agent was down (an incoming one that failed, or a
-        guest that left for another node)."""
-
-        def run() -> None:
-            if not self.service.readiness.wait(_CLEANUP_PATIENCE_SECONDS):
-                return
-            try:
-                self.remove_leftovers()
-            except Exception:
-                log.exception("removing leftover VM folders failed")
-
-        threading.Thread(target=run, name="migration-leftovers", daemon=True).start()
-
-    def remove_leftovers(self) -> list[str]:
-        """VM folders without a domain, removed (under each VM's lock, so a VM being created
-        or arriving right now keeps its folder); returns their domain names."""
-        service = self.service
-        root = os.path.join(service.files.state_dir, "vms")
-        removed = []
-        for domain in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            if service.cache.get(domain) is not None or domain in service.steps.migrating:
-                continue
-            with contextlib.suppress(Conflict), service.exclusive(domain, "cleanup"):
-                if domain in service.steps.migrating or service.hv.lookup(domain) is not None:
-                    continue
-                service.files.remove(domain)
-                removed.append(domain)
-                log.info("removed the folder of %s: no domain owns it", domain)
-        return removed
 
     # -- steps ----------------------------------------------------------------------------
 

@@ -202,30 +202,3 @@ def test_the_target_refuses_a_host_disk_it_does_not_share(tmp_path: Path) -> Non
         with pytest.raises(FailedPrecondition, match=r"volumes\[0\]\.hostDisk\.path.*'data'"):
             incoming._check_host_disks(vm("elsewhere.img", kind))  # type: ignore[arg-type]
     assert not (tmp_path / "elsewhere.img").exists()
-
-
-def test_leftover_vm_folders_without_a_domain_are_removed(tmp_path: Path) -> None:
-    import contextlib
-    import shutil
-    from types import SimpleNamespace
-
-    from agent.migration.target import IncomingMigrations
-
-    for name in ("default_kept", "default_left", "default_arriving", "default_defined"):
-        (tmp_path / "vms" / name).mkdir(parents=True)
-    service = SimpleNamespace(
-        cache=SimpleNamespace(get=lambda d: object() if d == "default_kept" else None),
-        steps=SimpleNamespace(migrating={"default_arriving"}),
-        hv=SimpleNamespace(lookup=lambda d: object() if d == "default_defined" else None),
-        files=SimpleNamespace(
-            state_dir=str(tmp_path), remove=lambda d: shutil.rmtree(tmp_path / "vms" / d)
-        ),
-        exclusive=lambda domain, verb: contextlib.nullcontext(),
-    )
-    incoming = IncomingMigrations(service, None, MigrationBook(), address="")  # type: ignore[arg-type]
-    assert incoming.remove_leftovers() == ["default_left"]
-    assert sorted(p.name for p in (tmp_path / "vms").iterdir()) == [
-        "default_arriving",
-        "default_defined",
-        "default_kept",
-    ]
