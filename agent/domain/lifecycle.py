@@ -19,16 +19,15 @@ import agent.metrics.agent_metrics as agent_metrics
 from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport
 from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
-from agent.domain.metadata import CorruptMetadata, read_metadata
 from agent.domain.oplocks import VMLocks
 from agent.domain.readiness import Readiness
-from agent.domain.recovery import StartRecovery
 from agent.domain.requests import RequestLog
-from agent.domain.restarts import STARTED_ON_CREATE, CrashBackoff, should_restart
+from agent.domain.restarts import STARTED_ON_CREATE, should_restart
 from agent.domain.steps import Current, DomainSteps, never
+from agent.domain.sync import NodeSync, Spawn
 from agent.domain.vmcache import VMCache, VMRecord
 from agent.errors import AlreadyExists, Conflict, FailedPrecondition
-from agent.models import Bookkeeping, RunStrategy, VMAllocation, VMSpec
+from agent.models import Bookkeeping, RunStrategy, VMSpec
 from agent.naming import domain_name
 from agent.network.none import NoNetwork
 from agent.ports import Clock, DomainEvent, DomainState, Hypervisor, VMNetwork
@@ -38,8 +37,6 @@ __all__ = ["VMService"]
 log = logging.getLogger(__name__)
 
 _RUNNING = (DomainState.RUNNING, DomainState.BLOCKED)
-
-Spawn = Callable[[str, Callable[[], None]], None]
 
 
 def spawn_thread(name: str, work: Callable[[], None]) -> None:
@@ -94,8 +91,18 @@ class VMService:
         self.requests = RequestLog()
         self._vm_locks = VMLocks(self.steps.preempt)
         self._holders = self._vm_locks.holders  # what holds each VM's lock
-        self._backoff = CrashBackoff()
-        self._recovery = StartRecovery(self.steps, spawn, self._operation, self._restart_later)
+        self.sync = NodeSync(
+            hv,
+            self.steps,
+            files,
+            self.network,
+            cache,
+            readiness=self.readiness,
+            clock=clock,
+            spawn=spawn,
+            operation=self._operation,
+            busy=lambda: tuple(self._holders),
+        )
 
     # -- reading ------------------------------------------------------------------------
 
@@ -251,7 +258,7 @@ class VMService:
             grace = spec.termination_grace_period_seconds if grace_period is None else grace_period
             self.steps.stop(domain, grace, force=False, cancelled=cancelled)
             self.steps.remove(domain, spec, books)
-        self._backoff.forget(domain)
+        self.sync.forget(domain)
         self.requests.remember(request_id, "delete", domain, True)
 
     def _verb(
@@ -291,107 +298,16 @@ class VMService:
         ):
             yield
 
-    # -- keeping the node in line with the specs ------------------------------------------
+    # -- keeping the node in line with the specs (agent/domain/sync.py) ------------------
 
     def resync(self) -> None:
         """Rebuild the VM cache from libvirt: adopt every domain the agent made, drop the rest."""
-        ours: dict[str, tuple[VMSpec, VMAllocation | None, bool]] = {}
-        later: list[Callable[[], None]] = []  # finishing or (re)starting VMs
-        domains = self.hv.list_domains()
-        for info in domains:
-            try:
-                parsed = read_metadata(info.config_xml)
-            except CorruptMetadata:
-                log.exception("domain %s has unreadable virt-agent metadata; left alone", info.name)
-                continue
-            if parsed is None:
-                continue  # not ours: never touched
-            ours[info.name] = (parsed[0], parsed[1].network, info.state != DomainState.SHUTOFF)
-            try:
-                # A fresh read: a verb may have changed the domain since the list was taken.
-                record = self.steps.refresh(info.name)
-            except CorruptMetadata:
-                log.exception("domain %s has unreadable live metadata", info.name)
-                continue
-            if record is not None and (work := self._recovery.plan(info.name, record)):
-                later.append(work)
-        for stale in self.cache.names() - set(ours):
-            self.cache.remove(stale)
-        busy = set(self._holders) | self.steps.migrating  # being made, or arriving
-        self.files.remove_orphans({i.name for i in domains} | busy)
-        # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
-        self.network.reconcile(ours)
-        for work in later:  # (started after the reconcile, which would unplug what they plug)
-            work()
+        self.sync.resync()
 
     def on_connection(self, connected: bool) -> None:
         """libvirt came (back): read every VM again; libvirt went: not ready until then."""
-        if not connected:
-            self.readiness.disconnected()
-            return
-        epoch = self.readiness.connected()
-        self._spawn("resync", lambda: self._safe_resync(epoch))
+        self.sync.on_connection(connected)
 
     def on_domain_event(self, event: DomainEvent) -> None:
         """Handle a domain's lifecycle event (called on the adapter's dispatcher thread)."""
-        try:
-            record = self.steps.refresh(event.name)
-        except Exception:
-            log.exception("refreshing %s after %s/%s", event.name, event.event, event.detail)
-            return
-        if record is not None and event.event == "stopped" and event.detail != "migrated":
-            # (A guest that migrated away runs elsewhere: never start it here again.)
-            self._note_stop_later(event.name, stopped_at=self.clock.now())
-            if should_restart(record, detail=event.detail):
-                delay = self._backoff.next_delay(
-                    event.name, started_at=record.books.started_at, now=self.clock.now()
-                )
-                self._restart_later(event.name, delay=delay)
-
-    def _safe_resync(self, epoch: int) -> None:
-        """Resync until it succeeds on this connection, with backoff; then the agent is ready."""
-        delay = 1.0
-        while self.readiness.is_current(epoch) and self.hv.connected():
-            try:
-                self.resync()
-                self.readiness.synced(epoch)
-                return
-            except Exception:
-                log.exception("resync failed; retrying in %.0fs", delay)
-            self.clock.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    def _note_stop_later(self, domain: str, *, stopped_at: float) -> None:
-        """Record when the guest stopped, under the VM's lock (never racing a verb's books)."""
-
-        def run() -> None:
-            try:
-                with self._operation(domain, "note-stop", wait=120.0):
-                    current = self.steps.read(domain)
-                    if current is None or current[0].state != DomainState.SHUTOFF:
-                        return  # gone, or already started again
-                    _, spec, books = current
-                    if books.stopped_at < books.started_at:
-                        stopped = dataclasses.replace(books, stopped_at=stopped_at)
-                        self.steps.save_books(domain, spec, stopped)
-                        self.steps.refresh(domain)
-            except Exception:
-                log.exception("recording the stop of %s failed", domain)
-
-        self._spawn(f"stopped-{domain}", run)
-
-    def _restart_later(self, domain: str, *, delay: float) -> None:
-        def run() -> None:
-            self.clock.sleep(delay)  # crash-loop backoff; 0 for the first restart
-            try:
-                with self._operation(domain, "restart-on-failure", wait=60.0):
-                    current = self.steps.refresh(domain)
-                    if current is not None and should_restart(current):
-                        strategy = current.spec.run_strategy
-                        log.info("restarting %s (runStrategy %s)", domain, strategy)
-                        self.steps.start(domain)
-                        self.steps.refresh(domain)
-            except Exception:
-                log.exception("restarting %s failed", domain)
-
-        self._spawn(f"restart-{domain}", run)
+        self.sync.on_domain_event(event)

@@ -1,0 +1,167 @@
+"""Keeping the node in line with the VMs' specs: the resync, libvirt's events, restarts.
+
+The resync rebuilds the VM cache from libvirt at every start and reconnect, adopts the
+domains the agent made, finishes what a killed agent left half-done and repairs the
+plumbing of running VMs. Domain events keep the cache fresh between resyncs and restart
+guests whose run strategy asks for it, with a crash-loop backoff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Collection
+
+from agent.domain.files import VMFiles
+from agent.domain.metadata import CorruptMetadata, read_metadata
+from agent.domain.readiness import Readiness
+from agent.domain.recovery import Operation, StartRecovery
+from agent.domain.restarts import CrashBackoff, should_restart
+from agent.domain.steps import DomainSteps
+from agent.domain.vmcache import VMCache
+from agent.models import VMAllocation, VMSpec
+from agent.ports import Clock, DomainEvent, DomainState, Hypervisor, VMNetwork
+
+__all__ = ["NodeSync", "Spawn"]
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[str, Callable[[], None]], None]
+
+
+class NodeSync:
+    """The agent's own background work on the node's VMs (one per VMService)."""
+
+    def __init__(
+        self,
+        hv: Hypervisor,
+        steps: DomainSteps,
+        files: VMFiles,
+        network: VMNetwork,
+        cache: VMCache,
+        *,
+        readiness: Readiness,
+        clock: Clock,
+        spawn: Spawn,
+        operation: Operation,
+        busy: Callable[[], Collection[str]],
+    ) -> None:
+        self.hv = hv
+        self.steps = steps
+        self.files = files
+        self.network = network
+        self.cache = cache
+        self.readiness = readiness
+        self.clock = clock
+        self._spawn = spawn
+        self._operation = operation
+        self._busy = busy  # VMs a verb holds (being made): their files are not orphans
+        self._backoff = CrashBackoff()
+        self._recovery = StartRecovery(steps, spawn, operation, self._restart_later)
+
+    def forget(self, domain: str) -> None:
+        """A deleted VM's crash history goes with it (a new VM of that name starts afresh)."""
+        self._backoff.forget(domain)
+
+    def resync(self) -> None:
+        """Rebuild the VM cache from libvirt: adopt every domain the agent made, drop the rest."""
+        ours: dict[str, tuple[VMSpec, VMAllocation | None, bool]] = {}
+        later: list[Callable[[], None]] = []  # finishing or (re)starting VMs
+        domains = self.hv.list_domains()
+        for info in domains:
+            try:
+                parsed = read_metadata(info.config_xml)
+            except CorruptMetadata:
+                log.exception("domain %s has unreadable virt-agent metadata; left alone", info.name)
+                continue
+            if parsed is None:
+                continue  # not ours: never touched
+            ours[info.name] = (parsed[0], parsed[1].network, info.state != DomainState.SHUTOFF)
+            try:
+                # A fresh read: a verb may have changed the domain since the list was taken.
+                record = self.steps.refresh(info.name)
+            except CorruptMetadata:
+                log.exception("domain %s has unreadable live metadata", info.name)
+                continue
+            if record is not None and (work := self._recovery.plan(info.name, record)):
+                later.append(work)
+        for stale in self.cache.names() - set(ours):
+            self.cache.remove(stale)
+        busy = set(self._busy()) | self.steps.migrating  # being made, or arriving
+        self.files.remove_orphans({i.name for i in domains} | busy)
+        # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
+        self.network.reconcile(ours)
+        for work in later:  # (started after the reconcile, which would unplug what they plug)
+            work()
+
+    def on_connection(self, connected: bool) -> None:
+        """libvirt came (back): read every VM again; libvirt went: not ready until then."""
+        if not connected:
+            self.readiness.disconnected()
+            return
+        epoch = self.readiness.connected()
+        self._spawn("resync", lambda: self._safe_resync(epoch))
+
+    def on_domain_event(self, event: DomainEvent) -> None:
+        """Handle a domain's lifecycle event (called on the adapter's dispatcher thread)."""
+        try:
+            record = self.steps.refresh(event.name)
+        except Exception:
+            log.exception("refreshing %s after %s/%s", event.name, event.event, event.detail)
+            return
+        if record is not None and event.event == "stopped" and event.detail != "migrated":
+            # (A guest that migrated away runs elsewhere: never start it here again.)
+            self._note_stop_later(event.name, stopped_at=self.clock.now())
+            if should_restart(record, detail=event.detail):
+                delay = self._backoff.next_delay(
+                    event.name, started_at=record.books.started_at, now=self.clock.now()
+                )
+                self._restart_later(event.name, delay=delay)
+
+    def _safe_resync(self, epoch: int) -> None:
+        """Resync until it succeeds on this connection, with backoff; then the agent is ready."""
+        delay = 1.0
+        while self.readiness.is_current(epoch) and self.hv.connected():
+            try:
+                self.resync()
+                self.readiness.synced(epoch)
+                return
+            except Exception:
+                log.exception("resync failed; retrying in %.0fs", delay)
+            self.clock.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def _note_stop_later(self, domain: str, *, stopped_at: float) -> None:
+        """Record when the guest stopped, under the VM's lock (never racing a verb's books)."""
+
+        def run() -> None:
+            try:
+                with self._operation(domain, "note-stop", wait=120.0):
+                    current = self.steps.read(domain)
+                    if current is None or current[0].state != DomainState.SHUTOFF:
+                        return  # gone, or already started again
+                    _, spec, books = current
+                    if books.stopped_at < books.started_at:
+                        stopped = dataclasses.replace(books, stopped_at=stopped_at)
+                        self.steps.save_books(domain, spec, stopped)
+                        self.steps.refresh(domain)
+            except Exception:
+                log.exception("recording the stop of %s failed", domain)
+
+        self._spawn(f"stopped-{domain}", run)
+
+    def _restart_later(self, domain: str, *, delay: float) -> None:
+        def run() -> None:
+            self.clock.sleep(delay)  # crash-loop backoff; 0 for the first restart
+            try:
+                with self._operation(domain, "restart-on-failure", wait=60.0):
+                    current = self.steps.refresh(domain)
+                    if current is not None and should_restart(current):
+                        strategy = current.spec.run_strategy
+                        log.info("restarting %s (runStrategy %s)", domain, strategy)
+                        self.steps.start(domain)
+                        self.steps.refresh(domain)
+            except Exception:
+                log.exception("restarting %s failed", domain)
+
+        self._spawn(f"restart-{domain}", run)
