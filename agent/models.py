@@ -10,6 +10,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from agent.configsources import (
+    CloudInitConfigDrive,
+    ConfigKind,
+    ConfigVolume,
+    Propagation,
+    SSHKeyCredential,
+)
 from agent.defaults import GRACE_PERIOD_SECONDS
 from agent.hardware import Hardware
 from agent.imageref import ImageRef
@@ -24,7 +31,12 @@ __all__ = [
     "NicAllocation",
     "NicBacking",
     "VMAllocation",
+    "CloudInitConfigDrive",
     "CloudInitNoCloud",
+    "ConfigKind",
+    "ConfigVolume",
+    "Propagation",
+    "SSHKeyCredential",
     "Condition",
     "ContainerDisk",
     "Disk",
@@ -170,7 +182,15 @@ class HostDisk:
     capacity_bytes: int = 0
 
 
-VolumeSource = ImageFile | ContainerDisk | CloudInitNoCloud | EmptyDisk | HostDisk
+VolumeSource = (
+    ImageFile
+    | ContainerDisk
+    | CloudInitNoCloud
+    | CloudInitConfigDrive
+    | EmptyDisk
+    | HostDisk
+    | ConfigVolume
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +258,7 @@ class VMSpec:
     ignition_data: str = ""  # handed to the guest over fw_cfg (opt/com.coreos/config)
     readiness_probe: Probe | None = None
     liveness_probe: Probe | None = None
+    access_credentials: tuple[SSHKeyCredential, ...] = ()
 
     @property
     def key(self) -> str:
@@ -345,6 +366,7 @@ class DiskBacking:
     name: str
     path: str
     format: str = "qcow2"
+    readonly: bool = False  # read-only media whatever the disk says (config volumes)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):

@@ -235,6 +235,14 @@ def _volume_source(volume: vm_pb2.Volume) -> str:
         return f"emptyDisk {volume.empty_disk.capacity}"
     if kind == "cloud_init_no_cloud":
         return "cloudInitNoCloud"
+    if kind == "cloud_init_config_drive":
+        return "cloudInitConfigDrive"
+    if kind == "secret":
+        return f"secret {volume.secret.secret_name}"
+    if kind == "config_map":
+        return f"configMap {volume.config_map.name}"
+    if kind == "service_account":
+        return f"serviceAccount {volume.service_account.service_account_name}"
     return NONE
 
 

@@ -1,14 +1,20 @@
-"""NoCloud seeds: the files of a ``cidata`` volume, and secrets read safely from the node.
+"""Cloud-init seeds: the files of a NoCloud ``cidata`` volume or of an OpenStack config
+drive (``config-2``), and secrets read safely from the node.
 
-``meta-data`` carries ``instance-id`` (the VM uid, so cloud-init runs once per VM, not per
-boot) and ``local-hostname`` (the spec's hostname, else the VM name). ``user-data`` and
-``network-config`` come from the spec or from secret files::
+NoCloud: ``meta-data`` carries ``instance-id`` (the VM uid, so cloud-init runs once per VM,
+not per boot), ``local-hostname`` (the spec's hostname, else the VM name) and the
+``accessCredentials`` SSH keys as ``public-keys``; ``user-data`` and ``network-config``
+come from the spec or from secret files. Config drive: the same data as
+``openstack/latest/meta_data.json`` (``uuid``, ``instance_id`` "<name>.<namespace>",
+``hostname``, ``public_keys``), ``openstack/latest/user_data`` and
+``openstack/latest/network_data.json``, as KubeVirt writes them. Secret files::
 
     <secrets-dir>/<namespace>/<secret name>/userdata       (or userData)
     <secrets-dir>/<namespace>/<secret name>/networkdata    (or networkData)
 
 A secret path is resolved like every client path: no '..', no symlink anywhere on the way.
-See https://cloudinit.readthedocs.io/en/latest/reference/datasources/nocloud.html.
+See https://cloudinit.readthedocs.io/en/latest/reference/datasources/nocloud.html and
+https://cloudinit.readthedocs.io/en/latest/reference/datasources/configdrive.html.
 """
 
 from __future__ import annotations
@@ -18,19 +24,30 @@ import json
 import os
 from dataclasses import dataclass
 
+from agent.disks.configfiles import ssh_public_keys
 from agent.errors import InvalidSpec
-from agent.models import CloudInitNoCloud, VMSpec
+from agent.models import CloudInitConfigDrive, CloudInitNoCloud, Propagation, VMSpec
 from agent.paths import resolve_under_roots
 
-__all__ = ["MAX_SECRET_BYTES", "VOLUME_ID", "NoCloudSeed", "nocloud_seed"]
+__all__ = [
+    "CONFIG_DRIVE_VOLUME_ID",
+    "MAX_SECRET_BYTES",
+    "VOLUME_ID",
+    "NoCloudSeed",
+    "config_drive_seed",
+    "nocloud_seed",
+]
 
 VOLUME_ID = "cidata"
+CONFIG_DRIVE_VOLUME_ID = "config-2"
+_OPENSTACK = "openstack/latest"
 MAX_SECRET_BYTES = 1024 * 1024  # far above cloud-init's practical limits; bounds the read
 
 
 @dataclass(frozen=True, slots=True)
 class NoCloudSeed:
-    """The files of a NoCloud seed; ``digest`` names the content (for the ISO's file name)."""
+    """The files of a seed (paths on the ISO); ``digest`` names the content (for the ISO's
+    file name)."""
 
     files: dict[str, bytes]
 
@@ -43,9 +60,11 @@ class NoCloudSeed:
         return hasher.hexdigest()
 
 
-def meta_data(vm: VMSpec) -> bytes:
+def meta_data(vm: VMSpec, keys: dict[str, str] | None = None) -> bytes:
     """JSON (which is YAML too), so no value can break the document's syntax."""
-    data = {"instance-id": vm.uid, "local-hostname": vm.hostname or vm.name}
+    data: dict[str, object] = {"instance-id": vm.uid, "local-hostname": vm.hostname or vm.name}
+    if keys:
+        data["public-keys"] = keys
     return (json.dumps(data, indent=1) + "\n").encode()
 
 
@@ -53,6 +72,40 @@ def nocloud_seed(
     vm: VMSpec, source: CloudInitNoCloud, *, secrets_dir: str, field: str
 ) -> NoCloudSeed:
     """The seed's files; secret references are read from ``secrets_dir`` (see module doc)."""
+    user_data, network = _user_and_network_data(vm, source, secrets_dir, field)
+    keys = ssh_public_keys(vm, secrets_dir, Propagation.NO_CLOUD) if vm.access_credentials else {}
+    files = {"meta-data": meta_data(vm, keys), "user-data": user_data}
+    if network:
+        files["network-config"] = network
+    return NoCloudSeed(files)
+
+
+def config_drive_seed(
+    vm: VMSpec, source: CloudInitConfigDrive, *, secrets_dir: str, field: str
+) -> NoCloudSeed:
+    """The config drive's files (see module doc)."""
+    user_data, network = _user_and_network_data(vm, source, secrets_dir, field)
+    data: dict[str, object] = {
+        "uuid": vm.uid,
+        "instance_id": f"{vm.name}.{vm.namespace}",
+        "hostname": vm.hostname or vm.name,
+    }
+    if vm.access_credentials:
+        keys = ssh_public_keys(vm, secrets_dir, Propagation.CONFIG_DRIVE)
+        if keys:
+            data["public_keys"] = keys
+    files = {
+        f"{_OPENSTACK}/meta_data.json": (json.dumps(data, indent=1) + "\n").encode(),
+        f"{_OPENSTACK}/user_data": user_data,
+    }
+    if network:
+        files[f"{_OPENSTACK}/network_data.json"] = network
+    return NoCloudSeed(files)
+
+
+def _user_and_network_data(
+    vm: VMSpec, source: CloudInitNoCloud | CloudInitConfigDrive, secrets_dir: str, field: str
+) -> tuple[bytes, bytes]:
     user_data = source.user_data.encode()
     if source.user_data_secret:
         user_data = _secret(
@@ -65,10 +118,7 @@ def nocloud_seed(
             secrets_dir, vm.namespace, source.network_data_secret, ("networkdata", "networkData"),
             f"{field}.networkDataSecretRef.name",
         )  # fmt: skip
-    files = {"meta-data": meta_data(vm), "user-data": user_data}
-    if network:
-        files["network-config"] = network
-    return NoCloudSeed(files)
+    return user_data, network
 
 
 def _secret(

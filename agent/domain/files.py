@@ -15,14 +15,23 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from agent.disks.cloudinit import VOLUME_ID, nocloud_seed
+from agent.disks.cloudinit import (
+    CONFIG_DRIVE_VOLUME_ID,
+    VOLUME_ID,
+    NoCloudSeed,
+    config_drive_seed,
+    nocloud_seed,
+)
+from agent.disks.configfiles import read_object, require_object
 from agent.disks.containerdisk import ContainerDisks
 from agent.disks.hostdisk import host_disk_path
 from agent.disks.imagecheck import usable_format
 from agent.disks.ports import IsoWriter, PullObserver, PullProgress
 from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
 from agent.models import (
+    CloudInitConfigDrive,
     CloudInitNoCloud,
+    ConfigVolume,
     ContainerDisk,
     DiskBacking,
     EmptyDisk,
@@ -168,6 +177,10 @@ class VMFiles:
             return self._container_disk(vm, domain, volume, source, f"{field}.containerDisk")
         if isinstance(source, CloudInitNoCloud):
             return self._seed(vm, domain, volume.name, source, f"{field}.cloudInitNoCloud")
+        if isinstance(source, CloudInitConfigDrive):
+            return self._seed(vm, domain, volume.name, source, f"{field}.cloudInitConfigDrive")
+        if isinstance(source, ConfigVolume):
+            return self._config_volume(vm, domain, volume.name, source, f"{field}.{source.kind}")
         if isinstance(source, HostDisk):
             roots = self.support.host_disk_roots
             path = host_disk_path(roots, source, f"{field}.hostDisk.path")
@@ -218,17 +231,56 @@ class VMFiles:
         return self._overlay(domain, volume.name, entry.path, entry.format)
 
     def _seed(
-        self, vm: VMSpec, domain: str, volume: str, source: CloudInitNoCloud, field: str
+        self,
+        vm: VMSpec,
+        domain: str,
+        volume: str,
+        source: CloudInitNoCloud | CloudInitConfigDrive,
+        field: str,
     ) -> DiskBacking:
+        kind = field.rsplit(".", 1)[-1]
         if self.support.iso is None:
-            raise InvalidSpec(field, "cloudInitNoCloud volumes are not enabled on this node")
-        seed = nocloud_seed(vm, source, secrets_dir=self.support.secrets_dir, field=field)
+            raise InvalidSpec(field, f"{kind} volumes are not enabled on this node")
+        secrets = self.support.secrets_dir
+        if isinstance(source, CloudInitNoCloud):
+            seed = nocloud_seed(vm, source, secrets_dir=secrets, field=field)
+            label = VOLUME_ID
+        else:
+            seed = config_drive_seed(vm, source, secrets_dir=secrets, field=field)
+            label = CONFIG_DRIVE_VOLUME_ID
+        return self._iso(domain, volume, label, seed.files, seed.digest, readonly=False)
+
+    def _config_volume(
+        self, vm: VMSpec, domain: str, volume: str, source: ConfigVolume, field: str
+    ) -> DiskBacking:
+        """A secret, config map or service account as a read-only ISO, a file per key."""
+        if self.support.iso is None:
+            raise InvalidSpec(field, f"{source.kind} volumes are not enabled on this node")
+        secrets = self.support.secrets_dir
+        if source.optional:
+            keys = read_object(secrets, vm.namespace, source.kind, source.name, field) or {}
+        else:
+            keys = require_object(secrets, vm.namespace, source.kind, source.name, field)
+        digest = NoCloudSeed(keys).digest
+        return self._iso(domain, volume, source.volume_label, keys, digest, readonly=True)
+
+    def _iso(
+        self,
+        domain: str,
+        volume: str,
+        label: str,
+        files: dict[str, bytes],
+        digest: str,
+        *,
+        readonly: bool,
+    ) -> DiskBacking:
+        assert self.support.iso is not None
         # Named by content: a changed seed is a new file, never rewritten under a guest.
-        path = os.path.join(self.vm_dir(domain), f"{volume}-cidata-{seed.digest[:12]}.iso")
+        path = os.path.join(self.vm_dir(domain), f"{volume}-{label or 'iso'}-{digest[:12]}.iso")
         if not os.path.exists(path):
-            self.support.iso.write_iso(path, VOLUME_ID, seed.files)
-            os.chmod(path, _FILE_MODE)  # secretRef contents: QEMU's user and root only
-        return DiskBacking(name=volume, path=path, format="raw")
+            self.support.iso.write_iso(path, label, files)
+            os.chmod(path, _FILE_MODE)  # secret contents: QEMU's user and root only
+        return DiskBacking(name=volume, path=path, format="raw", readonly=readonly)
 
     def remove(self, domain: str) -> None:
         """Delete everything the agent made for the VM; a missing folder is fine."""

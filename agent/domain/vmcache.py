@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.domain.clock import SYSTEM_CLOCK
-from agent.models import Bookkeeping, CloudInitNoCloud, VMSpec, VMStatus
+from agent.models import Bookkeeping, CloudInitConfigDrive, CloudInitNoCloud, VMSpec, VMStatus
 from agent.ports import Clock
 
 __all__ = ["WATCH_BUFFER_BYTES", "VMRecord", "VMCache", "WatchEvent", "Watch", "record_bytes"]
@@ -166,7 +166,7 @@ def record_bytes(record: VMRecord) -> int:
     size = _RECORD_OVERHEAD + sum(len(k) + len(v) for k, v in spec.labels.items())
     for volume in spec.volumes:
         source = volume.source
-        if isinstance(source, CloudInitNoCloud):
+        if isinstance(source, CloudInitNoCloud | CloudInitConfigDrive):
             size += len(source.user_data) + len(source.network_data)
     boot = spec.firmware.kernel_boot
     return size + (len(boot.kernel_args) if boot else 0)

@@ -239,7 +239,9 @@ def _disk(disk: Disk, backing: DiskBacking | None, target: str) -> ET.Element:
     ET.SubElement(element, "target", dev=target, bus=disk.bus)
     # Children in the order libvirt writes them back, so stored and built XML diff cleanly.
     # A CD-ROM is read-only media whatever the spec says; QEMU's cd devices cannot write.
-    if disk.readonly or disk.device == "cdrom":
+    # Config volumes (secrets, config maps) are read-only media too.
+    readonly = backing is not None and backing.readonly
+    if disk.readonly or disk.device == "cdrom" or readonly:
         ET.SubElement(element, "readonly")
     if disk.shareable:
         ET.SubElement(element, "shareable")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable
 
@@ -10,7 +9,6 @@ from agent.errors import InvalidSpec
 from agent.hardware import NIC_MODELS
 from agent.imageref import BadReference, parse_reference
 from agent.models import (
-    CloudInitNoCloud,
     ContainerDisk,
     Disk,
     EmptyDisk,
@@ -23,10 +21,16 @@ from agent.models import (
     Volume,
     VolumeSource,
 )
-from agent.spec.limits import MAX_PORTS, MAX_USER_DATA_BYTES
+from agent.spec.configvolumes import (
+    parse_cloud_init,
+    parse_config_drive,
+    parse_config_map,
+    parse_secret,
+    parse_service_account,
+)
+from agent.spec.limits import MAX_PORTS
 from agent.spec.reader import (
     Node,
-    check_text,
     choice,
     one_of,
     quantity,
@@ -80,15 +84,19 @@ def parse_volume(node: Node) -> Volume:
     sources: dict[str, Callable[[Node], VolumeSource]] = {
         "imageFile": lambda n: ImageFile(relative_path(n, "path")),
         "containerDisk": _container_disk,
-        "cloudInitNoCloud": _cloud_init,
+        "cloudInitNoCloud": parse_cloud_init,
+        "cloudInitConfigDrive": parse_config_drive,
         "emptyDisk": _empty_disk,
         "hostDisk": _host_disk,
+        "secret": parse_secret,
+        "configMap": parse_config_map,
+        "serviceAccount": parse_service_account,
     }
     source = one_of(node, sources)
     if source is None:
         raise InvalidSpec(
             node.path,
-            "needs a source: imageFile, containerDisk, cloudInitNoCloud, emptyDisk or hostDisk",
+            f"needs a source: {', '.join(sources)}",
         )
     node.done()
     return Volume(name, source)
@@ -107,50 +115,6 @@ def _container_disk(node: Node) -> ContainerDisk:
     if policy and policy not in ("Always", "IfNotPresent", "Never"):
         raise InvalidSpec(node.at("imagePullPolicy"), "must be Always, IfNotPresent or Never")
     return ContainerDisk(image=reference, path=path, image_pull_policy=policy)
-
-
-def _decoded(node: Node, plain: str, encoded: str) -> str:
-    text = node.get(plain, str, "", max_length=MAX_USER_DATA_BYTES)
-    data = node.get(encoded, str, "", max_length=MAX_USER_DATA_BYTES * 4 // 3 + 4)
-    if text and data:
-        raise InvalidSpec(node.path, f"set only one of {plain}, {encoded}")
-    if data:
-        if len(data) > MAX_USER_DATA_BYTES * 4 // 3 + 4:
-            raise InvalidSpec(node.at(encoded), f"is larger than {MAX_USER_DATA_BYTES} bytes")
-        try:
-            text = base64.b64decode(data, validate=True).decode()
-        except ValueError:  # bad base64, text that is not ASCII, bytes that are not UTF-8
-            raise InvalidSpec(node.at(encoded), "is not base64 of UTF-8 text") from None
-        check_text(node.at(encoded), text, MAX_USER_DATA_BYTES)
-    if len(text.encode()) > MAX_USER_DATA_BYTES:
-        raise InvalidSpec(
-            node.at(encoded if data else plain), f"is larger than {MAX_USER_DATA_BYTES} bytes"
-        )
-    return text
-
-
-def _secret_name(node: Node, key: str) -> str:
-    ref = node.child(key)
-    if ref is None:
-        return ""
-    name = validate_name(ref.at("name"), ref.get("name", str, ""))
-    ref.done()
-    return name
-
-
-def _cloud_init(node: Node) -> CloudInitNoCloud:
-    source = CloudInitNoCloud(
-        user_data=_decoded(node, "userData", "userDataBase64"),
-        network_data=_decoded(node, "networkData", "networkDataBase64"),
-        user_data_secret=_secret_name(node, "secretRef"),
-        network_data_secret=_secret_name(node, "networkDataSecretRef"),
-    )
-    # Network data alone is enough, as in KubeVirt: the seed then has an empty user-data.
-    if not any(
-        (source.user_data, source.user_data_secret, source.network_data, source.network_data_secret)
-    ):
-        raise InvalidSpec(node.path, "needs userData, userDataBase64, secretRef or network data")
-    return source
 
 
 def _capacity(node: Node) -> int:

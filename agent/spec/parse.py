@@ -19,6 +19,11 @@ from agent.models import (
     VMSpec,
 )
 from agent.quantity import format_bytes, parse_cpu_quantity, parse_quantity
+from agent.spec.configvolumes import (
+    MAX_ACCESS_CREDENTIALS,
+    check_access_credentials,
+    parse_access_credential,
+)
 from agent.spec.devices import (
     check_references,
     parse_disk,
@@ -103,6 +108,9 @@ def _parse_instance(
     hardware = _parse_domain(domain)
     readiness = parse_probe(node.child("readinessProbe"), liveness=False)
     liveness = parse_probe(node.child("livenessProbe"), liveness=True)
+    credentials = tuple(
+        parse_access_credential(c) for c in node.items("accessCredentials", MAX_ACCESS_CREDENTIALS)
+    )
     node.done()
     vm = VMSpec(
         namespace=namespace,
@@ -118,8 +126,10 @@ def _parse_instance(
         ignition_data=ignition,
         readiness_probe=readiness,
         liveness_probe=liveness,
+        access_credentials=credentials,
     )
     check_references(vm, node.path)
+    check_access_credentials(vm, node.path)
     return vm
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from agent.models import (
+    CloudInitConfigDrive,
     CloudInitNoCloud,
+    ConfigVolume,
     ContainerDisk,
     Disk,
     EmptyDisk,
@@ -15,6 +17,7 @@ from agent.models import (
     Volume,
 )
 from agent.quantity import format_bytes
+from agent.spec.configvolumes import render_access_credential, render_config_source
 from agent.spec.hardware_render import render_device_hardware, render_domain_hardware
 from agent.spec.probes import render_probe
 
@@ -37,6 +40,8 @@ def render_vm(vm: VMSpec) -> dict[str, Any]:
     ):
         if probe is not None:
             instance[key] = render_probe(probe)
+    if vm.access_credentials:
+        instance["accessCredentials"] = [render_access_credential(c) for c in vm.access_credentials]
     if vm.volumes:
         instance["volumes"] = [_render_volume(v) for v in vm.volumes]
     if vm.networks:
@@ -129,14 +134,8 @@ def _render_volume(volume: Volume) -> dict[str, Any]:
         if source.image_pull_policy:
             fields["imagePullPolicy"] = source.image_pull_policy
         body = ("containerDisk", {k: v for k, v in fields.items() if v})
-    elif isinstance(source, CloudInitNoCloud):
-        fields = {"userData": source.user_data, "networkData": source.network_data}
-        cloud: dict[str, Any] = {k: v for k, v in fields.items() if v}
-        if source.user_data_secret:
-            cloud["secretRef"] = {"name": source.user_data_secret}
-        if source.network_data_secret:
-            cloud["networkDataSecretRef"] = {"name": source.network_data_secret}
-        body = ("cloudInitNoCloud", cloud)
+    elif isinstance(source, CloudInitNoCloud | CloudInitConfigDrive | ConfigVolume):
+        body = render_config_source(source)
     elif isinstance(source, EmptyDisk):
         body = ("emptyDisk", {"capacity": format_bytes(source.capacity_bytes)})
     else:

@@ -131,10 +131,11 @@ class FakeIso:
 
     def __init__(self) -> None:
         self.written: dict[str, dict[str, bytes]] = {}
+        self.labels: dict[str, str] = {}
 
     def write_iso(self, path: str, volume_id: str, files: Mapping[str, bytes]) -> None:
-        assert volume_id == "cidata"
         self.written[path] = dict(files)
+        self.labels[path] = volume_id
         with open(path, "wb") as handle:
             handle.write(b"iso")
 

@@ -1820,6 +1820,10 @@ class Volume(_message.Message):
     EMPTY_DISK_FIELD_NUMBER: _builtins.int
     HOST_DISK_FIELD_NUMBER: _builtins.int
     IMAGE_FILE_FIELD_NUMBER: _builtins.int
+    CLOUD_INIT_CONFIG_DRIVE_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    CONFIG_MAP_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def container_disk(self) -> Global___ContainerDiskSource: ...
@@ -1831,6 +1835,14 @@ class Volume(_message.Message):
     def host_disk(self) -> Global___HostDisk: ...
     @_builtins.property
     def image_file(self) -> Global___ImageFileSource: ...
+    @_builtins.property
+    def cloud_init_config_drive(self) -> Global___CloudInitConfigDriveSource: ...
+    @_builtins.property
+    def secret(self) -> Global___SecretVolumeSource: ...
+    @_builtins.property
+    def config_map(self) -> Global___ConfigMapVolumeSource: ...
+    @_builtins.property
+    def service_account(self) -> Global___ServiceAccountVolumeSource: ...
     def __init__(
         self,
         *,
@@ -1840,16 +1852,135 @@ class Volume(_message.Message):
         empty_disk: Global___EmptyDiskSource | None = ...,
         host_disk: Global___HostDisk | None = ...,
         image_file: Global___ImageFileSource | None = ...,
+        cloud_init_config_drive: Global___CloudInitConfigDriveSource | None = ...,
+        secret: Global___SecretVolumeSource | None = ...,
+        config_map: Global___ConfigMapVolumeSource | None = ...,
+        service_account: Global___ServiceAccountVolumeSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cloud_init_no_cloud", b"cloud_init_no_cloud", "container_disk", b"container_disk", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "volume_source", b"volume_source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cloud_init_config_drive", b"cloud_init_config_drive", "cloud_init_no_cloud", b"cloud_init_no_cloud", "config_map", b"config_map", "container_disk", b"container_disk", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "secret", b"secret", "service_account", b"service_account", "volume_source", b"volume_source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_init_no_cloud", b"cloud_init_no_cloud", "container_disk", b"container_disk", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "name", b"name", "volume_source", b"volume_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_init_config_drive", b"cloud_init_config_drive", "cloud_init_no_cloud", b"cloud_init_no_cloud", "config_map", b"config_map", "container_disk", b"container_disk", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "name", b"name", "secret", b"secret", "service_account", b"service_account", "volume_source", b"volume_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_volume_source: _TypeAlias = _typing.Literal["container_disk", "cloud_init_no_cloud", "empty_disk", "host_disk", "image_file"]  # noqa: Y015
+    _WhichOneofReturnType_volume_source: _TypeAlias = _typing.Literal["container_disk", "cloud_init_no_cloud", "empty_disk", "host_disk", "image_file", "cloud_init_config_drive", "secret", "config_map", "service_account"]  # noqa: Y015
     _WhichOneofArgType_volume_source: _TypeAlias = _typing.Literal["volume_source", b"volume_source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_volume_source) -> _WhichOneofReturnType_volume_source | None: ...
 
 Global___Volume: _TypeAlias = Volume  # noqa: Y015
+
+@_typing.final
+class CloudInitConfigDriveSource(_message.Message):
+    """CloudInitConfigDriveSource: an OpenStack config drive ISO (volume label config-2)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_DATA_FIELD_NUMBER: _builtins.int
+    USER_DATA_BASE64_FIELD_NUMBER: _builtins.int
+    NETWORK_DATA_FIELD_NUMBER: _builtins.int
+    NETWORK_DATA_BASE64_FIELD_NUMBER: _builtins.int
+    SECRET_REF_FIELD_NUMBER: _builtins.int
+    NETWORK_DATA_SECRET_REF_FIELD_NUMBER: _builtins.int
+    user_data: _builtins.str
+    user_data_base64: _builtins.str
+    network_data: _builtins.str
+    network_data_base64: _builtins.str
+    @_builtins.property
+    def secret_ref(self) -> Global___LocalObjectReference: ...
+    @_builtins.property
+    def network_data_secret_ref(self) -> Global___LocalObjectReference: ...
+    def __init__(
+        self,
+        *,
+        user_data: _builtins.str = ...,
+        user_data_base64: _builtins.str = ...,
+        network_data: _builtins.str = ...,
+        network_data_base64: _builtins.str = ...,
+        secret_ref: Global___LocalObjectReference | None = ...,
+        network_data_secret_ref: Global___LocalObjectReference | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network_data_secret_ref", b"network_data_secret_ref", "secret_ref", b"secret_ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network_data", b"network_data", "network_data_base64", b"network_data_base64", "network_data_secret_ref", b"network_data_secret_ref", "secret_ref", b"secret_ref", "user_data", b"user_data", "user_data_base64", b"user_data_base64"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloudInitConfigDriveSource: _TypeAlias = CloudInitConfigDriveSource  # noqa: Y015
+
+@_typing.final
+class SecretVolumeSource(_message.Message):
+    """SecretVolumeSource: the keys of a secret on the node as files of a read-only ISO."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_NAME_FIELD_NUMBER: _builtins.int
+    OPTIONAL_FIELD_NUMBER: _builtins.int
+    VOLUME_LABEL_FIELD_NUMBER: _builtins.int
+    secret_name: _builtins.str
+    optional: _builtins.bool
+    """A missing secret gives an empty ISO instead of an error."""
+    volume_label: _builtins.str
+    """The ISO's volume label (such as cidata, config-2 or OEMDRV); default none."""
+    def __init__(
+        self,
+        *,
+        secret_name: _builtins.str = ...,
+        optional: _builtins.bool = ...,
+        volume_label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["optional", b"optional", "secret_name", b"secret_name", "volume_label", b"volume_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretVolumeSource: _TypeAlias = SecretVolumeSource  # noqa: Y015
+
+@_typing.final
+class ConfigMapVolumeSource(_message.Message):
+    """ConfigMapVolumeSource: the keys of a config map on the node as files of a read-only ISO."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OPTIONAL_FIELD_NUMBER: _builtins.int
+    VOLUME_LABEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    optional: _builtins.bool
+    volume_label: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        optional: _builtins.bool = ...,
+        volume_label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "optional", b"optional", "volume_label", b"volume_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigMapVolumeSource: _TypeAlias = ConfigMapVolumeSource  # noqa: Y015
+
+@_typing.final
+class ServiceAccountVolumeSource(_message.Message):
+    """ServiceAccountVolumeSource: a service account's token files as a read-only ISO."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ACCOUNT_NAME_FIELD_NUMBER: _builtins.int
+    service_account_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_account_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_name", b"service_account_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceAccountVolumeSource: _TypeAlias = ServiceAccountVolumeSource  # noqa: Y015
 
 @_typing.final
 class ContainerDiskSource(_message.Message):
