@@ -233,8 +233,8 @@ def running(value: Any) -> dict[str, Any]:
             "spec.dataVolumeTemplates: field is not supported",
         ),
         (
-            vm_with("spec.template.spec.accessCredentials", [{"sshPublicKey": {}}]),
-            "spec.template.spec.accessCredentials: field is not supported",
+            vm_with("spec.template.spec.accessCredentials", [{"userPassword": {}}]),
+            "spec.template.spec.accessCredentials[0].userPassword: field is not supported",
         ),
         (
             vm_with("spec.template.spec.domain.devices.interfaces[0].sriov", {}),
@@ -279,7 +279,7 @@ def running(value: Any) -> dict[str, Any]:
         "host-devices",
         "pvc-volume",
         "data-volume-templates",
-        "access-credentials",
+        "access-credentials-password",
         "sriov-binding",
         "two-network-sources",
         "owner-references",

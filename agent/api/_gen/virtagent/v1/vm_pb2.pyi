@@ -212,6 +212,7 @@ class VirtualMachineInstanceSpec(_message.Message):
     IGNITION_DATA_FIELD_NUMBER: _builtins.int
     READINESS_PROBE_FIELD_NUMBER: _builtins.int
     LIVENESS_PROBE_FIELD_NUMBER: _builtins.int
+    ACCESS_CREDENTIALS_FIELD_NUMBER: _builtins.int
     termination_grace_period_seconds: _builtins.int
     """Seconds between the ACPI shutdown request and a forced stop (default 30)."""
     hostname: _builtins.str
@@ -234,6 +235,10 @@ class VirtualMachineInstanceSpec(_message.Message):
     def liveness_probe(self) -> Global___Probe:
         """A guest failing its liveness probe is hard-restarted."""
 
+    @_builtins.property
+    def access_credentials(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessCredential]:
+        """SSH public keys handed to the guest through its cloud-init volume's meta data."""
+
     def __init__(
         self,
         *,
@@ -245,16 +250,198 @@ class VirtualMachineInstanceSpec(_message.Message):
         ignition_data: _builtins.str = ...,
         readiness_probe: Global___Probe | None = ...,
         liveness_probe: Global___Probe | None = ...,
+        access_credentials: _abc.Iterable[Global___AccessCredential] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "liveness_probe", b"liveness_probe", "readiness_probe", b"readiness_probe", "termination_grace_period_seconds", b"termination_grace_period_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "domain", b"domain", "hostname", b"hostname", "ignition_data", b"ignition_data", "liveness_probe", b"liveness_probe", "networks", b"networks", "readiness_probe", b"readiness_probe", "termination_grace_period_seconds", b"termination_grace_period_seconds", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds", "access_credentials", b"access_credentials", "domain", b"domain", "hostname", b"hostname", "ignition_data", b"ignition_data", "liveness_probe", b"liveness_probe", "networks", b"networks", "readiness_probe", b"readiness_probe", "termination_grace_period_seconds", b"termination_grace_period_seconds", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__termination_grace_period_seconds: _TypeAlias = _typing.Literal["termination_grace_period_seconds"]  # noqa: Y015
     _WhichOneofArgType__termination_grace_period_seconds: _TypeAlias = _typing.Literal["_termination_grace_period_seconds", b"_termination_grace_period_seconds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__termination_grace_period_seconds) -> _WhichOneofReturnType__termination_grace_period_seconds | None: ...
 
 Global___VirtualMachineInstanceSpec: _TypeAlias = VirtualMachineInstanceSpec  # noqa: Y015
+
+@_typing.final
+class AccessCredential(_message.Message):
+    """AccessCredential is KubeVirt's: credentials the agent injects into the guest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SSH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ssh_public_key(self) -> Global___SSHPublicKeyAccessCredential: ...
+    def __init__(
+        self,
+        *,
+        ssh_public_key: Global___SSHPublicKeyAccessCredential | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ssh_public_key", b"ssh_public_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ssh_public_key", b"ssh_public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessCredential: _TypeAlias = AccessCredential  # noqa: Y015
+
+@_typing.final
+class SSHPublicKeyAccessCredential(_message.Message):
+    """SSHPublicKeyAccessCredential: every key of a secret, propagated by cloud-init."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PROPAGATION_METHOD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> Global___SSHPublicKeyAccessCredentialSource: ...
+    @_builtins.property
+    def propagation_method(self) -> Global___SSHPublicKeyAccessCredentialPropagationMethod: ...
+    def __init__(
+        self,
+        *,
+        source: Global___SSHPublicKeyAccessCredentialSource | None = ...,
+        propagation_method: Global___SSHPublicKeyAccessCredentialPropagationMethod | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["propagation_method", b"propagation_method", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["propagation_method", b"propagation_method", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SSHPublicKeyAccessCredential: _TypeAlias = SSHPublicKeyAccessCredential  # noqa: Y015
+
+@_typing.final
+class SSHPublicKeyAccessCredentialSource(_message.Message):
+    """SSHPublicKeyAccessCredentialSource: where the keys come from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def secret(self) -> Global___AccessCredentialSecretSource: ...
+    def __init__(
+        self,
+        *,
+        secret: Global___AccessCredentialSecretSource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SSHPublicKeyAccessCredentialSource: _TypeAlias = SSHPublicKeyAccessCredentialSource  # noqa: Y015
+
+@_typing.final
+class AccessCredentialSecretSource(_message.Message):
+    """AccessCredentialSecretSource names a secret on the node (see --secrets-dir)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_NAME_FIELD_NUMBER: _builtins.int
+    secret_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        secret_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret_name", b"secret_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessCredentialSecretSource: _TypeAlias = AccessCredentialSecretSource  # noqa: Y015
+
+@_typing.final
+class SSHPublicKeyAccessCredentialPropagationMethod(_message.Message):
+    """SSHPublicKeyAccessCredentialPropagationMethod: set exactly one (qemuGuestAgent is refused)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NO_CLOUD_FIELD_NUMBER: _builtins.int
+    CONFIG_DRIVE_FIELD_NUMBER: _builtins.int
+    QEMU_GUEST_AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def no_cloud(self) -> Global___NoCloudSSHPublicKeyAccessCredentialPropagation: ...
+    @_builtins.property
+    def config_drive(self) -> Global___ConfigDriveSSHPublicKeyAccessCredentialPropagation: ...
+    @_builtins.property
+    def qemu_guest_agent(self) -> Global___QemuGuestAgentSSHPublicKeyAccessCredentialPropagation: ...
+    def __init__(
+        self,
+        *,
+        no_cloud: Global___NoCloudSSHPublicKeyAccessCredentialPropagation | None = ...,
+        config_drive: Global___ConfigDriveSSHPublicKeyAccessCredentialPropagation | None = ...,
+        qemu_guest_agent: Global___QemuGuestAgentSSHPublicKeyAccessCredentialPropagation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config_drive", b"config_drive", "method", b"method", "no_cloud", b"no_cloud", "qemu_guest_agent", b"qemu_guest_agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_drive", b"config_drive", "method", b"method", "no_cloud", b"no_cloud", "qemu_guest_agent", b"qemu_guest_agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_method: _TypeAlias = _typing.Literal["no_cloud", "config_drive", "qemu_guest_agent"]  # noqa: Y015
+    _WhichOneofArgType_method: _TypeAlias = _typing.Literal["method", b"method"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_method) -> _WhichOneofReturnType_method | None: ...
+
+Global___SSHPublicKeyAccessCredentialPropagationMethod: _TypeAlias = SSHPublicKeyAccessCredentialPropagationMethod  # noqa: Y015
+
+@_typing.final
+class NoCloudSSHPublicKeyAccessCredentialPropagation(_message.Message):
+    """NoCloudSSHPublicKeyAccessCredentialPropagation: keys in the NoCloud meta-data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NoCloudSSHPublicKeyAccessCredentialPropagation: _TypeAlias = NoCloudSSHPublicKeyAccessCredentialPropagation  # noqa: Y015
+
+@_typing.final
+class ConfigDriveSSHPublicKeyAccessCredentialPropagation(_message.Message):
+    """ConfigDriveSSHPublicKeyAccessCredentialPropagation: keys in the config drive's meta data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigDriveSSHPublicKeyAccessCredentialPropagation: _TypeAlias = ConfigDriveSSHPublicKeyAccessCredentialPropagation  # noqa: Y015
+
+@_typing.final
+class QemuGuestAgentSSHPublicKeyAccessCredentialPropagation(_message.Message):
+    """QemuGuestAgentSSHPublicKeyAccessCredentialPropagation: accepted by the schema so the agent
+    can refuse it by name (it has no guest agent channel).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QemuGuestAgentSSHPublicKeyAccessCredentialPropagation: _TypeAlias = QemuGuestAgentSSHPublicKeyAccessCredentialPropagation  # noqa: Y015
 
 @_typing.final
 class Probe(_message.Message):
