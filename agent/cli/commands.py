@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import grpc
 
 from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2
 from agent.cli.instancetypes import Catalog
-from agent.cli.kubevirt import ManifestError, Manifests, load_manifests
+from agent.cli.kubevirt import Manifest, ManifestError, Manifests, load_manifests
 from agent.cli.output import (
     describe_node,
     describe_vm,
@@ -27,6 +28,7 @@ from agent.cli.output import (
     vm_table,
     watch_line,
 )
+from agent.cli.progress import LiveLine, VMProgress
 from agent.cli.validate import check_manifest, validate_text
 from agent.client import AgentCallError, AgentClient, TLSOptions
 
@@ -134,11 +136,50 @@ def apply(args: argparse.Namespace) -> int:
         for manifest in loaded.vms:
             meta = manifest.vm.metadata
             ref = f"{meta.namespace}/{meta.name}"
+            if getattr(args, "wait", False):
+                _apply_and_wait(client, manifest, args.wait_timeout)
+                continue
             with _explained("apply", ref):
                 # A VMI is runStrategy Once: the agent starts it itself (see kubevirt.py).
                 state = _applied(client.apply(manifest.vm))
             print(f"vm {ref} {state}")
     return 0
+
+
+# What ``apply --wait`` waits for: a VM the agent starts runs; the others only settle.
+_SETTLED = {"Halted": ("Stopped",), "Manual": ("Stopped", "Running", "Paused")}
+
+
+def _apply_and_wait(client: AgentClient, manifest: Manifest, timeout: float) -> None:
+    """Apply while a watch shows the pull's progress and the phases (Apply returns once
+    the disks are ready), then wait until the VM runs or settles."""
+    meta = manifest.vm.metadata
+    ref = f"{meta.namespace}/{meta.name}"
+    phases = _SETTLED.get(manifest.vm.spec.run_strategy, ("Running",))
+    progress = VMProgress(LiveLine(sys.stderr), ref)
+    outcome: list[str | Failure] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        try:
+            outcome.append(_wait(client, meta.namespace, meta.name, phases, timeout, progress))
+        except Failure as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=watch, name=f"wait {ref}", daemon=True).start()
+    with _explained("apply", ref):
+        state = _applied(client.apply(manifest.vm))
+    progress.end()
+    print(f"vm {ref} {state}", flush=True)
+    done.wait(timeout + 5)
+    progress.end()
+    if not outcome:
+        raise Failure(f"timed out after {timeout:g}s waiting for vm {ref} to be {either(phases)}")
+    if isinstance(outcome[0], Failure):
+        raise outcome[0]
+    print(f"vm {ref} is {outcome[0]}")
 
 
 def _say_what_is_left_out(loaded: Manifests) -> None:
@@ -236,7 +277,12 @@ def lifecycle(args: argparse.Namespace) -> int:
         phase = f" (phase {phase_name(vm.status.phase)})" if vm is not None else ""
         print(f"vm {ref} {verb.done}{phase}")
         if getattr(args, "wait", False):
-            reached = _wait(client, args.namespace, args.name, verb.wait_for, args.wait_timeout)
+            progress = VMProgress(LiveLine(sys.stderr), ref) if verb.name == "start" else None
+            reached = _wait(
+                client, args.namespace, args.name, verb.wait_for, args.wait_timeout, progress
+            )
+            if progress is not None:
+                progress.end()
             print(f"vm {ref} is {reached}")
     return 0
 
@@ -265,8 +311,10 @@ def _wait(
     name: str,
     phases: tuple[str, ...] | None,
     timeout: float,
+    progress: VMProgress | None = None,
 ) -> str:
     """Watch until the VM is in one of ``phases`` (None: deleted); returns what was seen.
+    ``progress`` is shown every update of the VM (pulls, imports, phase changes).
 
     The watch opens with a snapshot, so a VM that is already there needs no change.
     """
@@ -286,6 +334,8 @@ def _wait(
                     return "deleted"
                 raise Failure(f"vm {ref} was deleted while waiting for it to be {want}")
             present, last = True, phase_name(event.vm.status.phase)
+            if progress is not None:
+                progress.update(event.vm)
             if phases is not None and last in phases:
                 return last
             # Failed in the snapshot may predate the request; only a change to Failed counts.

@@ -34,6 +34,7 @@ _EXAMPLES = """\
 examples:
   vmctl apply -f fedora.yaml             create or update the VMs of a KubeVirt manifest
   vmctl apply -f fedora.yaml --dry-run   check it as the agent would, print what would be sent
+  vmctl apply -f fedora.yaml --wait      show the image pull's progress, wait until it runs
   vmctl validate -f a.yaml -f b.yaml     per document: accepted, or the first field that blocks it
   vmctl get -A                           list the VMs of every namespace
   vmctl stop fedora --wait               shut a VM down and wait until it is stopped
@@ -182,6 +183,12 @@ def _add_apply(parser: Parser) -> None:
         help="print the resulting virt-agent VirtualMachine(s) as YAML; call nothing",
     )
     _add_instancetypes(parser)
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="show image pulls and imports, then wait until each VM runs (Halted: is stopped)",
+    )
+    _add_wait_timeout(parser)
 
 
 def _add_instancetypes(parser: Parser) -> None:
@@ -244,6 +251,10 @@ def _add_verb(parser: Parser, verb: Verb) -> None:
         return
     target = "gone" if verb.wait_for is None else either(verb.wait_for)
     parser.add_argument("--wait", action="store_true", help=f"wait until the VM is {target}")
+    _add_wait_timeout(parser)
+
+
+def _add_wait_timeout(parser: Parser) -> None:
     parser.add_argument(
         "--wait-timeout",
         type=_seconds,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
+from agent.cli.progress import LiveLine, bar
 from agent.client import AgentClient
 
 __all__ = ["add_migration_commands", "progress_line"]
@@ -21,7 +22,6 @@ _ENDED = (
     mpb.MIGRATION_STATE_FAILED,
     mpb.MIGRATION_STATE_CANCELLED,
 )
-_BAR = 24
 
 
 def add_migration_commands(command: Command, connect: Connect) -> None:
@@ -72,11 +72,11 @@ def _migrate(args: argparse.Namespace, client: AgentClient) -> int:
         if not args.wait:
             return 0
         last = migration
+        line = LiveLine(sys.stderr)
         for update in client.watch_migration(migration.id):
             last = update
-            sys.stderr.write("\r" + progress_line(update))
-            sys.stderr.flush()
-        sys.stderr.write("\n")
+            line.show(progress_line(update))
+        line.end()
         print(_outcome(last))
         return 0 if last.state == mpb.MIGRATION_STATE_SUCCEEDED else 1
 
@@ -84,11 +84,9 @@ def _migrate(args: argparse.Namespace, client: AgentClient) -> int:
 def progress_line(migration: mpb.Migration) -> str:
     """``Running [#######.....] 120/256 MiB, 136 MiB left, iteration 2, dirty 3 MiB/s``."""
     p = migration.progress
-    total = max(p.data_total_bytes, 1)
-    filled = int(_BAR * min(p.data_processed_bytes / total, 1.0))
-    bar = "#" * filled + "." * (_BAR - filled)
+    fraction = p.data_processed_bytes / max(p.data_total_bytes, 1)
     return (
-        f"{_state(migration.state):9} [{bar}] {_mib(p.data_processed_bytes)}/"
+        f"{_state(migration.state):9} {bar(fraction)} {_mib(p.data_processed_bytes)}/"
         f"{_mib(p.data_total_bytes)} MiB, {_mib(p.data_remaining_bytes)} MiB left, "
         f"iteration {p.memory_iteration}, dirty {_mib(p.dirty_rate_bytes_per_second)} MiB/s"
     )
