@@ -177,8 +177,9 @@ def _disk_flags(add: Any) -> None:
     )
     add(
         "--secrets-dir",
-        help="cloud-init secretRef files: <dir>/<namespace>/<name>/userdata "
-        "(default <state-dir>/secrets)",
+        help="node files of secrets (<dir>/<namespace>/<name>/<key>), config maps "
+        "(<namespace>/_configmaps/<name>/<key>) and service accounts "
+        "(<namespace>/_serviceaccounts/<name>/<key>) (default <state-dir>/secrets)",
     )
     add("--registry-config", help="registry credentials, docker config.json format")
     add("--registry-ca", help="CA bundle (PEM) for HTTPS registries (default: the system's)")
