@@ -7,13 +7,17 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import vm_pb2, vm_service_pb2
 from agent.api.convert import vm_to_proto
 from agent.cli.main import main
+from agent.cli.migrate import progress_line
+from agent.cli.output import describe_vm
 from agent.cli.progress import LiveLine, Transfer, VMProgress, bar, transfers
 from agent.disks.ports import PullProgress
 from agent.domain.pullstatus import PullStatusPublisher
@@ -163,3 +167,24 @@ def test_apply_wait_shows_the_pull_then_waits_for_running(
     assert [line.split(" [")[0] for line in err[1:4]] == [f"volume root {IMAGE}"] * 3
     assert "100.0 MiB of 100.0 MiB" in err[3]
     assert err[-1] == "vm default/web: Running (Booted)"
+
+
+def test_migrate_wait_draws_the_same_bar() -> None:
+    migration = mpb.Migration(state=mpb.MIGRATION_STATE_RUNNING)
+    migration.progress.data_processed_bytes = 128 * MIB
+    migration.progress.data_total_bytes = 256 * MIB
+    assert f"Running   {bar(0.5)} 128/256 MiB" in progress_line(migration)
+
+
+def test_describe_names_config_volumes() -> None:
+    vm = running()
+    for name, kind in (("creds", "secret"), ("app", "config_map"), ("sa", "service_account")):
+        vm.spec.template.spec.domain.devices.disks.add(name=name)
+        volume = vm.spec.template.spec.volumes.add(name=name)
+        getattr(volume, kind).SetInParent()
+    vm.spec.template.spec.volumes[0].secret.secret_name = "db-creds"
+    vm.spec.template.spec.volumes[1].config_map.name = "app-config"
+    vm.spec.template.spec.volumes[2].service_account.service_account_name = "default"
+    text = describe_vm(vm, datetime.now(UTC))
+    for shown in ("secret db-creds", "configMap app-config", "serviceAccount default"):
+        assert shown in text
