@@ -22,6 +22,7 @@ from agent.adapters.libvirt import LibvirtHypervisor
 from agent.adapters.libvirt_migration import LibvirtMigration
 from agent.adapters.netlink import PyRoute2Links
 from agent.adapters.nft import NftCli
+from agent.adapters.postcopy import PostCopyProbe
 from agent.adapters.probing import SocketProber
 from agent.adapters.qemuimg import QemuImg
 from agent.adapters.registry import HttpxRegistry
@@ -50,6 +51,7 @@ from agent.metrics.setup import start_metrics
 from agent.migration.records import MigrationBook
 from agent.migration.service import Migrations
 from agent.migration.source import OutgoingMigrations
+from agent.migration.store import MigrationStore
 from agent.migration.target import IncomingMigrations
 from agent.network.dhcpd import DhcpServer
 from agent.network.ipam import parse_pool
@@ -97,6 +99,8 @@ class Agent:
             self.service.readiness,
             migrating,
         )
+        if self.migrations is not None:
+            self.migrations.recover()  # (before the first resync: it keeps what they hold)
         self.server.grpc_server.start()
         self.hv.open(wait=False)
         if self.probes is not None:
@@ -328,7 +332,8 @@ def _migrations(
     service: VMService,
     networking: tuple[RoutedNetwork, DhcpServer] | None,
 ) -> Migrations:
-    book = MigrationBook()
+    store = MigrationStore(os.path.join(settings.state_dir, "migrations"))
+    book = MigrationBook(store=store)
     migrator = LibvirtMigration(hv)
     outgoing = OutgoingMigrations(
         service,
@@ -337,6 +342,7 @@ def _migrations(
         book,
         max_outbound=settings.max_outbound_migrations,
         enabled=settings.migration,
+        tls=settings.migration_tls,
     )
     address = _migration_address(settings, networking[0] if networking else None)
     incoming = IncomingMigrations(
@@ -348,5 +354,7 @@ def _migrations(
         host=PsutilHostProbe(),
         reserved_memory=settings.reserved_memory,
         enabled=settings.migration and bool(address),
+        tls=settings.migration_tls,
+        post_copy_unsupported=PostCopyProbe(settings.qemu_user, lambda: hv.versions()[1]),
     )
     return Migrations(book, outgoing, incoming)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.client import AgentCallError, AgentClient, TLSOptions
 from agent.errors import AgentError, FailedPrecondition, ResourceExhausted, Unavailable
@@ -12,6 +14,7 @@ __all__ = ["GrpcTargetAgents"]
 
 _PREPARE_SECONDS = 600.0  # an image pull on the target may take a while
 _CALL_SECONDS = 15.0
+_CHECK_SECONDS = 10.0  # the target's checks before MigrateVirtualMachine answers
 
 
 class GrpcTarget:
@@ -22,17 +25,30 @@ class GrpcTarget:
         self.source_node = source_node
 
     def prepare(
-        self, migration_id: str, namespace: str, name: str, metadata_xml: str, memory_bytes: int
+        self,
+        migration_id: str,
+        namespace: str,
+        name: str,
+        metadata_xml: str,
+        memory_bytes: int,
+        *,
+        validate_only: bool = False,
+        post_copy: bool = False,
+        digests: Mapping[str, str] | None = None,
     ) -> PreparedTarget:
-        self._check_reachable(namespace, name)
+        if not validate_only:
+            self._check_reachable(namespace, name)
         request = mpb.PrepareMigrationTargetRequest(
             migration_id=migration_id, namespace=namespace, name=name,
             metadata_xml=metadata_xml, source_node=self.source_node, memory_bytes=memory_bytes,
+            validate_only=validate_only, post_copy=post_copy,
+            container_disk_digests=dict(digests or {}),
         )  # fmt: skip
+        timeout = _CHECK_SECONDS if validate_only else _PREPARE_SECONDS
         try:
-            answer = self.client.prepare_migration_target(request, timeout=_PREPARE_SECONDS)
+            answer = self.client.prepare_migration_target(request, timeout=timeout)
         except AgentCallError as exc:
-            raise _error(exc, "preparing") from exc
+            raise _error(exc, "checking" if validate_only else "preparing") from exc
         return PreparedTarget(
             libvirt_uri=answer.libvirt_uri,
             migration_uri=answer.migration_uri,

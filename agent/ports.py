@@ -247,6 +247,7 @@ class MigrationJob:
     post_copy: bool = False
     copy_disks: tuple[str, ...] = ()  # target devs (vda...) copied by incremental storage copy
     shared_disks: bool = False  # host disks on storage both nodes share (libvirt cannot tell)
+    tls: bool = False  # the migration stream over TLS (libvirt's VIR_MIGRATE_TLS)
 
 
 class Migrator(Protocol):

@@ -11,7 +11,7 @@ from agent.adapters.libvirt import LibvirtHypervisor
 from agent.errors import FailedPrecondition, NotFound
 from agent.ports import JobSample, MigrationJob
 
-__all__ = ["LibvirtMigration"]
+__all__ = ["LibvirtMigration", "migration_call"]
 
 # Live, libvirtd to libvirtd, defined on the target and gone from the source on success.
 _BASE_FLAGS = (
@@ -49,27 +49,7 @@ class LibvirtMigration:
         return self.hv.with_domain(name, "reading the migratable definition of", read)
 
     def migrate(self, name: str, job: MigrationJob) -> None:
-        flags = _BASE_FLAGS
-        params: dict[str, Any] = {
-            libvirt.VIR_MIGRATE_PARAM_URI: job.migration_uri,
-            libvirt.VIR_MIGRATE_PARAM_DEST_XML: job.dest_xml,
-            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: job.persist_xml,
-        }
-        if job.bandwidth_mib:
-            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = job.bandwidth_mib
-        if job.parallel_connections > 1:
-            flags |= libvirt.VIR_MIGRATE_PARALLEL
-            params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = job.parallel_connections
-        if job.auto_converge:
-            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
-        if job.post_copy:
-            flags |= libvirt.VIR_MIGRATE_POSTCOPY
-        if job.shared_disks:
-            flags |= libvirt.VIR_MIGRATE_UNSAFE  # the caller vouches for its shared disks
-        if job.copy_disks:
-            # Incremental: the target has the same backing images; only the top layer moves.
-            flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
-            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(job.copy_disks)
+        flags, params = migration_call(job)
         self.hv.with_domain(
             name, "migrating", lambda dom: dom.migrateToURI3(job.libvirt_uri, params, flags)
         )
@@ -125,6 +105,34 @@ class LibvirtMigration:
 
     def start_post_copy(self, name: str) -> None:
         self.hv.with_domain(name, "switching to post-copy", lambda dom: dom.migrateStartPostCopy(0))
+
+
+def migration_call(job: MigrationJob) -> tuple[int, dict[str, Any]]:
+    """The flags and typed parameters of ``migrateToURI3`` for ``job``."""
+    flags = _BASE_FLAGS
+    params: dict[str, Any] = {
+        libvirt.VIR_MIGRATE_PARAM_URI: job.migration_uri,
+        libvirt.VIR_MIGRATE_PARAM_DEST_XML: job.dest_xml,
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: job.persist_xml,
+    }
+    if job.bandwidth_mib:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = job.bandwidth_mib
+    if job.parallel_connections > 1:
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = job.parallel_connections
+    if job.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if job.post_copy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if job.tls:
+        flags |= libvirt.VIR_MIGRATE_TLS  # QEMU's TLS with libvirt's certificates (qemu.conf)
+    if job.shared_disks:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE  # the caller vouches for its shared disks
+    if job.copy_disks:
+        # Incremental: the target has the same backing images; only the top layer moves.
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(job.copy_disks)
+    return flags, params
 
 
 def _sample(stats: dict[str, Any], *, post_copy: bool) -> JobSample:

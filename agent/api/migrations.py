@@ -191,6 +191,9 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
             request.source_node,
             request.memory_bytes,
             vm=(request.namespace, request.name),
+            validate_only=request.validate_only,
+            post_copy=request.post_copy,
+            digests=dict(request.container_disk_digests),
         )
         return mpb.PrepareMigrationTargetResponse(
             libvirt_uri=answer.libvirt_uri,

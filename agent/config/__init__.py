@@ -103,6 +103,8 @@ class Settings:
     migration_address: str = ""  # empty: the uplink's address
     max_outbound_migrations: int = 2
     max_inbound_migrations: int = 2
+    # libvirt's TLS: the target's libvirtd over qemu+tls, the stream with VIR_MIGRATE_TLS.
+    migration_tls: bool = False
 
 
 # Settings naming files the daemon reads at startup (see check_files).

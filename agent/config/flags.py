@@ -155,6 +155,13 @@ def _migration_flags(add: Any) -> None:
     )
     add("--max-outbound-migrations", help="migrations leaving this node at once (default 2)")
     add("--max-inbound-migrations", help="migrations arriving on this node at once (default 2)")
+    add(
+        "--migration-tls",
+        action="store_const",
+        const=True,
+        help="migrate over libvirt's TLS: qemu+tls:// to the target's libvirtd and the "
+        "migration stream encrypted (VIR_MIGRATE_TLS); see docs/migration.md",
+    )
 
 
 def _disk_flags(add: Any) -> None:

@@ -128,6 +128,9 @@ class ImageCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def entry(self, digest: str) -> CacheEntry | None:
+        return self._read(digest)
+
     def has(self, digest: str) -> bool:
         return self._read(digest) is not None
 

@@ -133,6 +133,21 @@ class ContainerDisks:
                 manifest = self._fetch_manifest(image, resolved.digest)
             return self._pull(image, key, manifest, user, path, progress)
 
+    def digest_in_use(self, image: ImageRef, path: str, user: str) -> str:
+        """The manifest digest of the cached entry ``user`` runs ``image`` (``path`` in it)
+        from; "" when none is recorded."""
+        candidates = []
+        for key in self.cache.entries():
+            digest = key.split("+")[0]
+            if key != cache_key(digest, path) or user not in self.cache.users(key):
+                continue
+            entry = self.cache.entry(key)
+            if entry is not None and entry.image == str(image):
+                return digest
+            candidates.append(digest)
+        # Pulled first under another spelling of the reference: one entry is unambiguous.
+        return candidates[0] if len(candidates) == 1 else ""
+
     def release(self, user: str) -> None:
         self.cache.release(user)
 

@@ -9,10 +9,12 @@ roots (see ``agent.paths``); every refusal names the field.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.disks.cloudinit import (
@@ -132,8 +134,11 @@ class VMFiles:
     def console_log(self, domain: str) -> str:
         return os.path.join(self.vm_dir(domain), "console.log")
 
-    def prepare(self, vm: VMSpec, domain: str) -> PreparedFiles:
-        """Resolve every path and create missing files; safe to call again."""
+    def prepare(
+        self, vm: VMSpec, domain: str, *, pins: Mapping[str, str] | None = None
+    ) -> PreparedFiles:
+        """Resolve every path and create missing files; safe to call again. ``pins`` maps a
+        containerDisk volume to the manifest digest it must use (pulled and verified by it)."""
         kernel = initrd = ""
         boot = vm.firmware.kernel_boot
         field = f"{_INSTANCE}.domain.firmware.kernelBoot.container"
@@ -148,7 +153,9 @@ class VMFiles:
         for folder in (os.path.dirname(self.vm_dir(domain)), self.vm_dir(domain)):
             os.chmod(folder, _FOLDER_MODE)  # (the umask may have taken the x bits)
         try:
-            disks = tuple(self._disk(vm, domain, index) for index in range(len(vm.volumes)))
+            disks = tuple(
+                self._disk(vm, domain, index, pins or {}) for index in range(len(vm.volumes))
+            )
         except Exception:
             if created_dir:
                 self.remove(domain)
@@ -159,7 +166,7 @@ class VMFiles:
             _write_if_changed(ignition, vm.ignition_data.encode())
         return PreparedFiles(kernel, initrd, self.console_log(domain), disks, ignition)
 
-    def _disk(self, vm: VMSpec, domain: str, index: int) -> DiskBacking:
+    def _disk(self, vm: VMSpec, domain: str, index: int, pins: Mapping[str, str]) -> DiskBacking:
         volume = vm.volumes[index]
         field = f"{_INSTANCE}.volumes[{index}]"
         source = volume.source
@@ -174,6 +181,9 @@ class VMFiles:
                 os.chmod(path, _FILE_MODE)
             return DiskBacking(name=volume.name, path=path, format="qcow2")
         if isinstance(source, ContainerDisk):
+            if volume.name in pins:  # the same image as the migration's source, by digest
+                image = dataclasses.replace(source.image, digest=pins[volume.name])
+                source = dataclasses.replace(source, image=image)
             return self._container_disk(vm, domain, volume, source, f"{field}.containerDisk")
         if isinstance(source, CloudInitNoCloud):
             return self._seed(vm, domain, volume.name, source, f"{field}.cloudInitNoCloud")
@@ -281,6 +291,21 @@ class VMFiles:
             self.support.iso.write_iso(path, label, files)
             os.chmod(path, _FILE_MODE)  # secret contents: QEMU's user and root only
         return DiskBacking(name=volume, path=path, format="raw", readonly=readonly)
+
+    def container_digests(self, vm: VMSpec, domain: str) -> dict[str, str]:
+        """containerDisk volume → the manifest digest ``domain`` runs it from (volumes whose
+        cache entry cannot be told are left out)."""
+        disks = self.support.container_disks
+        if disks is None:
+            return {}
+        found = {}
+        for volume in vm.volumes:
+            source = volume.source
+            if isinstance(source, ContainerDisk):
+                digest = disks.digest_in_use(source.image, source.path, domain)
+                if digest:
+                    found[volume.name] = digest
+        return found
 
     def remove(self, domain: str) -> None:
         """Delete everything the agent made for the VM; a missing folder is fine."""

@@ -69,6 +69,8 @@ def derive_status(
 
 def _phase(info: DomainInfo, *, never_started: bool) -> tuple[Phase, str]:
     state, reason = info.state, info.reason
+    if reason == "postcopy_failed":  # (paused, or running on a target since libvirt 8.5)
+        return Phase.FAILED, "PostCopyFailed"  # its memory is split between two nodes
     if state in (DomainState.RUNNING, DomainState.BLOCKED, DomainState.SHUTDOWN):
         return Phase.RUNNING, "ShuttingDown" if state == DomainState.SHUTDOWN else "Booted"
     if state == DomainState.PAUSED:
@@ -76,7 +78,7 @@ def _phase(info: DomainInfo, *, never_started: bool) -> tuple[Phase, str]:
             return Phase.MIGRATING, "Migrating"
         if reason == "starting_up":
             return Phase.PENDING, "Starting"
-        if reason in ("ioerror", "watchdog", "crashed", "postcopy_failed"):
+        if reason in ("ioerror", "watchdog", "crashed"):
             return Phase.PAUSED, reason.title().replace("_", "")
         return Phase.PAUSED, "Paused"
     if state == DomainState.CRASHED:

@@ -10,7 +10,8 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport, require_node_support
 from agent.domain.files import VMFiles
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _SHUTDOWN_RESEND_SECONDS = 5.0  # a booting guest can miss an ACPI event (KubeVirt, Nova)
 _DESTROY_WAIT_SECONDS = 30.0
+_NONE: Mapping[str, str] = MappingProxyType({})
 
 Current = tuple[DomainInfo, VMSpec, Bookkeeping]
 
@@ -172,9 +174,12 @@ class DomainSteps:
                 self.files.remove(domain)
             raise
 
-    def definition(self, domain: str, spec: VMSpec, books: Bookkeeping) -> str:
-        """The domain XML of the VM on this node; creates its missing files (idempotent)."""
-        prepared = self.files.prepare(spec, domain)
+    def definition(
+        self, domain: str, spec: VMSpec, books: Bookkeeping, *, pins: Mapping[str, str] = _NONE
+    ) -> str:
+        """The domain XML of the VM on this node; creates its missing files (idempotent).
+        ``pins``: containerDisk volume → the manifest digest to use (a migration's source's)."""
+        prepared = self.files.prepare(spec, domain, pins=pins)
         plan = HostPlan(
             domain_name=domain,
             uuid=spec.uid,

@@ -135,7 +135,8 @@ def downtime_steps(max_downtime_ms: int, steps: int) -> list[int]:
 class Policy:
     """Feed ``observe`` each sample; apply what it returns, in order.
 
-    ``size_bytes`` is memory plus the disks libvirt copies (for the completion timeout).
+    ``size_bytes`` is memory plus the disks libvirt copies (for the completion timeout), as
+    known at the start; the job's storage-copy total (``disk_total``) is added once seen.
     """
 
     def __init__(
@@ -144,8 +145,10 @@ class Policy:
         self.options = options
         self._clock = clock
         self._started = clock()
-        size_gib = max(1.0, size_bytes / GIB)
-        self.completion_timeout_s = options.completion_timeout_per_gib_s * size_gib
+        self._known_bytes = size_bytes
+        self.size_bytes = 0
+        self.completion_timeout_s = 0.0
+        self._grow(size_bytes)
         self._steps = downtime_steps(options.max_downtime_ms, options.downtime_steps)
         self._step = -1
         self._lowmark: int | None = None
@@ -159,6 +162,13 @@ class Policy:
     def downtime_ms(self) -> int:
         """The downtime allowed now (0 before the first decision)."""
         return self._steps[self._step] if self._step >= 0 else 0
+
+    def _grow(self, size_bytes: int) -> None:
+        """The completion timeout follows the GiB to copy (at least one)."""
+        if size_bytes > self.size_bytes:
+            self.size_bytes = size_bytes
+            size_gib = max(1.0, size_bytes / GIB)
+            self.completion_timeout_s = self.options.completion_timeout_per_gib_s * size_gib
 
     def set_max_downtime(self, milliseconds: int) -> None:
         """A caller raised or lowered the limit while running: the steps lead there now."""
@@ -176,6 +186,7 @@ class Policy:
             self._post_copy = True
             return decisions
         now = self._clock()
+        self._grow(self._known_bytes + sample.disk_total)
         self._track_progress(sample, now)
         decisions += self._on_iteration(sample)
         decisions += self._on_time(now)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,8 +26,20 @@ class MigrationTarget(Protocol):
     """The target node's agent, as the source sees it."""
 
     def prepare(
-        self, migration_id: str, namespace: str, name: str, metadata_xml: str, memory_bytes: int
-    ) -> PreparedTarget: ...
+        self,
+        migration_id: str,
+        namespace: str,
+        name: str,
+        metadata_xml: str,
+        memory_bytes: int,
+        *,
+        validate_only: bool = False,
+        post_copy: bool = False,
+        digests: Mapping[str, str] | None = None,
+    ) -> PreparedTarget:
+        """Ready the target (``validate_only``: only its checks, nothing made, an answer
+        naming its node alone); ``digests`` pins containerDisk volumes to manifests."""
+        ...
 
     def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
         """Tell the target how it ended; returns the downtime (ms, 0: unknown) and final

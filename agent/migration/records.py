@@ -12,11 +12,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import agent.metrics.agent_metrics as agent_metrics
 from agent.errors import NotFound
 from agent.migration.policy import MigrationOptions
 from agent.ports import JobSample
+
+if TYPE_CHECKING:
+    from agent.migration.store import MigrationStore
 
 __all__ = ["ENDED", "MigrationBook", "MigrationRecord", "State"]
 
@@ -33,6 +37,8 @@ class State:
     CANCELLED = "Cancelled"
 
 
+# What the monitor changes every poll: not worth a write unless the state changes too.
+_MONITORED = frozenset({"progress", "allowed_downtime_ms", "state"})
 ENDED = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
 SOURCE = "source"
 TARGET = "target"
@@ -56,6 +62,9 @@ class MigrationRecord:
     allowed_downtime_ms: int = 0
     downtime_ms: int = 0
     message: str = ""
+    # The VM's spec and books as the domain metadata carries them (this node's allocation on
+    # the target): what a restarted agent needs to finish or undo the migration.
+    metadata_xml: str = ""
     version: int = 0  # grows with every change, for watchers
 
     @property
@@ -68,20 +77,37 @@ class MigrationRecord:
 
 
 class MigrationBook:
-    """Records by id; ended ones are forgotten after ``retention`` seconds."""
+    """Records by id; ended ones are forgotten after ``retention`` seconds. With a
+    ``store``, every change of state is written to disk and ``load`` reads them back."""
 
     def __init__(
-        self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time
+        self,
+        *,
+        retention: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        store: MigrationStore | None = None,
     ) -> None:
         self._records: dict[str, MigrationRecord] = {}
         self._changed = threading.Condition()
         self._retention = retention
         self._clock = clock
+        self._store = store
+
+    def load(self) -> builtins.list[MigrationRecord]:
+        """Read the stored records (after a restart); returns those that had not ended."""
+        if self._store is None:
+            return []
+        with self._changed:
+            for record in self._store.load():
+                self._records[record.id] = record
+            self._prune()
+            return [r for r in self._records.values() if not r.ended]
 
     def add(self, record: MigrationRecord) -> MigrationRecord:
         with self._changed:
             self._prune()
             self._records[record.id] = record
+            self._save(record)
             self._changed.notify_all()
             return record
 
@@ -98,6 +124,8 @@ class MigrationBook:
                     new.role, new.state.lower(), new.ended_at - new.started_at
                 )
             self._records[migration_id] = new
+            if new.state != record.state or set(changes) - _MONITORED:
+                self._save(new)
             self._changed.notify_all()
             return new
 
@@ -153,7 +181,13 @@ class MigrationBook:
             raise NotFound(f"migration {migration_id!r} not found")
         return record
 
+    def _save(self, record: MigrationRecord) -> None:
+        if self._store is not None:
+            self._store.save(record)
+
     def _prune(self) -> None:
         cutoff = self._clock() - self._retention
         for key in [k for k, r in self._records.items() if r.ended and r.ended_at < cutoff]:
             del self._records[key]
+            if self._store is not None:
+                self._store.delete(key)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from agent.migration.policy import MigrationOptions
 from agent.migration.ports import PreparedTarget
-from agent.migration.records import MigrationBook, MigrationRecord
+from agent.migration.records import SOURCE, MigrationBook, MigrationRecord
 from agent.migration.source import OutgoingMigrations
 from agent.migration.target import IncomingMigrations
 from agent.ports import JobSample
@@ -81,8 +81,23 @@ class Migrations:
         memory_bytes: int,
         *,
         vm: tuple[str, str],
+        validate_only: bool = False,
+        post_copy: bool = False,
+        digests: Mapping[str, str] | None = None,
     ) -> PreparedTarget:
-        return self.incoming.prepare(migration_id, metadata_xml, source_node, memory_bytes, vm=vm)
+        return self.incoming.prepare(
+            migration_id, metadata_xml, source_node, memory_bytes, vm=vm,
+            validate_only=validate_only, post_copy=post_copy, digests=digests,
+        )  # fmt: skip
+
+    def recover(self) -> None:
+        """Find the migrations a previous agent process left unfinished (stored records)
+        and follow each to its end; before the first resync."""
+        for record in self.book.load():
+            if record.role == SOURCE:
+                self.outgoing.follow(record)
+            else:
+                self.incoming.recover(record)
 
     def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
         return self.incoming.finish(migration_id, succeeded=succeeded, message=message)

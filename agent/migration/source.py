@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from agent.domain.lifecycle import VMService
 from agent.domain.metadata import metadata_payload
@@ -25,36 +24,22 @@ from agent.errors import (
     AlreadyExists,
     Conflict,
     FailedPrecondition,
-    InvalidSpec,
     ResourceExhausted,
 )
 from agent.migration import xml as migration_xml
-from agent.migration.policy import (
-    Abort,
-    Decision,
-    MigrationOptions,
-    Policy,
-    SetDowntime,
-    StartPostCopy,
-)
+from agent.migration.monitor import Control, clean_source, watch_job
+from agent.migration.policy import MigrationOptions, Policy
 from agent.migration.ports import MigrationTarget, PreparedTarget, TargetAgents
+from agent.migration.precheck import ask_target, check_vm
 from agent.migration.records import SOURCE, MigrationBook, MigrationRecord, State
-from agent.models import Bookkeeping, Phase, VMSpec
+from agent.migration.resume import resume_outgoing
+from agent.models import Bookkeeping, VMSpec
 from agent.naming import domain_name, vm_key
-from agent.ports import DomainState, JobSample, MigrationJob, Migrator
+from agent.ports import JobSample, MigrationJob, Migrator
 
 __all__ = ["OutgoingMigrations"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Control:
-    """What callers may ask of a running migration (read by its thread)."""
-
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    policy: Policy | None = None
-    abort_reason: str = ""
 
 
 class OutgoingMigrations:
@@ -69,6 +54,7 @@ class OutgoingMigrations:
         *,
         max_outbound: int = 2,
         enabled: bool = True,
+        tls: bool = False,
         poll_interval: float = 0.5,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -78,12 +64,13 @@ class OutgoingMigrations:
         self.agents = agents
         self.book = book
         self.enabled = enabled
+        self.tls = tls  # the migration stream over TLS (also when the target asks for it)
         self._slots = threading.Semaphore(max_outbound)
-        self._poll = poll_interval
+        self.poll_interval = poll_interval
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._controls: dict[str, _Control] = {}
+        self._controls: dict[str, Control] = {}
         self._requests: dict[str, str] = {}  # request id → migration id
 
     # -- API ------------------------------------------------------------------------------
@@ -96,12 +83,23 @@ class OutgoingMigrations:
         options: MigrationOptions,
         request_id: str = "",
     ) -> MigrationRecord:
-        """Validate and start; returns at once with the record (Pending)."""
+        """Validate, have the target check it can take the VM, and start; returns with the
+        record (Pending). Whatever is refused (here or by the target) changes nothing."""
         with self._lock:
             if request_id in self._requests:
                 return self.book.get(self._requests[request_id])
-            record = self._new_record(namespace, name, target_agent, options)
-            self._controls[record.id] = _Control()
+        if not self.enabled:
+            raise FailedPrecondition(f"node {self.service.node_name} runs with --no-migration")
+        check_vm(self.service, self.book, namespace, name, target_agent, options)
+        migration_id = str(uuid.uuid4())
+        vm = (namespace, name)
+        target_node = ask_target(self.service, self.agents, migration_id, vm, target_agent, options)
+        with self._lock:
+            if request_id in self._requests:
+                return self.book.get(self._requests[request_id])
+            record = self._new_record(migration_id, namespace, name, target_agent, options)
+            record = self.book.update(record.id, target_node=target_node)
+            self._controls[record.id] = Control()
             if request_id:
                 self._requests[request_id] = record.id
         # daemon: libvirtd carries a migration on without the agent, whose exit must not wait
@@ -109,6 +107,25 @@ class OutgoingMigrations:
             target=self._run, args=(record.id,), name=f"migrate-{name}", daemon=True
         ).start()
         return record
+
+    def follow(self, record: MigrationRecord) -> None:
+        """Take over a migration a previous agent process started (its stored record)."""
+        control = Control()
+        with self._lock:
+            self._controls[record.id] = control
+        threading.Thread(
+            target=self._resume, args=(record, control), name=f"resume-{record.name}", daemon=True
+        ).start()
+
+    def _resume(self, record: MigrationRecord, control: Control) -> None:
+        try:
+            resume_outgoing(self, record, control)
+        except Exception as exc:
+            log.exception("following migration %s after a restart", record.id)
+            self._end(record.id, State.FAILED, f"following it after a restart: {exc}")
+        finally:
+            with self._lock:
+                self._controls.pop(record.id, None)
 
     def cancel(self, migration_id: str) -> MigrationRecord:
         record = self.book.get(migration_id)
@@ -149,31 +166,24 @@ class OutgoingMigrations:
     # -- the flow -------------------------------------------------------------------------
 
     def _new_record(
-        self, namespace: str, name: str, target_agent: str, options: MigrationOptions
+        self,
+        migration_id: str,
+        namespace: str,
+        name: str,
+        target_agent: str,
+        options: MigrationOptions,
     ) -> MigrationRecord:
-        if not self.enabled:
-            raise FailedPrecondition(f"node {self.service.node_name} runs with --no-migration")
-        if not target_agent:
-            raise InvalidSpec("target_agent", "is required (host:port of the target's agent)")
-        options.validate("options")
         domain = domain_name(namespace, name)
-        active = self.book.active_for(domain, SOURCE)
+        active = self.book.active_for(domain, SOURCE)  # (one may have started meanwhile)
         if active is not None:
             raise AlreadyExists(f"vm {vm_key(domain)} is already migrating: migration {active.id}")
-        vm = self.service.get(namespace, name)  # NotFound
-        if vm.status.phase != Phase.RUNNING:
-            raise FailedPrecondition(
-                f"vm {vm_key(domain)} is {vm.status.phase.value}; only a running VM migrates"
-            )
-        if vm.status.running_generation and vm.status.running_generation != vm.books.generation:
-            raise FailedPrecondition(
-                f"vm {vm_key(domain)} has a spec change waiting for a restart; restart it first"
-            )
+        _, spec, books = self.service.steps.require(domain)
         return self.book.add(
             MigrationRecord(
-                id=str(uuid.uuid4()), namespace=namespace, name=name, uid=vm.spec.uid,
+                id=migration_id, namespace=namespace, name=name, uid=spec.uid,
                 role=SOURCE, state=State.PENDING, source_node=self.service.node_name,
                 target_agent=target_agent, started_at=self._clock(), options=options,
+                metadata_xml=metadata_payload(spec, books),
             )
         )  # fmt: skip
 
@@ -202,7 +212,7 @@ class OutgoingMigrations:
             with self._lock:
                 self._controls.pop(migration_id, None)
 
-    def _hold_and_migrate(self, migration_id: str, control: _Control) -> None:
+    def _hold_and_migrate(self, migration_id: str, control: Control) -> None:
         record = self.book.get(migration_id)
         steps = self.service.steps
         steps.migrating.add(record.domain)
@@ -214,16 +224,15 @@ class OutgoingMigrations:
             with contextlib.suppress(Exception):
                 steps.refresh(record.domain)
 
-    def _migrate(self, migration_id: str, control: _Control) -> None:
+    def _migrate(self, migration_id: str, control: Control) -> None:
         record = self.book.update(migration_id, state=State.PREPARING)
         domain = record.domain
         _, spec, books = self.service.steps.require(domain)
         live_xml, persistent_xml = self.migrator.migratable_xml(domain)
         target = self.agents.connect(record.target_agent)
         try:
-            prepared = self._prepare_target(
-                target, record, metadata_payload(spec, books), spec.memory_bytes, control
-            )
+            digests = self.service.files.container_digests(spec, domain)
+            prepared = self._prepare_target(target, record, spec, books, digests, control)
             self.book.update(migration_id, target_node=prepared.node_name)
             options = record.options
             job = MigrationJob(
@@ -237,6 +246,7 @@ class OutgoingMigrations:
                 post_copy=options.post_copy,
                 copy_disks=migration_xml.copied_disks(spec, prepared.domain_xml),
                 shared_disks=migration_xml.has_shared_disks(spec),
+                tls=self.tls or prepared.libvirt_uri.startswith("qemu+tls:"),
             )
             error = self._run_job(migration_id, control, job, spec.memory_bytes)
             self._conclude(migration_id, control, target, error, (spec, books))
@@ -250,15 +260,20 @@ class OutgoingMigrations:
         self,
         target: MigrationTarget,
         record: MigrationRecord,
-        metadata: str,
-        memory: int,
-        control: _Control,
+        spec: VMSpec,
+        books: Bookkeeping,
+        digests: dict[str, str],
+        control: Control,
     ) -> PreparedTarget:
         """The target's answer; while it is busy with other incoming migrations, Pending."""
         delay = 1.0
+        metadata = metadata_payload(spec, books)
         while True:
             try:
-                return target.prepare(record.id, record.namespace, record.name, metadata, memory)
+                return target.prepare(
+                    record.id, record.namespace, record.name, metadata, spec.memory_bytes,
+                    post_copy=record.options.post_copy, digests=digests,
+                )  # fmt: skip
             except ResourceExhausted as exc:
                 self.book.update(record.id, state=State.PENDING, message=str(exc))
                 if control.cancelled.wait(delay):
@@ -266,7 +281,7 @@ class OutgoingMigrations:
                 delay = min(delay * 2, 10.0)
                 self.book.update(record.id, state=State.PREPARING, message="")
 
-    def _run_job(self, migration_id: str, control: _Control, job: MigrationJob, size: int) -> str:
+    def _run_job(self, migration_id: str, control: Control, job: MigrationJob, size: int) -> str:
         """Migrate with the monitor running; returns "" on success, else why it failed."""
         domain = self.book.get(migration_id).domain
         if control.cancelled.is_set():
@@ -275,8 +290,8 @@ class OutgoingMigrations:
         self.book.update(migration_id, state=State.RUNNING)
         done = threading.Event()
         monitor = threading.Thread(
-            target=self._monitor,
-            args=(migration_id, control, done),
+            target=watch_job,
+            args=(self.book, self.migrator, migration_id, control, done, self.poll_interval),
             name=f"monitor-{domain}",
             daemon=True,
         )
@@ -290,15 +305,33 @@ class OutgoingMigrations:
             done.set()
             monitor.join()
 
+    def _post_copy_failed(self, domain: str, control: Control) -> bool:
+        """Whether the job failed after the switch to post-copy (the guest's memory is
+        split between the nodes: neither copy can run on)."""
+        if control.post_copy:
+            return True
+        with contextlib.suppress(AgentError):
+            info = self.service.hv.lookup(domain)
+            return info is not None and info.reason == "postcopy_failed"
+        return False
+
     def _conclude(
         self,
         migration_id: str,
-        control: _Control,
+        control: Control,
         target: MigrationTarget,
         error: str,
         vm: tuple[VMSpec, Bookkeeping],
     ) -> None:
         record = self.book.get(migration_id)
+        if error and self._post_copy_failed(record.domain, control):
+            error = (
+                f"post-copy failed: {error}; the guest's memory is split between "
+                f"{record.source_node} and {record.target_node}, it cannot run on: vm failed"
+            )
+            log.error("migration %s of %s: %s", migration_id, record.domain, error)
+            with contextlib.suppress(Exception):
+                self.service.steps.refresh(record.domain)  # (phase Failed, PostCopyFailed)
         if error:
             log.warning("migration %s of %s failed: %s", migration_id, record.domain, error)
             self._tell_target(target, migration_id, succeeded=False, message=error)
@@ -306,7 +339,7 @@ class OutgoingMigrations:
             self._end(migration_id, state, "cancelled" if state == State.CANCELLED else error)
             return
         downtime, final = self._tell_target(target, migration_id, succeeded=True, message="")
-        self._clean_source(record.domain, *vm)
+        clean_source(self.service, record.domain, *vm)
         changes: dict[str, object] = {"downtime_ms": downtime}
         if final.data_processed:
             changes["progress"] = final
@@ -322,56 +355,6 @@ class OutgoingMigrations:
             # The target cleans up what is left when it sees no domain arrive (restart).
             log.warning("telling the target how migration %s ended failed: %s", migration_id, exc)
             return 0, JobSample()
-
-    def _clean_source(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
-        """The guest runs on the target: remove what this node still has of it."""
-        service = self.service
-        current = service.steps.read(domain)
-        if current is not None and current[0].state != DomainState.SHUTOFF:
-            raise FailedPrecondition(f"vm {vm_key(domain)} still runs here after its migration")
-        try:
-            service.network.unplug(domain, spec, books.network)
-        except Exception:
-            log.exception("unplugging the migrated %s failed; reconcile removes it", domain)
-        if current is not None:
-            service.hv.undefine(domain)
-        service.files.remove(domain)
-        service.cache.remove(domain)
-
-    def _monitor(self, migration_id: str, control: _Control, done: threading.Event) -> None:
-        """Read the job stats every poll interval, publish them and apply the policy."""
-        domain = self.book.get(migration_id).domain
-        while not done.wait(self._poll):
-            try:
-                if control.cancelled.is_set():  # a cancel that came before the job existed
-                    self.migrator.abort(domain)
-                sample = self.migrator.job_stats(domain)
-                if sample is None or control.policy is None:
-                    continue
-                decisions = control.policy.observe(sample)
-                state = State.POST_COPY if sample.post_copy else State.RUNNING
-                self.book.update(
-                    migration_id,
-                    progress=sample,
-                    allowed_downtime_ms=control.policy.downtime_ms,
-                    state=state,
-                )
-                for decision in decisions:
-                    self._apply(migration_id, domain, control, decision)
-            except Exception:
-                log.exception("monitoring migration %s", migration_id)
-
-    def _apply(self, migration_id: str, domain: str, control: _Control, decision: Decision) -> None:
-        if isinstance(decision, SetDowntime):
-            self.migrator.set_max_downtime(domain, decision.milliseconds)
-        elif isinstance(decision, StartPostCopy):
-            log.info("migration %s: switching to post-copy: %s", migration_id, decision.reason)
-            self.migrator.start_post_copy(domain)
-            self.book.update(migration_id, state=State.POST_COPY, message=decision.reason)
-        elif isinstance(decision, Abort):
-            log.warning("migration %s: aborting: %s", migration_id, decision.reason)
-            control.abort_reason = decision.reason
-            self.migrator.abort(domain)
 
     def _end(self, migration_id: str, state: str, message: str, **changes: object) -> None:
         self.book.update(migration_id, state=state, message=message, **changes)

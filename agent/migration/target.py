@@ -15,23 +15,16 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from agent.disks.hostdisk import host_disk_path
 from agent.domain.lifecycle import VMService
-from agent.domain.metadata import CorruptMetadata, parse_metadata
-from agent.domain.status import ACTIVE_PHASES
-from agent.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidSpec,
-    ResourceExhausted,
-    Unavailable,
-)
+from agent.domain.metadata import metadata_payload, parse_metadata
+from agent.errors import FailedPrecondition, InvalidSpec, ResourceExhausted, Unavailable
+from agent.migration import admission
 from agent.migration.ports import PreparedTarget
 from agent.migration.records import TARGET, MigrationBook, MigrationRecord, State
-from agent.models import Bookkeeping, HostDisk, VMSpec
+from agent.models import Bookkeeping, VMSpec
 from agent.naming import domain_name, vm_key
 from agent.ports import DomainState, HostProbe, JobSample, Migrator
 
@@ -44,6 +37,9 @@ _CLEANUP_RETRY_SECONDS = 2.0
 _CLEANUP_PATIENCE_SECONDS = 600.0
 _FOLLOW_SECONDS = 2.0
 _ARRIVAL_PATIENCE_SECONDS = 600.0
+# After a restart, an incoming migration whose domain is not here: the source either has not
+# started libvirt's job (it fails on the missing tap and the guest stays there) or it ended.
+_RECOVERED_PATIENCE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +48,7 @@ class _Incoming:
     spec: VMSpec
     books: Bookkeeping
     answer: PreparedTarget
+    patience: float = field(default=_ARRIVAL_PATIENCE_SECONDS)
 
 
 class IncomingMigrations:
@@ -68,6 +65,8 @@ class IncomingMigrations:
         enabled: bool = True,
         host: HostProbe | None = None,
         reserved_memory: int = 0,
+        tls: bool = False,
+        post_copy_unsupported: Callable[[], str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
@@ -77,6 +76,8 @@ class IncomingMigrations:
         self.enabled = enabled
         self.host = host
         self.reserved_memory = reserved_memory
+        self.tls = tls  # libvirtd's TLS listener and QEMU's TLS for the stream
+        self.post_copy_unsupported = post_copy_unsupported
         self._slots = threading.BoundedSemaphore(max_inbound)
         self._max_inbound = max_inbound
         self._clock = clock
@@ -97,18 +98,20 @@ class IncomingMigrations:
         memory_bytes: int,
         *,
         vm: tuple[str, str],
+        validate_only: bool = False,
+        post_copy: bool = False,
+        digests: Mapping[str, str] | None = None,
     ) -> PreparedTarget:
-        """Ready this node for the VM; a repeated call for the same migration answers again.
-
-        ``vm`` is the (namespace, name) the request names, which is what the caller was
-        authorised for: metadata describing any other VM is refused."""
+        """Ready this node for the VM (a repeated call answers again). ``vm``: what the
+        caller was authorised for (metadata of another VM is refused); ``validate_only``:
+        check, make nothing; ``digests``: containerDisk volume → the source's manifest."""
         with self._lock:
             known = self._incoming.get(migration_id)
         if known is not None:
             return known.answer
-        spec, books = self._check(migration_id, metadata_xml, source_node, vm)
-        self._check_memory(spec)
-        self._check_host_disks(spec)
+        spec, books = self._check(migration_id, metadata_xml, source_node, vm, post_copy)
+        if validate_only:
+            return PreparedTarget("", "", self.node_name, "")
         domain = domain_name(spec.namespace, spec.name)
         if not self._slots.acquire(blocking=False):
             raise ResourceExhausted(
@@ -123,18 +126,59 @@ class IncomingMigrations:
             )
         )  # fmt: skip
         try:
-            incoming = self._make_ready(migration_id, domain, spec, books)
+            incoming = self._make_ready(migration_id, domain, spec, books, digests or {})
         except Exception as exc:
             self._slots.release()
             self.book.update(migration_id, state=State.FAILED, message=f"prepare: {exc}")
             raise
+        metadata = metadata_payload(incoming.spec, incoming.books)  # (kept for a restart)
+        self.book.update(migration_id, state=State.RUNNING, metadata_xml=metadata)
+        self._track(migration_id, incoming)
+        return incoming.answer
+
+    def recover(self, record: MigrationRecord) -> None:
+        """Follow an incoming migration a previous agent process left (from its stored
+        record): adopt the guest once it runs here, or remove the preparations once its
+        domain is gone. Called before the first resync, which then leaves its files alone."""
+        try:
+            spec, books = parse_metadata(record.metadata_xml)
+        except Exception as exc:  # prepared before its metadata was stored: nothing to follow
+            self.book.update(record.id, state=State.FAILED, message=f"agent restarted: {exc}")
+            return
+        self._slots.acquire(blocking=False)  # (released at the end; over the limit is fine)
+        answer = PreparedTarget("", "", self.node_name, "")
+        incoming = _Incoming(record.domain, spec, books, answer, _RECOVERED_PATIENCE_SECONDS)
+        self.service.steps.migrating.add(record.domain)
+        self._track(record.id, incoming)
+        log.info("following incoming migration %s of %s after a restart", record.id, spec.key)
+
+    def _track(self, migration_id: str, incoming: _Incoming) -> None:
         with self._lock:
             self._incoming[migration_id] = incoming
-        self.book.update(migration_id, state=State.RUNNING)
         threading.Thread(
-            target=self._follow, args=(migration_id,), name=f"incoming-{domain}", daemon=True
+            target=self._follow,
+            args=(migration_id,),
+            name=f"incoming-{incoming.domain}",
+            daemon=True,
         ).start()
-        return incoming.answer
+
+    def _check(
+        self,
+        migration_id: str,
+        metadata_xml: str,
+        source_node: str,
+        vm: tuple[str, str],
+        post_copy: bool,
+    ) -> tuple[VMSpec, Bookkeeping]:
+        if not self.enabled:
+            raise FailedPrecondition(f"node {self.node_name} runs with --no-migration")
+        if not migration_id:
+            raise InvalidSpec("migration_id", "is required")
+        spec, books = admission.check_request(self.service, metadata_xml, source_node, vm)
+        admission.check_memory(self.service, self.host, self.reserved_memory, spec)
+        admission.check_host_disks(self.service, spec)
+        admission.check_post_copy(self.node_name, self.post_copy_unsupported, post_copy)
+        return spec, books
 
     def finish(self, migration_id: str, *, succeeded: bool, message: str) -> tuple[int, JobSample]:
         """Adopt the VM (it arrived) or remove what prepare made; returns the downtime (ms)
@@ -148,14 +192,18 @@ class IncomingMigrations:
             return self._finish(migration_id, incoming, succeeded=succeeded, message=message)
         finally:
             self.service.steps.migrating.discard(incoming.domain)
-            self._slots.release()
+            with contextlib.suppress(ValueError):  # (one recovered beyond the limit)
+                self._slots.release()
 
     def _follow(self, migration_id: str) -> None:
         """End the migration on this side if the source does not (its agent died): adopt the
         guest once it runs here, clean up once its half-received domain is gone, or when no
         domain came at all within the patience."""
         seen = False
-        deadline = time.monotonic() + self.arrival_patience
+        with self._lock:
+            first = self._incoming.get(migration_id)
+        patience = min(self.arrival_patience, first.patience if first else 0.0)
+        deadline = time.monotonic() + patience
         while True:
             time.sleep(self.follow_interval)
             with self._lock:
@@ -178,68 +226,13 @@ class IncomingMigrations:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _check(
-        self, migration_id: str, metadata_xml: str, source_node: str, vm: tuple[str, str]
-    ) -> tuple[VMSpec, Bookkeeping]:
-        if not self.enabled:
-            raise FailedPrecondition(f"node {self.node_name} runs with --no-migration")
-        if not migration_id:
-            raise InvalidSpec("migration_id", "is required")
-        if source_node == self.node_name:
-            raise FailedPrecondition(
-                f"the target is node {self.node_name}, the VM's own node: pick another node"
-            )
-        try:
-            spec, books = parse_metadata(metadata_xml)
-        except (CorruptMetadata, ValueError) as exc:
-            raise InvalidSpec("metadata_xml", f"unreadable: {exc}") from exc
-        if (spec.namespace, spec.name) != vm:
-            raise InvalidSpec(
-                "metadata_xml", f"describes vm {spec.key}, not the request's {vm[0]}/{vm[1]}"
-            )
-        domain = domain_name(spec.namespace, spec.name)
-        if self.service.hv.lookup(domain) is not None:
-            raise AlreadyExists(f"vm {vm_key(domain)} already exists on node {self.node_name}")
-        return spec, books
-
-    def _check_memory(self, spec: VMSpec) -> None:
-        """FailedPrecondition unless the node's allocatable memory holds the VM besides the
-        VMs it runs (the same allocatable NodeService reports)."""
-        if self.host is None:
-            return
-        allocatable = self.host.facts().memory_bytes - self.reserved_memory
-        used = sum(
-            r.spec.memory_bytes
-            for r in self.service.cache.records()
-            if r.status.phase in ACTIVE_PHASES
-        )
-        if used + spec.memory_bytes > allocatable:
-            mib = 1 << 20
-            raise FailedPrecondition(
-                f"node {self.node_name} cannot take vm {spec.key}: it needs "
-                f"{spec.memory_bytes // mib} MiB, {max(0, allocatable - used) // mib} MiB of "
-                f"{allocatable // mib} MiB allocatable are free"
-            )
-
-    def _check_host_disks(self, spec: VMSpec) -> None:
-        """A hostDisk stays where it is: its file must already be here (shared storage),
-        never created afresh as DiskOrCreate would."""
-        roots = self.service.files.support.host_disk_roots
-        for index, volume in enumerate(spec.volumes):
-            if not isinstance(volume.source, HostDisk):
-                continue
-            field = f"spec.template.spec.volumes[{index}].hostDisk.path"
-            existing = dataclasses.replace(volume.source, type="Disk")
-            try:
-                host_disk_path(roots, existing, field)
-            except InvalidSpec as exc:
-                raise FailedPrecondition(
-                    f"{exc} on node {self.node_name}: hostDisk {volume.name!r} migrates only "
-                    "on storage both nodes share"
-                ) from exc
-
     def _make_ready(
-        self, migration_id: str, domain: str, spec: VMSpec, books: Bookkeeping
+        self,
+        migration_id: str,
+        domain: str,
+        spec: VMSpec,
+        books: Bookkeeping,
+        digests: Mapping[str, str],
     ) -> _Incoming:
         service = self.service
         books = dataclasses.replace(books, node_name=self.node_name)
@@ -248,14 +241,15 @@ class IncomingMigrations:
         )
         service.steps.migrating.add(domain)
         try:
-            definition = service.steps.definition(domain, spec, books)
+            definition = service.steps.definition(domain, spec, books, pins=digests)
             service.network.plug(domain, spec, books.network)
         except Exception:
             service.steps.migrating.discard(domain)
             self._remove(domain, spec, books)
             raise
+        scheme = "qemu+tls" if self.tls else "qemu+tcp"
         answer = PreparedTarget(
-            libvirt_uri=f"qemu+tcp://{self.address}/system",
+            libvirt_uri=f"{scheme}://{self.address}/system",
             migration_uri=f"tcp://{self.address}",
             node_name=self.node_name,
             domain_xml=definition,

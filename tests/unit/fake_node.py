@@ -68,6 +68,13 @@ class RecordingNetwork:
         self.allocated.add(domain)
         return previous or VMAllocation(namespace=spec.namespace, group=1)
 
+    def adopt(
+        self, domain: str, spec: VMSpec, allocation: VMAllocation | None
+    ) -> VMAllocation | None:
+        """(A VM migrating in keeps what the source gave it.)"""
+        self.allocated.add(domain)
+        return allocation
+
     def settle(self, domain: str, allocation: VMAllocation | None) -> None:
         if allocation is None:
             self.allocated.discard(domain)

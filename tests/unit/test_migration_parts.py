@@ -138,7 +138,7 @@ def test_the_target_refuses_a_vm_its_free_memory_cannot_hold() -> None:
     from types import SimpleNamespace
 
     from agent.errors import FailedPrecondition
-    from agent.migration.target import IncomingMigrations
+    from agent.migration.admission import check_memory
     from agent.models import Phase
     from agent.ports import HostFacts
 
@@ -152,36 +152,23 @@ def test_the_target_refuses_a_vm_its_free_memory_cannot_hold() -> None:
         node_name="node-b", cache=SimpleNamespace(records=lambda: [running, stopped])
     )
     host = SimpleNamespace(facts=lambda: HostFacts("node-b", 4, 8 << 30, "qemu64"))
-    incoming = IncomingMigrations(
-        service,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        MigrationBook(),
-        address="192.0.2.12",
-        host=host,  # type: ignore[arg-type]
-        reserved_memory=1 << 30,
-    )
     fits = SimpleNamespace(memory_bytes=4 << 30, key="default/web")
-    incoming._check_memory(fits)  # type: ignore[arg-type]
+    check_memory(service, host, 1 << 30, fits)  # type: ignore[arg-type]
     with pytest.raises(FailedPrecondition, match=r"needs 5120 MiB, 4096 MiB of 7168 MiB"):
-        incoming._check_memory(SimpleNamespace(memory_bytes=5 << 30, key="default/web"))  # type: ignore[arg-type]
+        big = SimpleNamespace(memory_bytes=5 << 30, key="default/web")
+        check_memory(service, host, 1 << 30, big)  # type: ignore[arg-type]
 
 
 def test_the_target_refuses_a_host_disk_it_does_not_share(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from agent.errors import FailedPrecondition
-    from agent.migration.target import IncomingMigrations
+    from agent.migration.admission import check_host_disks
 
     (tmp_path / "shared.img").write_bytes(b"\0" * 4096)
     service = SimpleNamespace(
         node_name="node-b",
         files=SimpleNamespace(support=SimpleNamespace(host_disk_roots=(str(tmp_path),))),
-    )
-    incoming = IncomingMigrations(
-        service,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        MigrationBook(),
-        address="192.0.2.12",
     )
 
     def vm(path: str, kind: str) -> object:
@@ -197,8 +184,8 @@ def test_the_target_refuses_a_host_disk_it_does_not_share(tmp_path: Path) -> Non
             }
         )  # fmt: skip
 
-    incoming._check_host_disks(vm("shared.img", "Disk"))  # type: ignore[arg-type]
+    check_host_disks(service, vm("shared.img", "Disk"))  # type: ignore[arg-type]
     for kind in ("Disk", "DiskOrCreate"):  # never created afresh on the target
         with pytest.raises(FailedPrecondition, match=r"volumes\[0\]\.hostDisk\.path.*'data'"):
-            incoming._check_host_disks(vm("elsewhere.img", kind))  # type: ignore[arg-type]
+            check_host_disks(service, vm("elsewhere.img", kind))  # type: ignore[arg-type]
     assert not (tmp_path / "elsewhere.img").exists()

@@ -564,12 +564,35 @@ class PrepareMigrationTargetRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ContainerDiskDigestsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MIGRATION_ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     METADATA_XML_FIELD_NUMBER: _builtins.int
     SOURCE_NODE_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    POST_COPY_FIELD_NUMBER: _builtins.int
+    CONTAINER_DISK_DIGESTS_FIELD_NUMBER: _builtins.int
     migration_id: _builtins.str
     namespace: _builtins.str
     name: _builtins.str
@@ -578,6 +601,18 @@ class PrepareMigrationTargetRequest(_message.Message):
     source_node: _builtins.str
     memory_bytes: _builtins.int
     """Bytes of memory the VM needs."""
+    validate_only: _builtins.bool
+    """Only check that the target can take the VM (its node, name, memory, hostDisks,
+    post-copy); make nothing. The source asks this before it answers MigrateVirtualMachine.
+    """
+    post_copy: _builtins.bool
+    """Post-copy may be used: the target must be able to run it (QEMU's user needs userfaultfd)."""
+    @_builtins.property
+    def container_disk_digests(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The manifest digest each containerDisk volume (by volume name) runs on at the source:
+        the target uses exactly that image, from its cache or pulled and verified by digest.
+        """
+
     def __init__(
         self,
         *,
@@ -587,10 +622,13 @@ class PrepareMigrationTargetRequest(_message.Message):
         metadata_xml: _builtins.str = ...,
         source_node: _builtins.str = ...,
         memory_bytes: _builtins.int = ...,
+        validate_only: _builtins.bool = ...,
+        post_copy: _builtins.bool = ...,
+        container_disk_digests: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "metadata_xml", b"metadata_xml", "migration_id", b"migration_id", "name", b"name", "namespace", b"namespace", "source_node", b"source_node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_disk_digests", b"container_disk_digests", "memory_bytes", b"memory_bytes", "metadata_xml", b"metadata_xml", "migration_id", b"migration_id", "name", b"name", "namespace", b"namespace", "post_copy", b"post_copy", "source_node", b"source_node", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
