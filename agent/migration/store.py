@@ -41,7 +41,8 @@ class MigrationStore:
         path = self._path(record.id)
         partial = f"{path}.partial"
         try:
-            with open(partial, "w") as handle:
+            # Owner-only: the spec may carry cloud-init user data.
+            with open(partial, "w", opener=lambda p, f: os.open(p, f, 0o600)) as handle:
                 json.dump(data, handle)
             os.replace(partial, path)
         except OSError:

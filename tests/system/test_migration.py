@@ -286,19 +286,30 @@ def test_refusals_name_the_problem_and_change_nothing(pair: Pair) -> None:
         with pytest.raises(AgentCallError) as bad:
             client.migrate("default", "halted", pair.address(b), post_copy=True, auto_converge=True)
         assert bad.value.code.name == "INVALID_ARGUMENT" and "post_copy" in bad.value.message
-        # the target refuses a VM coming from its own node
+        # the call itself fails, before anything is made: a target that is the VM's own
+        # node, one nobody answers at, one that refuses (a VM of that name runs there)
         a.apply(web_vm("stay"))
+        b.apply(guest_vm("stay", run_strategy="Halted"))
         a.wait_phase("stay", vm_pb2.PHASE_RUNNING, timeout=60)
-        to_self = client.migrate("default", "stay", pair.address(a))
-        final = run_to_end(client, to_self.id)[-1]
-        assert final.state == mpb.MIGRATION_STATE_FAILED and "own node" in final.message
-        # nobody answers at the target address
-        lost = client.migrate("default", "stay", f"192.0.2.99:{PORT}")
-        final = run_to_end(client, lost.id)[-1]
-        assert final.state == mpb.MIGRATION_STATE_FAILED
-        assert "192.0.2.99" in final.message and "UNAVAILABLE" in final.message, final.message
+        for target, code, words in (
+            (pair.address(a), "FAILED_PRECONDITION", "own node"),
+            (f"192.0.2.99:{PORT}", "UNAVAILABLE", "192.0.2.99"),
+            (pair.address(b), "FAILED_PRECONDITION", "already exists on node node-b"),
+        ):
+            began = time.monotonic()
+            with pytest.raises(AgentCallError) as refused:
+                client.migrate("default", "stay", target)
+            took = time.monotonic() - began
+            print(f"refused in {took:.1f} s: {refused.value.code.name} {refused.value.message}")
+            assert refused.value.code.name == code and words in refused.value.message
+        assert client.list_migrations() == []  # no migration was started
     assert a.wait_phase("stay", vm_pb2.PHASE_RUNNING, timeout=30)
-    assert not b.vms.ListVirtualMachines(pb.ListVirtualMachinesRequest(), timeout=10).vms
+    assert a.get("stay").status.phase == vm_pb2.PHASE_RUNNING
+    assert [vm.metadata.name for vm in b.vms.ListVirtualMachines(
+        pb.ListVirtualMachinesRequest(), timeout=10).vms] == ["stay"]  # fmt: skip
+    assert not (b.state_dir / "migrations").exists() or not list(
+        (b.state_dir / "migrations").iterdir()
+    )
 
 
 def test_a_cancelled_migration_leaves_the_guest_running_on_the_source(
@@ -464,34 +475,52 @@ def running_here(agent: AgentProcess, name: str) -> bool:
 
 
 def test_the_source_agent_dying_mid_way_leaves_exactly_one_running_copy(pair: Pair) -> None:
+    """kill -9 of the source agent during a throttled migration, restarted at once: it
+    finds the migration again (its stored record, libvirt's job and domain state), follows
+    it to its end, and the guest runs exactly once."""
     a, b = pair.a, pair.b
     with pair.client(a) as client:
         migration_id = started_slow(pair, client, "lonely")
-        client.update_migration(migration_id, bandwidth_mib=8)
     a.stop(signal.SIGKILL)
-    # libvirtd finishes (or aborts) the migration without the agent; node-b's agent follows
-    with pair.client(b) as client:
-        final = wait_for(
-            lambda: (m := client.get_migration(migration_id)).end_time.seconds and m,
-            180,
-            0.5,
-            "node-b to see the migration end",
-        )
-    on_a, on_b = running_here(a, "lonely"), running_here(b, "lonely")
-    print(f"after the source agent died: {mpb.MigrationState.Name(final.state)} on node-b")
-    assert on_a != on_b, (on_a, on_b)
-    if on_b:
-        assert final.state == mpb.MIGRATION_STATE_SUCCEEDED
-        assert b.get("lonely").status.phase == vm_pb2.PHASE_RUNNING
     a.start()
-    if on_b:  # the restarted source does not show (or start) the guest that left ...
-        with pytest.raises(grpc.RpcError):
+    with pair.client(a) as client:
+        back = wait_for(
+            lambda: client.get_migration(migration_id), 30, 0.5, "the record after the restart",
+            ignore=(AgentCallError,),
+        )  # fmt: skip
+        print(f"after the restart: {mpb.MigrationState.Name(back.state)} {back.message!r}")
+        if not back.end_time.seconds:  # libvirtd still moves it: followed, sped up to finish
+            client.update_migration(migration_id, bandwidth_mib=64)
+        mine = wait_for(
+            lambda: (m := client.get_migration(migration_id)).end_time.seconds and m,
+            240,
+            0.5,
+            "the restarted source to end the migration",
+        )
+    with pair.client(b) as client:
+        theirs = wait_for(
+            lambda: (m := client.get_migration(migration_id)).end_time.seconds and m,
+            120,
+            0.5,
+            "node-b to end the migration",
+        )
+    print(f"source: {mpb.MigrationState.Name(mine.state)} {mine.message!r}; "
+          f"target: {mpb.MigrationState.Name(theirs.state)} {theirs.message!r}")  # fmt: skip
+    on_a, on_b = running_here(a, "lonely"), running_here(b, "lonely")
+    assert on_a != on_b, (on_a, on_b)
+    assert mine.role == mpb.MIGRATION_ROLE_SOURCE and mine.state == theirs.state
+    if on_b:
+        assert mine.state == mpb.MIGRATION_STATE_SUCCEEDED
+        assert b.get("lonely").status.phase == vm_pb2.PHASE_RUNNING
+        with pytest.raises(grpc.RpcError):  # the source no longer shows (or starts) it ...
             a.get("lonely")
-        folder = a.state_dir / "vms" / "default_lonely"  # ... and removes its folder
+        folder = a.state_dir / "vms" / "default_lonely"  # ... and removed its folder
         wait_for(lambda: not folder.exists(), 30, 0.3, "the source to remove the VM folder")
     else:
+        assert mine.state == mpb.MIGRATION_STATE_FAILED and mine.message
         assert a.wait_phase("lonely", vm_pb2.PHASE_RUNNING, timeout=30)
         assert_b_clean(pair, "lonely", a.get("lonely").status.interfaces[0].tap_name)
+    assert (running_here(a, "lonely"), running_here(b, "lonely")) == (on_a, on_b)
 
 
 _NODE_CALL = """
@@ -538,19 +567,29 @@ def test_agents_serving_mutual_tls_as_peers_migrate_with_their_certificates(
 def test_post_copy_when_allowed_finishes_on_b_or_is_refused_where_qemu_cannot(
     pair: Pair,
 ) -> None:
-    """Out of time, an allowed post-copy takes over. Where QEMU cannot do post-copy (no
-    userfaultfd, as on the CI machines so far) the migration fails naming that, and the
-    guest stays on node-a with node-b clean."""
+    """Out of time, an allowed post-copy takes over. Where node-b's QEMU cannot do
+    post-copy (its user has no userfaultfd, as on the CI machines so far) the call is
+    refused up front naming that, and nothing changes."""
     a, b = pair.a, pair.b
     a.apply(web_vm("pushed"))
     a.wait_console("pushed", READY, timeout=150)
     before = a.wait_phase("pushed", vm_pb2.PHASE_RUNNING)
     nic = before.status.interfaces[0]
     with pair.client(a) as client:
-        started = client.migrate(
-            "default", "pushed", pair.address(b), bandwidth_mib=1, post_copy=True,
-            on_timeout="post-copy", completion_timeout_per_gib_seconds=5,
-        )  # fmt: skip
+        try:
+            started = client.migrate(
+                "default", "pushed", pair.address(b), bandwidth_mib=1, post_copy=True,
+                on_timeout="post-copy", completion_timeout_per_gib_seconds=5,
+            )  # fmt: skip
+        except AgentCallError as refused:
+            print(f"post-copy refused: {refused.code.name} {refused.message}")
+            assert refused.code.name == "FAILED_PRECONDITION", refused
+            assert "options.post_copy: node node-b cannot run post-copy" in refused.message
+            assert "userfaultfd" in refused.message
+            assert client.list_migrations() == []
+            assert_stayed_on_a(pair, "pushed", nic.published_ports[0].node_port)
+            assert_b_clean(pair, "pushed", nic.tap_name, timeout=5)
+            return
         updates = run_to_end(client, started.id)
     final = updates[-1]
     print(f"post-copy: {mpb.MigrationState.Name(final.state)} {final.message}")
