@@ -68,8 +68,8 @@ class LibvirtMigration:
 
         try:
             return self.hv.with_domain(name, "reading the migration job of", read)
-        except NotFound:
-            return None  # undefined at the end of a successful migration
+        except (NotFound, FailedPrecondition):
+            return None  # undefined, or shut off ("not running"), at the end of a migration
 
     def completed(self, name: str) -> tuple[int, JobSample]:
         def read(dom: Any) -> tuple[int, JobSample]:

@@ -161,6 +161,8 @@ class OutgoingMigrations:
             if max_downtime_ms is not None and control.policy is not None:
                 control.policy.set_max_downtime(max_downtime_ms)
                 self.migrator.set_max_downtime(record.domain, control.policy.downtime_ms)
+            elif max_downtime_ms is not None:  # followed after a restart: no policy steps
+                self.migrator.set_max_downtime(record.domain, max_downtime_ms)
         return self.book.update(migration_id, options=options)
 
     # -- the flow -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ __all__ = ["IncomingMigrations"]
 
 log = logging.getLogger(__name__)
 
+_MIGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # (names a file)
 _ARRIVED = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
 _CLEANUP_RETRY_SECONDS = 2.0
 _CLEANUP_PATIENCE_SECONDS = 600.0
@@ -172,8 +174,10 @@ class IncomingMigrations:
     ) -> tuple[VMSpec, Bookkeeping]:
         if not self.enabled:
             raise FailedPrecondition(f"node {self.node_name} runs with --no-migration")
-        if not migration_id:
-            raise InvalidSpec("migration_id", "is required")
+        if not _MIGRATION_ID.fullmatch(migration_id):
+            raise InvalidSpec(
+                "migration_id", "must be 1-64 letters, digits, '.', '_' or '-' (a UUID)"
+            )
         spec, books = admission.check_request(self.service, metadata_xml, source_node, vm)
         admission.check_memory(self.service, self.host, self.reserved_memory, spec)
         admission.check_host_disks(self.service, spec)

@@ -398,6 +398,31 @@ def test_a_migration_out_of_time_is_aborted_and_the_guest_stays(pair: Pair) -> N
     assert_b_clean(pair, "late", nic.tap_name)
 
 
+def test_a_migration_that_makes_no_progress_is_aborted_and_the_guest_stays(pair: Pair) -> None:
+    """The stream stalls (node-b drops QEMU's migration ports, inside its own namespace):
+    no progress for the progress timeout → aborted, the guest stays on node-a."""
+    table = ["inet", "migration_test_stall"]
+    with pair.client(pair.a) as client:
+        migration_id = started_slow(pair, client, "stuck", progress_timeout_seconds=10)
+        node = pair.b.node
+        try:
+            for argv in (
+                ["add", "table", *table],
+                ["add", "chain", *table, "input", "{ type filter hook input priority -10 ; }"],
+                ["add", "rule", *table, "input", "tcp", "dport", "49152-49215", "drop"],
+            ):
+                node.exec(["nft", *argv], check=True)
+            final = run_to_end(client, migration_id)[-1]
+        finally:
+            node.exec(["nft", "delete", "table", *table])
+    assert final.state == mpb.MIGRATION_STATE_FAILED
+    assert "progress timeout" in final.message, final.message
+    print(f"stalled migration: {final.message}")
+    nic = pair.a.get("stuck").status.interfaces[0]
+    assert_stayed_on_a(pair, "stuck", nic.published_ports[0].node_port)
+    assert_b_clean(pair, "stuck", nic.tap_name, timeout=120)
+
+
 def test_the_target_libvirtd_dying_fails_the_migration_and_b_is_cleaned_after(pair: Pair) -> None:
     with pair.client(pair.a) as client:
         migration_id = started_slow(pair, client, "orphan")
@@ -521,6 +546,43 @@ def test_the_source_agent_dying_mid_way_leaves_exactly_one_running_copy(pair: Pa
         assert a.wait_phase("lonely", vm_pb2.PHASE_RUNNING, timeout=30)
         assert_b_clean(pair, "lonely", a.get("lonely").status.interfaces[0].tap_name)
     assert (running_here(a, "lonely"), running_here(b, "lonely")) == (on_a, on_b)
+
+
+def test_the_target_agent_dying_mid_way_adopts_the_guest_after_its_restart(pair: Pair) -> None:
+    """kill -9 of the target agent during a throttled migration, restarted at once: it
+    finds the incoming migration in its stored records and adopts the guest that arrives."""
+    a, b = pair.a, pair.b
+    with pair.client(a) as client:
+        migration_id = started_slow(pair, client, "newcomer")
+        b.stop(signal.SIGKILL)
+        b.start()
+        client.update_migration(migration_id, bandwidth_mib=64)
+        mine = run_to_end(client, migration_id)[-1]
+    with pair.client(b) as client:
+        theirs = wait_for(
+            lambda: (m := client.get_migration(migration_id)).end_time.seconds and m,
+            120,
+            0.5,
+            "the restarted target to end the migration",
+        )
+    print(f"source: {mpb.MigrationState.Name(mine.state)} {mine.message!r}; "
+          f"target: {mpb.MigrationState.Name(theirs.state)} {theirs.message!r}")  # fmt: skip
+    assert theirs.role == mpb.MIGRATION_ROLE_TARGET
+    on_a, on_b = running_here(a, "newcomer"), running_here(b, "newcomer")
+    assert on_a != on_b, (on_a, on_b)
+    assert (
+        mine.state
+        == theirs.state
+        == (mpb.MIGRATION_STATE_SUCCEEDED if on_b else mpb.MIGRATION_STATE_FAILED)
+    )
+    if on_b:
+        assert b.wait_phase("newcomer", vm_pb2.PHASE_RUNNING, timeout=30)
+        with pytest.raises(grpc.RpcError):
+            a.get("newcomer")
+    else:
+        nic = a.get("newcomer").status.interfaces[0]
+        assert_stayed_on_a(pair, "newcomer", nic.published_ports[0].node_port)
+        assert_b_clean(pair, "newcomer", nic.tap_name, timeout=120)
 
 
 _NODE_CALL = """

@@ -189,3 +189,47 @@ def test_the_target_refuses_a_host_disk_it_does_not_share(tmp_path: Path) -> Non
         with pytest.raises(FailedPrecondition, match=r"volumes\[0\]\.hostDisk\.path.*'data'"):
             check_host_disks(service, vm("elsewhere.img", kind))  # type: ignore[arg-type]
     assert not (tmp_path / "elsewhere.img").exists()
+
+
+def test_stored_records_are_owner_only_written_at_state_changes_and_read_back(
+    tmp_path: Path,
+) -> None:
+    import os
+    import stat
+
+    from agent.migration.store import MigrationStore
+    from agent.ports import JobSample
+
+    store = MigrationStore(str(tmp_path / "migrations"))
+    book = MigrationBook(store=store)
+    book.add(record(metadata_xml="<vm/>"))
+    path = tmp_path / "migrations" / "m1.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    book.update("m1", state=State.RUNNING)
+    written = path.stat().st_mtime_ns
+    book.update("m1", state=State.RUNNING, progress=JobSample(data_processed=5))
+    assert path.stat().st_mtime_ns == written  # a progress sample is not written
+    (tmp_path / "migrations" / "broken.json").write_text("{")
+    (tmp_path / "migrations" / "cut.json.partial").write_text("{")
+    again = MigrationBook(store=MigrationStore(str(tmp_path / "migrations")))
+    [running] = again.load()
+    assert (running.id, running.state, running.metadata_xml) == ("m1", State.RUNNING, "<vm/>")
+    assert sorted(p.name for p in (tmp_path / "migrations").iterdir()) == ["m1.json"]
+
+
+def test_a_migration_id_that_cannot_name_a_file_is_refused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from agent.errors import InvalidSpec
+    from agent.migration.target import IncomingMigrations
+
+    service = SimpleNamespace(node_name="node-b")
+    incoming = IncomingMigrations(
+        service,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        MigrationBook(),
+        address="192.0.2.12",
+    )
+    for bad in ("", "../../etc/x", ".hidden", "a" * 65):
+        with pytest.raises(InvalidSpec, match="migration_id"):
+            incoming.prepare(bad, "<vm/>", "node-a", 1, vm=("default", "web"))
