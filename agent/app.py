@@ -294,6 +294,7 @@ def _vm_files(settings: Settings, vms: VMCache) -> VMFiles:
         container_disks=disks,
         iso=PycdlibIso(),
         host_disk_roots=tuple(os.path.abspath(root) for root in settings.host_disk_root),
+        claim_roots=tuple(os.path.abspath(root) for root in settings.claim_root),
         secrets_dir=settings.secrets_dir or os.path.join(settings.state_dir, "secrets"),
         pulls=PullStatusPublisher(vms, node_name=settings.node_name),
     )

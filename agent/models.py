@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from agent.claimsources import DataVolume, PersistentVolumeClaim
 from agent.configsources import (
     CloudInitConfigDrive,
     ConfigKind,
@@ -39,6 +40,7 @@ __all__ = [
     "SSHKeyCredential",
     "Condition",
     "ContainerDisk",
+    "DataVolume",
     "Disk",
     "EmptyDisk",
     "Firmware",
@@ -48,6 +50,7 @@ __all__ = [
     "InterfaceStatus",
     "KernelBoot",
     "Network",
+    "PersistentVolumeClaim",
     "Phase",
     "Port",
     "RunStrategy",
@@ -190,6 +193,8 @@ VolumeSource = (
     | EmptyDisk
     | HostDisk
     | ConfigVolume
+    | PersistentVolumeClaim
+    | DataVolume
 )
 
 
@@ -361,18 +366,21 @@ class Bookkeeping:
 
 @dataclass(frozen=True, slots=True)
 class DiskBacking:
-    """The host file behind the spec disk of the same name (a cdrom's ISO is ``raw``)."""
+    """The host file or block device behind the spec disk of the same name (ISOs are raw)."""
 
     name: str
     path: str
     format: str = "qcow2"
-    readonly: bool = False  # read-only media whatever the disk says (config volumes)
+    block: bool = False  # a block device node: always raw
+    readonly: bool = False  # read-only whatever the disk says (config volumes, claims)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise ValueError(f"disk {self.name!r}: backing path {self.path!r} is not absolute")
         if self.format not in DISK_FORMATS:
             raise ValueError(f"disk {self.name!r}: format {self.format!r} is not qcow2 or raw")
+        if self.block and self.format != "raw":
+            raise ValueError(f"disk {self.name!r}: a block device is used raw")
 
 
 @dataclass(frozen=True, slots=True)

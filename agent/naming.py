@@ -7,6 +7,7 @@ import re
 
 __all__ = [
     "DNS1123_LABEL",
+    "DNS1123_SUBDOMAIN",
     "METADATA_KEY",
     "METADATA_URI",
     "domain_name",
@@ -15,6 +16,8 @@ __all__ = [
 ]
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Most Kubernetes object names (claims, DataVolumes): labels joined by dots, at most 253.
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 # The XML namespace of the agent's element in a domain's <metadata> (and its usual prefix).
 METADATA_URI = "https://virt-agent.io/xmlns/vm/v1"
 METADATA_KEY = "va"

@@ -243,6 +243,11 @@ def _volume_source(volume: vm_pb2.Volume) -> str:
         return f"configMap {volume.config_map.name}"
     if kind == "service_account":
         return f"serviceAccount {volume.service_account.service_account_name}"
+    if kind == "persistent_volume_claim":
+        claim = volume.persistent_volume_claim
+        return f"persistentVolumeClaim {claim.claim_name}" + (" (read-only)" * claim.read_only)
+    if kind == "data_volume":
+        return f"dataVolume {volume.data_volume.name}"
     return NONE
 
 

@@ -87,6 +87,8 @@ class Settings:
     dns: list[str] = field(default_factory=list)  # empty: /etc/resolv.conf's, not loopback
     # Disks and images (see agent.domain.files).
     host_disk_root: list[str] = field(default_factory=list)  # empty: no hostDisk volumes
+    # <root>/<namespace>/<claim>/disk.img (agent.disks.claims); empty: no claim volumes.
+    claim_root: list[str] = field(default_factory=list)
     image_cache_dir: str = ""  # empty: <state-dir>/containerdisks
     pull_timeout: float = 1800.0  # a whole container disk pull, all layers
     max_image_size: int = 64 * 1024**3  # bytes: a container disk's disk file, expanded

@@ -175,6 +175,12 @@ def _disk_flags(add: Any) -> None:
         action="append",
         help="folder hostDisk paths must be under (repeatable; none: hostDisk is refused)",
     )
+    add(
+        "--claim-root",
+        action="append",
+        help="folder holding persistent volume claims as <namespace>/<claim>/disk.img, a file "
+        "or a block device (repeatable; none: persistentVolumeClaim and dataVolume are refused)",
+    )
     add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
     add("--pull-timeout", help="seconds a container disk pull may take in all (default 1800)")
     add("--max-image-size", help="largest disk file a container disk may hold (default 64Gi)")

@@ -14,18 +14,16 @@ component under the root is checked with lstat, so a symlink is refused, never f
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.errors import InvalidSpec
+from agent.naming import DNS1123_SUBDOMAIN
 
 __all__ = ["CLAIM_IMAGE", "ClaimDisk", "claim_folder", "find_claim", "check_claim_name"]
 
 CLAIM_IMAGE = "disk.img"  # the name virt-launcher looks for in a filesystem-mode claim
-
-_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class ClaimDisk:
 
 def check_claim_name(name: str, field: str) -> None:
     """Refuse a claim or namespace name that is not a Kubernetes object name."""
-    if not name or len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+    if not name or len(name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(name):
         raise InvalidSpec(
             field,
             f"{name!r} is not a valid claim name (lowercase letters, digits, '-' and '.', "

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agent.disks.claimdisks import ClaimUse, claim_backing, claim_uses, placeholder_backing
 from agent.disks.cloudinit import (
     CONFIG_DRIVE_VOLUME_ID,
     VOLUME_ID,
@@ -65,6 +66,8 @@ class PreparedFiles:
     console_log: str
     disks: tuple[DiskBacking, ...]
     ignition: str = ""  # the ignition config file handed over fw_cfg
+    # Claims not on the node yet: their disks name where they will be; the VM waits.
+    missing_claims: tuple[ClaimUse, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,7 @@ class VolumeSupport:
     container_disks: ContainerDisks | None = None
     iso: IsoWriter | None = None
     host_disk_roots: tuple[str, ...] = ()
+    claim_roots: tuple[str, ...] = ()  # persistentVolumeClaim and dataVolume (claims.py)
     secrets_dir: str = ""
     pulls: PullObserver | None = None  # told about pulls, to show progress in status
 
@@ -152,9 +156,14 @@ class VMFiles:
         os.makedirs(self.vm_dir(domain), mode=_FOLDER_MODE, exist_ok=True)
         for folder in (os.path.dirname(self.vm_dir(domain)), self.vm_dir(domain)):
             os.chmod(folder, _FOLDER_MODE)  # (the umask may have taken the x bits)
+        claims = {use.volume: use for use in claim_uses(vm)}
+        missing: list[ClaimUse] = []
         try:
             disks = tuple(
-                self._disk(vm, domain, index, pins or {}) for index in range(len(vm.volumes))
+                self._claim(claims[v.name], missing)
+                if v.name in claims
+                else self._disk(vm, domain, index, pins or {})
+                for index, v in enumerate(vm.volumes)
             )
         except Exception:
             if created_dir:
@@ -164,7 +173,22 @@ class VMFiles:
         if vm.ignition_data:
             ignition = os.path.join(self.vm_dir(domain), "ignition.json")
             _write_if_changed(ignition, vm.ignition_data.encode())
-        return PreparedFiles(kernel, initrd, self.console_log(domain), disks, ignition)
+        console = self.console_log(domain)
+        return PreparedFiles(kernel, initrd, console, disks, ignition, tuple(missing))
+
+    def missing_claims(self, vm: VMSpec) -> tuple[ClaimUse, ...]:
+        """The VM's claims that are not on the node (yet); nothing is created."""
+        roots = self.support.claim_roots
+        return tuple(u for u in claim_uses(vm) if claim_backing(roots, self.images, u) is None)
+
+    def _claim(self, use: ClaimUse, missing: list[ClaimUse]) -> DiskBacking:
+        """The claim's file or device, used in place (never removed with the VM)."""
+        roots = self.support.claim_roots
+        backing = claim_backing(roots, self.images, use)
+        if backing is None:
+            missing.append(use)
+            return placeholder_backing(roots, use)
+        return backing
 
     def _disk(self, vm: VMSpec, domain: str, index: int, pins: Mapping[str, str]) -> DiskBacking:
         volume = vm.volumes[index]

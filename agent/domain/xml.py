@@ -229,17 +229,18 @@ def _empty_cdrom(spec: VMSpec, disk: Disk) -> bool:
 
 
 def _disk(disk: Disk, backing: DiskBacking | None, target: str) -> ET.Element:
-    element = ET.Element("disk", type="file", device=disk.device)
+    block = backing is not None and backing.block
+    element = ET.Element("disk", type="block" if block else "file", device=disk.device)
     fmt = backing.format if backing is not None else "raw"
     driver = ET.SubElement(element, "driver", name="qemu", type=fmt)
     if disk.cache:
         driver.set("cache", disk.cache)
     if backing is not None:  # no source: an empty CD-ROM drive
-        ET.SubElement(element, "source", file=backing.path)
+        ET.SubElement(element, "source", {"dev" if block else "file": backing.path})
     ET.SubElement(element, "target", dev=target, bus=disk.bus)
     # Children in the order libvirt writes them back, so stored and built XML diff cleanly.
     # A CD-ROM is read-only media whatever the spec says; QEMU's cd devices cannot write.
-    # Config volumes (secrets, config maps) are read-only media too.
+    # Config volumes (secrets, config maps) and read-only claims are read-only media too.
     readonly = backing is not None and backing.readonly
     if disk.readonly or disk.device == "cdrom" or readonly:
         ET.SubElement(element, "readonly")

@@ -10,17 +10,20 @@ from agent.hardware import NIC_MODELS
 from agent.imageref import BadReference, parse_reference
 from agent.models import (
     ContainerDisk,
+    DataVolume,
     Disk,
     EmptyDisk,
     HostDisk,
     ImageFile,
     Interface,
     Network,
+    PersistentVolumeClaim,
     Port,
     VMSpec,
     Volume,
     VolumeSource,
 )
+from agent.naming import DNS1123_SUBDOMAIN
 from agent.spec.configvolumes import (
     parse_cloud_init,
     parse_config_drive,
@@ -41,6 +44,8 @@ from agent.spec.reader import (
 __all__ = ["check_references", "parse_disk", "parse_interface", "parse_network", "parse_volume"]
 
 _MAX_DISK_BYTES = 1024**5
+# Volumes used in place, which several VMs may share (a claim only when it is raw).
+_SHAREABLE = (HostDisk, PersistentVolumeClaim, DataVolume)
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
@@ -91,6 +96,8 @@ def parse_volume(node: Node) -> Volume:
         "secret": parse_secret,
         "configMap": parse_config_map,
         "serviceAccount": parse_service_account,
+        "persistentVolumeClaim": _claim,
+        "dataVolume": _data_volume,
     }
     source = one_of(node, sources)
     if source is None:
@@ -139,6 +146,30 @@ def _host_disk(node: Node) -> HostDisk:
         raise InvalidSpec(node.at("capacity"), "is required with type DiskOrCreate")
     path = relative_path(node, "path")
     return HostDisk(path=path, type=kind, capacity_bytes=capacity)
+
+
+def _object_name(node: Node, key: str) -> str:
+    """A claim's or DataVolume's name: a DNS-1123 subdomain, so never '/', '..' or empty
+    (it names a folder under a claim root, ``agent.disks.claims``)."""
+    name = node.get(key, str, "")
+    if not name:
+        raise InvalidSpec(node.at(key), "is required")
+    if len(name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(name):
+        raise InvalidSpec(
+            node.at(key),
+            f"{name!r} is not a valid object name (lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters)",
+        )
+    return name
+
+
+def _claim(node: Node) -> PersistentVolumeClaim:
+    name = _object_name(node, "claimName")
+    return PersistentVolumeClaim(claim_name=name, read_only=node.get("readOnly", bool, False))
+
+
+def _data_volume(node: Node) -> DataVolume:
+    return DataVolume(name=_object_name(node, "name"))
 
 
 def parse_interface(node: Node) -> Interface:
@@ -217,9 +248,12 @@ def _check_disks(vm: VMSpec, path: str, devices: str) -> None:
             raise InvalidSpec(f"{path}.volumes[{index}].name", f"no disk named {volume.name!r}")
     for index, disk in enumerate(vm.disks):
         source = vm.volume(disk.name)
-        if disk.shareable and not (source and isinstance(source.source, HostDisk)):
+        if disk.shareable and not (source and isinstance(source.source, _SHAREABLE)):
             # QEMU shares only raw files; every other volume is a qcow2 overlay.
-            raise InvalidSpec(f"{devices}.disks[{index}].shareable", "needs a hostDisk volume")
+            raise InvalidSpec(
+                f"{devices}.disks[{index}].shareable",
+                "needs a hostDisk, persistentVolumeClaim or dataVolume volume",
+            )
     boot_orders: dict[int, str] = {}
     for index, disk in enumerate(vm.disks):
         if disk.boot_order is not None:

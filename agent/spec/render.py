@@ -9,10 +9,12 @@ from agent.models import (
     CloudInitNoCloud,
     ConfigVolume,
     ContainerDisk,
+    DataVolume,
     Disk,
     EmptyDisk,
     ImageFile,
     Interface,
+    PersistentVolumeClaim,
     VMSpec,
     Volume,
 )
@@ -138,6 +140,13 @@ def _render_volume(volume: Volume) -> dict[str, Any]:
         body = render_config_source(source)
     elif isinstance(source, EmptyDisk):
         body = ("emptyDisk", {"capacity": format_bytes(source.capacity_bytes)})
+    elif isinstance(source, PersistentVolumeClaim):
+        claim: dict[str, Any] = {"claimName": source.claim_name}
+        if source.read_only:
+            claim["readOnly"] = True
+        body = ("persistentVolumeClaim", claim)
+    elif isinstance(source, DataVolume):
+        body = ("dataVolume", {"name": source.name})
     else:
         host: dict[str, Any] = {"path": source.path, "type": source.type}
         if source.capacity_bytes:

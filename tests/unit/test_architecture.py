@@ -23,7 +23,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(units)
     for units in (
         {"agent", "agent.errors", "agent.naming", "agent.defaults", "agent.imageref"}
-        | {"agent.hardware", "agent.probe", "agent.configsources"},
+        | {"agent.hardware", "agent.probe", "agent.configsources"}
+        | {"agent.claimsources"},
         {"agent.quantity", "agent.labels", "agent.paths", "agent.logs"}
         | {"agent.metrics.agent_metrics"}
         | {"agent.models", "agent.api._gen"},

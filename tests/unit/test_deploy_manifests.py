@@ -123,6 +123,7 @@ def test_every_path_the_agent_uses_is_mounted_and_every_mount_is_used(tmp_path: 
         settings.state_dir,
         *settings.image_root,
         *settings.host_disk_root,
+        *settings.claim_root,
         settings.image_cache_dir,
         settings.qemu_run_dir,
         "/run/libvirt/libvirt-sock",  # qemu:///system

@@ -225,8 +225,12 @@ def running(value: Any) -> dict[str, Any]:
             "spec.template.spec.domain.devices.hostDevices: field is not supported",
         ),
         (
-            vm_with("spec.template.spec.volumes[0].persistentVolumeClaim", {"claimName": "c"}),
-            "spec.template.spec.volumes[0].persistentVolumeClaim: field is not supported",
+            vm_with(
+                "spec.template.spec.volumes",
+                [{"name": "root", "persistentVolumeClaim": {"claimName": "c", "hotpluggable": 1}}],
+            ),
+            "spec.template.spec.volumes[0].persistentVolumeClaim.hotpluggable: field is not "
+            "supported",
         ),
         (
             vm_with("spec.dataVolumeTemplates", [{"metadata": {"name": "dv"}}]),

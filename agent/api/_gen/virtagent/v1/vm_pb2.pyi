@@ -1726,7 +1726,7 @@ class Disk(_message.Message):
     dedicated_io_thread: _builtins.bool
     """The disk gets an I/O thread of its own."""
     shareable: _builtins.bool
-    """Several writers may share the disk (a raw hostDisk only)."""
+    """Several writers may share the disk (a raw hostDisk or claim only)."""
     @_builtins.property
     def disk(self) -> Global___DiskTarget: ...
     @_builtins.property
@@ -2007,6 +2007,8 @@ class Volume(_message.Message):
     EMPTY_DISK_FIELD_NUMBER: _builtins.int
     HOST_DISK_FIELD_NUMBER: _builtins.int
     IMAGE_FILE_FIELD_NUMBER: _builtins.int
+    PERSISTENT_VOLUME_CLAIM_FIELD_NUMBER: _builtins.int
+    DATA_VOLUME_FIELD_NUMBER: _builtins.int
     CLOUD_INIT_CONFIG_DRIVE_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     CONFIG_MAP_FIELD_NUMBER: _builtins.int
@@ -2022,6 +2024,10 @@ class Volume(_message.Message):
     def host_disk(self) -> Global___HostDisk: ...
     @_builtins.property
     def image_file(self) -> Global___ImageFileSource: ...
+    @_builtins.property
+    def persistent_volume_claim(self) -> Global___PersistentVolumeClaimSource: ...
+    @_builtins.property
+    def data_volume(self) -> Global___DataVolumeSource: ...
     @_builtins.property
     def cloud_init_config_drive(self) -> Global___CloudInitConfigDriveSource: ...
     @_builtins.property
@@ -2039,16 +2045,18 @@ class Volume(_message.Message):
         empty_disk: Global___EmptyDiskSource | None = ...,
         host_disk: Global___HostDisk | None = ...,
         image_file: Global___ImageFileSource | None = ...,
+        persistent_volume_claim: Global___PersistentVolumeClaimSource | None = ...,
+        data_volume: Global___DataVolumeSource | None = ...,
         cloud_init_config_drive: Global___CloudInitConfigDriveSource | None = ...,
         secret: Global___SecretVolumeSource | None = ...,
         config_map: Global___ConfigMapVolumeSource | None = ...,
         service_account: Global___ServiceAccountVolumeSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cloud_init_config_drive", b"cloud_init_config_drive", "cloud_init_no_cloud", b"cloud_init_no_cloud", "config_map", b"config_map", "container_disk", b"container_disk", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "secret", b"secret", "service_account", b"service_account", "volume_source", b"volume_source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cloud_init_config_drive", b"cloud_init_config_drive", "cloud_init_no_cloud", b"cloud_init_no_cloud", "config_map", b"config_map", "container_disk", b"container_disk", "data_volume", b"data_volume", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "persistent_volume_claim", b"persistent_volume_claim", "secret", b"secret", "service_account", b"service_account", "volume_source", b"volume_source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_init_config_drive", b"cloud_init_config_drive", "cloud_init_no_cloud", b"cloud_init_no_cloud", "config_map", b"config_map", "container_disk", b"container_disk", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "name", b"name", "secret", b"secret", "service_account", b"service_account", "volume_source", b"volume_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_init_config_drive", b"cloud_init_config_drive", "cloud_init_no_cloud", b"cloud_init_no_cloud", "config_map", b"config_map", "container_disk", b"container_disk", "data_volume", b"data_volume", "empty_disk", b"empty_disk", "host_disk", b"host_disk", "image_file", b"image_file", "name", b"name", "persistent_volume_claim", b"persistent_volume_claim", "secret", b"secret", "service_account", b"service_account", "volume_source", b"volume_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_volume_source: _TypeAlias = _typing.Literal["container_disk", "cloud_init_no_cloud", "empty_disk", "host_disk", "image_file", "cloud_init_config_drive", "secret", "config_map", "service_account"]  # noqa: Y015
+    _WhichOneofReturnType_volume_source: _TypeAlias = _typing.Literal["container_disk", "cloud_init_no_cloud", "empty_disk", "host_disk", "image_file", "persistent_volume_claim", "data_volume", "cloud_init_config_drive", "secret", "config_map", "service_account"]  # noqa: Y015
     _WhichOneofArgType_volume_source: _TypeAlias = _typing.Literal["volume_source", b"volume_source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_volume_source) -> _WhichOneofReturnType_volume_source | None: ...
 
@@ -2303,6 +2311,54 @@ class HostDisk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HostDisk: _TypeAlias = HostDisk  # noqa: Y015
+
+@_typing.final
+class PersistentVolumeClaimSource(_message.Message):
+    """PersistentVolumeClaimSource: a claim of the VM's namespace, used in place. On a node it is
+    <claim root>/<namespace>/<claim_name>/disk.img, a file (raw or qcow2) or a block device.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_NAME_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    claim_name: _builtins.str
+    read_only: _builtins.bool
+    """The guest sees the disk read-only."""
+    def __init__(
+        self,
+        *,
+        claim_name: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_name", b"claim_name", "read_only", b"read_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistentVolumeClaimSource: _TypeAlias = PersistentVolumeClaimSource  # noqa: Y015
+
+@_typing.final
+class DataVolumeSource(_message.Message):
+    """DataVolumeSource: a DataVolume, which is the claim of the same name in the VM's namespace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeSource: _TypeAlias = DataVolumeSource  # noqa: Y015
 
 @_typing.final
 class ImageFileSource(_message.Message):
