@@ -103,6 +103,7 @@ class Agent:
             self.migrations.recover()  # (before the first resync: it keeps what they hold)
         self.server.grpc_server.start()
         self.hv.open(wait=False)
+        self.service.claim_watch.start()
         if self.probes is not None:
             self.probes.start()
 
@@ -112,6 +113,7 @@ class Agent:
         if self.probes is not None:
             self.probes.stop()
         self.server.grpc_server.stop(grace).wait()
+        self.service.claim_watch.stop()
         self.stop_metrics()
         self.hv.close()
         if self.network is not None and self.dhcp is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import agent.metrics.agent_metrics as agent_metrics
 from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport
+from agent.domain.claimgate import ClaimWatch
 from agent.domain.clock import SYSTEM_CLOCK
 from agent.domain.files import VMFiles
 from agent.domain.oplocks import VMLocks
@@ -103,6 +104,8 @@ class VMService:
             operation=self._operation,
             busy=lambda: tuple(self._holders),
         )
+        # Started by the agent (Agent.start): VMs waiting for claims start when they appear.
+        self.claim_watch = ClaimWatch(self.sync.check_claims)
 
     # -- reading ------------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from agent.disks.claimdisks import claim_uses
 from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport, require_node_support
+from agent.domain.claimgate import ClaimGate, waiting_status
 from agent.domain.files import VMFiles
 from agent.domain.metadata import (
     CorruptMetadata,
@@ -91,6 +93,7 @@ class DomainSteps:
         self.migrating: set[str] = set()
         self._preempted: set[str] = set()  # graceful stops to cut short (a forced one waits)
         self._refresh_lock = threading.Lock()
+        self.claims = ClaimGate(hv, files)  # VMs waiting for claims; claims in use
 
     # -- reading ------------------------------------------------------------------------
 
@@ -149,6 +152,9 @@ class DomainSteps:
             status = dataclasses.replace(status, interfaces=interfaces)
             if spec.readiness_probe is not None and status.phase == Phase.RUNNING:
                 status = _gate_ready(status, self.probe_ready(domain))
+            waiting = self.claims.waiting.get(domain)
+            if waiting is not None and info.state == DomainState.SHUTOFF:
+                status = waiting_status(status, waiting)
             if domain in self.migrating and status.phase in ACTIVE_PHASES:
                 status = dataclasses.replace(status, phase=Phase.MIGRATING)
             record = VMRecord(spec=spec, books=books, status=status)
@@ -199,6 +205,18 @@ class DomainSteps:
         info, spec, books = self.require(domain)
         if info.state != DomainState.SHUTOFF:
             return  # running or paused: started already (resume is its own verb)
+        if self.claims.missing(domain, spec):
+            # Pending until its claims appear (claimgate.py); the mark survives a restart.
+            if not books.starting or books.halted:
+                waiting = dataclasses.replace(books, starting=True, halted=False)
+                self.save_books(domain, spec, waiting)
+            return
+        with self.claims.starting(domain, spec):
+            if claim_uses(spec):  # what the claims are now: a file or a device, raw or qcow2
+                self.hv.define(self.definition(domain, spec, books))
+            self._boot(domain, spec, books)
+
+    def _boot(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
         # ``starting`` is stored first: an agent killed before the resume leaves a paused
         # guest that only this mark tells apart from one a user paused (see recovery.py).
         books = dataclasses.replace(books, started_at=self.clock.now(), halted=False, starting=True)
@@ -240,6 +258,7 @@ class DomainSteps:
         The VM is marked halted first, so its run strategy does not start it again.
         """
         info, spec, books = self.require(domain)
+        self.claims.forget(domain)
         if not books.halted or books.starting:
             stopped = dataclasses.replace(books, halted=True, starting=False)
             self.save_books(domain, spec, stopped)
@@ -304,6 +323,7 @@ class DomainSteps:
                 "unplugging %s failed; the network reconcile removes what is left", domain
             )
         finally:
+            self.claims.forget(domain)
             self.files.remove(domain)
             self.cache.remove(domain)
 

@@ -150,6 +150,28 @@ class NodeSync:
 
         self._spawn(f"stopped-{domain}", run)
 
+    def check_claims(self) -> None:
+        """Start the VMs waiting for claims whose claims are there now (ClaimWatch's tick)."""
+        self.steps.claims.check(self._start_waiting)
+
+    def _start_waiting(self, domain: str) -> None:
+        with self._operation(domain, "claim-check"):
+            current = self.steps.read(domain)
+            if current is None:
+                self.steps.claims.forget(domain)
+                return
+            info, _, books = current
+            if books.halted or not books.starting or info.state != DomainState.SHUTOFF:
+                self.steps.claims.forget(domain)  # stopped, or started meanwhile
+                self.steps.refresh(domain)
+                return
+            try:
+                self.steps.start(domain)
+            except Exception as exc:
+                self.steps.claims.failed(domain, exc)
+            finally:
+                self.steps.refresh(domain)
+
     def _restart_later(self, domain: str, *, delay: float) -> None:
         def run() -> None:
             self.clock.sleep(delay)  # crash-loop backoff; 0 for the first restart
