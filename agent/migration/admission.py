@@ -1,11 +1,12 @@
-"""What a target checks before it takes a VM: its own node, the name, memory, hostDisks and
-post-copy. Nothing here changes the node, so the source can ask it before it answers."""
+"""What a target checks before it takes a VM: its own node, the name, memory, hostDisks,
+claims and post-copy. Nothing here changes the node, so the source can ask it before it answers."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 
+from agent.disks.claimdisks import claim_backing, claim_uses
 from agent.disks.hostdisk import host_disk_path
 from agent.domain.lifecycle import VMService
 from agent.domain.metadata import CorruptMetadata, parse_metadata
@@ -15,7 +16,13 @@ from agent.models import Bookkeeping, HostDisk, VMSpec
 from agent.naming import domain_name, vm_key
 from agent.ports import HostProbe
 
-__all__ = ["check_host_disks", "check_memory", "check_post_copy", "check_request"]
+__all__ = [
+    "check_claims",
+    "check_host_disks",
+    "check_memory",
+    "check_post_copy",
+    "check_request",
+]
 
 
 def check_request(
@@ -74,6 +81,24 @@ def check_host_disks(service: VMService, spec: VMSpec) -> None:
                 f"{exc} on node {service.node_name}: hostDisk {volume.name!r} migrates only "
                 "on storage both nodes share"
             ) from exc
+
+
+def check_claims(service: VMService, spec: VMSpec) -> None:
+    """A claim stays where it is, like a hostDisk: the same claim must be on this node
+    (shared storage under this node's claim roots), else the migration is refused."""
+    files = service.files
+    for use in claim_uses(spec):
+        try:
+            found = claim_backing(files.support.claim_roots, files.images, use)
+        except InvalidSpec as exc:
+            found, why = None, str(exc)
+        else:
+            why = f"claim {use.key} is not on node {service.node_name}"
+        if found is None:
+            raise FailedPrecondition(
+                f"{use.field}: disk {use.volume!r}: {why}; claims migrate only on storage "
+                "both nodes share"
+            )
 
 
 def check_post_copy(node: str, why_not: Callable[[], str] | None, wanted: bool) -> None:

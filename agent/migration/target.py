@@ -181,6 +181,7 @@ class IncomingMigrations:
         spec, books = admission.check_request(self.service, metadata_xml, source_node, vm)
         admission.check_memory(self.service, self.host, self.reserved_memory, spec)
         admission.check_host_disks(self.service, spec)
+        admission.check_claims(self.service, spec)
         admission.check_post_copy(self.node_name, self.post_copy_unsupported, post_copy)
         return spec, books
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from agent.models import HostDisk, VMSpec
+from agent.models import DataVolume, HostDisk, PersistentVolumeClaim, VMSpec
 from agent.naming import METADATA_KEY, METADATA_URI
 
 __all__ = ["copied_disks", "for_target", "has_shared_disks"]
+
+# Volumes used in place, which stay where they are: both nodes must share their storage.
+_IN_PLACE = (HostDisk, PersistentVolumeClaim, DataVolume)
 
 
 def for_target(source_xml: str, target_xml: str) -> str:
@@ -29,8 +32,13 @@ def for_target(source_xml: str, target_xml: str) -> str:
     for disk in source.iterfind("devices/disk"):
         wanted = target_disks.get(_dev(disk))
         mine_source, their_source = disk.find("source"), _source(wanted)
-        if mine_source is not None and their_source is not None:
-            mine_source.set("file", their_source.get("file", ""))
+        if mine_source is not None and their_source is not None and wanted is not None:
+            # A file names it by file=, a block device (a claim in block mode) by dev=.
+            for key in ("file", "dev"):
+                mine_source.attrib.pop(key, None)
+                if their_source.get(key) is not None:
+                    mine_source.set(key, their_source.get(key, ""))
+            disk.set("type", wanted.get("type", "file"))
     their_log = target.find("devices/serial/log")
     for log in source.iterfind("devices/serial/log"):
         if their_log is not None:
@@ -42,21 +50,21 @@ def for_target(source_xml: str, target_xml: str) -> str:
 def copied_disks(spec: VMSpec, target_xml: str) -> tuple[str, ...]:
     """Target devices of the disks libvirt must copy: every writable one on the VM's own
     files (a writable cloud-init seed too: libvirt refuses to leave a writable disk behind
-    unless it is shared); host disks must be shared storage, the same path on both nodes."""
+    unless it is shared); host disks and claims must be shared storage on both nodes."""
     volumes = {v.name: v.source for v in spec.volumes}
     elements = list(ET.fromstring(target_xml).iterfind("devices/disk"))
     copied = []
     for disk, element in zip(spec.disks, elements, strict=False):
         source = volumes.get(disk.name)
-        if isinstance(source, HostDisk) or element.find("readonly") is not None:
+        if isinstance(source, _IN_PLACE) or element.find("readonly") is not None:
             continue
         copied.append(_dev(element))
     return tuple(copied)
 
 
 def has_shared_disks(spec: VMSpec) -> bool:
-    """Whether the VM has host disks, which stay where they are (shared storage)."""
-    return any(isinstance(v.source, HostDisk) for v in spec.volumes)
+    """Whether the VM has host disks or claims, which stay where they are (shared storage)."""
+    return any(isinstance(v.source, _IN_PLACE) for v in spec.volumes)
 
 
 def _dev(disk: ET.Element | None) -> str:
