@@ -1,0 +1,182 @@
+"""Persistent volume claims with the real agent, libvirtd, QEMU and test guest (issue 16).
+
+The session's agent is restarted for this module with ``--claim-root`` and put back as it
+was afterwards. The tests play the storage provisioner: they put ``disk.img`` into
+``<claim root>/<namespace>/<claim>/`` themselves, as a CSI driver or an operator would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.api._gen.virtagent.v1 import vm_pb2
+from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from tests.system.agentproc import AgentProcess, guest_vm
+from tests.system.netbed import node_get
+from tests.testbed.nodebox import GuestImage, NodeBox
+from tests.testbed.wait import wait_for
+
+READY = "VIRT-AGENT-READY"
+BOOT_TIMEOUT = 240.0
+# Prints the first bytes of the disk with serial DATA1, then writes WORD there (synced).
+DATA_SCRIPT = """#!/bin/sh
+for d in /sys/block/vd*; do
+  [ "$(cat $d/serial 2>/dev/null)" = DATA1 ] && dev=/dev/$(basename $d)
+done
+echo "VIRT-AGENT-CLAIM-HAD $(head -c 32 $dev | tr -d '\\000')."
+printf '%s' WORD | dd of=$dev bs=32 count=1 conv=notrunc 2>/dev/null
+sync
+echo "VIRT-AGENT-CLAIM-WROTE WORD"
+"""
+
+
+@pytest.fixture(scope="module")
+def claim_root(node: NodeBox, agent_process: AgentProcess) -> Iterator[Path]:
+    root = node.dir / "claims"
+    root.mkdir(mode=0o755, exist_ok=True)
+    saved = list(agent_process.extra_args)
+    try:
+        agent_process.stop()
+        agent_process.extra_args = [*saved, "--claim-root", str(root)]
+        agent_process.start()
+        yield root
+    finally:
+        agent_process.stop()
+        agent_process.extra_args = saved
+        agent_process.start()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cagent(claim_root: Path, agent: AgentProcess) -> AgentProcess:
+    """The agent with claims enabled; every VM is deleted after the test."""
+    return agent
+
+
+def claim_folder(root: Path, claim: str, namespace: str = "default") -> Path:
+    folder = root / namespace / claim
+    folder.mkdir(parents=True, mode=0o755, exist_ok=True)
+    for parent in (folder, folder.parent):
+        parent.chmod(0o755)
+    return folder
+
+
+def blank_claim(root: Path, claim: str, size: int = 1 << 20) -> Path:
+    image = claim_folder(root, claim) / "disk.img"
+    with open(image, "wb") as handle:
+        handle.truncate(size)
+    return image
+
+
+def delete(agent: AgentProcess, name: str) -> None:
+    agent.vms.DeleteVirtualMachine(
+        pb.DeleteVirtualMachineRequest(namespace="default", name=name, grace_period_seconds=0),
+        timeout=60,
+    )
+
+
+def data_vm(name: str, claim: str, word: str) -> dict[str, Any]:
+    """The test guest (kernel boot) with the claim as a disk of serial DATA1, and a seed
+    whose script shows what the claim held and writes ``word`` to it."""
+    doc = guest_vm(name)
+    instance = doc["spec"]["template"]["spec"]
+    instance["domain"]["devices"]["disks"] = [
+        {"name": "seed", "disk": {"bus": "virtio"}},
+        {"name": "data", "disk": {"bus": "virtio"}, "serial": "DATA1"},
+    ]
+    instance["volumes"] = [
+        {"name": "seed", "cloudInitNoCloud": {"userData": DATA_SCRIPT.replace("WORD", word)}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim}},
+    ]
+    return doc
+
+
+def test_a_vm_boots_from_a_claim_and_serves_its_page(
+    cagent: AgentProcess, claim_root: Path, test_guest: GuestImage
+) -> None:
+    assert test_guest.disk is not None, "the test guest has no disk.qcow2"
+    image = claim_folder(claim_root, "root-disk") / "disk.img"
+    shutil.copyfile(test_guest.disk, image)  # the provisioner's part: a qcow2 claim
+    doc = guest_vm("from-claim")
+    instance = doc["spec"]["template"]["spec"]
+    del instance["domain"]["firmware"]  # BIOS boot from the claim's own boot loader
+    instance["domain"]["devices"] = {
+        "disks": [{"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1}],
+        "interfaces": [{"name": "default", "masquerade": {}}],
+    }
+    instance["networks"] = [{"name": "default", "pod": {}}]
+    instance["volumes"] = [{"name": "root", "dataVolume": {"name": "root-disk"}}]
+    cagent.apply(doc, timeout=120)
+    vm = cagent.wait_phase("from-claim", vm_pb2.PHASE_RUNNING, timeout=60)
+    xml = cagent.node.virsh("dumpxml", "default_from-claim")
+    assert f"<source file='{image}'" in xml and "type='qcow2'" in xml  # used in place
+    cagent.wait_console("from-claim", READY, timeout=BOOT_TIMEOUT)
+
+    def page() -> str | None:
+        nics = cagent.get("from-claim").status.interfaces
+        if not nics or not nics[0].ip_addresses:
+            return None
+        text = node_get(cagent.node, nics[0].ip_addresses[0], timeout=5)
+        return text if text and "token=disk" in text else None
+
+    assert "token=disk" in wait_for(page, 60, interval=1, message="the guest's page")
+    assert vm.status.phase == vm_pb2.PHASE_RUNNING
+    delete(cagent, "from-claim")
+    assert image.is_file()  # a claim outlives its VM
+
+
+def test_data_written_to_a_claim_outlives_the_vm(cagent: AgentProcess, claim_root: Path) -> None:
+    image = blank_claim(claim_root, "data")
+    cagent.apply(data_vm("writer", "data", "first-vm-was-here"))
+    text = cagent.wait_console("writer", "VIRT-AGENT-CLAIM-WROTE", timeout=BOOT_TIMEOUT)
+    assert "VIRT-AGENT-CLAIM-HAD ." in text  # a blank claim
+    delete(cagent, "writer")
+    assert image.read_bytes().startswith(b"first-vm-was-here")
+
+    cagent.apply(data_vm("reader", "data", "second-vm"))
+    text = cagent.wait_console("reader", "VIRT-AGENT-CLAIM-WROTE", timeout=BOOT_TIMEOUT)
+    assert "VIRT-AGENT-CLAIM-HAD first-vm-was-here." in text
+
+
+def test_a_vm_waiting_for_its_claim_starts_when_it_appears(
+    cagent: AgentProcess, claim_root: Path
+) -> None:
+    vm = cagent.apply(data_vm("patient", "late", "hello"))
+    assert vm.status.phase == vm_pb2.PHASE_PENDING
+    assert vm.status.reason == "WaitingForVolumeBinding"
+    assert "default/late" in vm.status.message
+    conditions = {c.type: c for c in vm.status.conditions}
+    assert conditions["DataVolumesReady"].status == "False"
+    assert "default/late" in conditions["DataVolumesReady"].message
+    assert cagent.get("patient").status.phase == vm_pb2.PHASE_PENDING
+    assert "running" not in cagent.node.virsh("domstate", "default_patient")
+
+    image = blank_claim(claim_root, "late")
+    cagent.wait_phase("patient", vm_pb2.PHASE_RUNNING, timeout=60)
+    cagent.wait_console("patient", "VIRT-AGENT-CLAIM-WROTE", timeout=BOOT_TIMEOUT)
+    delete(cagent, "patient")
+    assert image.read_bytes().startswith(b"hello")
+
+
+def test_a_claim_with_a_backing_file_is_refused(
+    cagent: AgentProcess, claim_root: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "host-secret.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    image = claim_folder(claim_root, "evil") / "disk.img"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(image)],
+        check=True,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        cagent.apply(data_vm("evil", "evil", "x"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert "claim default/evil" in caught.value.details()
+    assert "backing file" in caught.value.details()
