@@ -117,7 +117,7 @@ class ClaimGate:
     def check(self, start: Callable[[str], None]) -> None:
         """Try the waiting VMs again (``start`` takes the VM's lock and starts it if it is
         still meant to start); a VM busy with a verb is tried next time."""
-        for domain in sorted(self.waiting):
+        for domain in sorted(self.waiting.copy()):  # (verbs change it meanwhile)
             try:
                 start(domain)
             except Conflict:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.disks.claimdisks import ClaimUse, claim_backing, claim_uses, placeholder_backing
+from agent.disks.claims import find_claim
 from agent.disks.cloudinit import (
     CONFIG_DRIVE_VOLUME_ID,
     VOLUME_ID,
@@ -177,9 +178,12 @@ class VMFiles:
         return PreparedFiles(kernel, initrd, console, disks, ignition, tuple(missing))
 
     def missing_claims(self, vm: VMSpec) -> tuple[ClaimUse, ...]:
-        """The VM's claims that are not on the node (yet); nothing is created."""
+        """The VM's claims that are not on the node (yet); nothing is created or read (the
+        start that follows checks the images)."""
         roots = self.support.claim_roots
-        return tuple(u for u in claim_uses(vm) if claim_backing(roots, self.images, u) is None)
+        return tuple(
+            u for u in claim_uses(vm) if find_claim(roots, u.namespace, u.claim, u.field) is None
+        )
 
     def _claim(self, use: ClaimUse, missing: list[ClaimUse]) -> DiskBacking:
         """The claim's file or device, used in place (never removed with the VM)."""

@@ -3,11 +3,13 @@ after an agent restart), claims outliving VMs, and two VMs on one claim."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.domain.claimgate import ClaimWatch
 from agent.domain.files import VolumeSupport
 from agent.errors import FailedPrecondition, NotFound
 from agent.models import Phase, VMSpec
@@ -143,3 +145,27 @@ def test_a_waiting_vm_shows_why_it_cannot_start_and_retries(tmp_path: Path) -> N
     node.service.stop("default", "holder", grace_period=0)
     node.service.sync.check_claims()
     assert state(node, "waiter") == DomainState.RUNNING
+
+
+def test_a_claim_that_appears_as_a_symlink_is_refused_in_the_status(tmp_path: Path) -> None:
+    node = with_claims(make_node(tmp_path), tmp_path / "claims")
+    node.service.apply(claim_vm())
+    elsewhere = make_claim(tmp_path / "elsewhere")
+    (tmp_path / "claims" / "default").mkdir()
+    (tmp_path / "claims" / "default" / "data").symlink_to(elsewhere.parent)
+    node.service.sync.check_claims()
+    record = node.service.get("default", "web")
+    assert record.status.phase == Phase.PENDING
+    assert "symlink, which is not allowed" in record.status.message
+    assert state(node) == DomainState.SHUTOFF
+
+
+def test_the_claim_watch_checks_until_it_is_stopped() -> None:
+    calls = threading.Semaphore(0)
+    watch = ClaimWatch(calls.release, interval=0.01)
+    watch.start()
+    try:
+        assert calls.acquire(timeout=10) and calls.acquire(timeout=10)  # again and again
+    finally:
+        watch.stop()
+    assert watch._thread is not None and not watch._thread.is_alive()
