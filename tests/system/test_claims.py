@@ -16,14 +16,18 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from agent.client import AgentClient
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.netbed import node_get
-from tests.testbed.nodebox import GuestImage, NodeBox
+from tests.testbed.nodebox import GuestImage, NodeBox, TwoNodes
 from tests.testbed.wait import wait_for
 
 READY = "VIRT-AGENT-READY"
+PORT = 7443  # the migration test agents' gRPC port on the nodes' uplinks
+POOLS = {"node-a": "10.250.1.0/24", "node-b": "10.250.2.0/24"}
 BOOT_TIMEOUT = 240.0
 # Prints the first bytes of the disk with serial DATA1, then writes WORD there (synced).
 DATA_SCRIPT = """#!/bin/sh
@@ -180,3 +184,62 @@ def test_a_claim_with_a_backing_file_is_refused(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
     assert "claim default/evil" in caught.value.details()
     assert "backing file" in caught.value.details()
+
+
+def _migration_agent(node: NodeBox, guest: GuestImage, roots: list[Path]) -> AgentProcess:
+    """An agent of its own on one of two nodes, plaintext gRPC on the uplink (as in
+    test_migration.py), with the given claim roots."""
+    args = ["--listen", f"{node.uplink_ip}:{PORT}", "--insecure", "--vm-cidr", "10.250.0.0/16"]
+    args += ["--node-vm-pool", POOLS[node.name]]
+    for root in roots:
+        args += ["--claim-root", str(root)]
+    return AgentProcess(node=node, guest=guest, dir=node.dir / "agents" / "claims", extra_args=args)
+
+
+def _migrate(agent: AgentProcess, name: str, target: AgentProcess) -> mpb.Migration:
+    with AgentClient(f"unix:{agent.socket}", timeout=30) as client:
+        started = client.migrate("default", name, f"{target.node.uplink_ip}:{PORT}")
+        updates = list(client.watch_migration(started.id, timeout=240))
+    assert updates, "no migration updates"
+    return updates[-1]
+
+
+def test_a_vm_on_a_shared_claim_migrates_and_one_on_a_local_claim_is_refused(
+    two_nodes: TwoNodes, test_guest: GuestImage
+) -> None:
+    shared = two_nodes.world.dir / "shared-claims"  # both nodes see it: shared storage
+    local = two_nodes.a.dir / "local-claims"  # only node-a's agent looks here
+    for folder in (shared, local):
+        folder.mkdir(mode=0o755)
+    a = _migration_agent(two_nodes.a, test_guest, [shared, local])
+    b = _migration_agent(two_nodes.b, test_guest, [shared])
+    a.start()
+    try:
+        b.start()
+        try:
+            image = blank_claim(shared, "data")
+            a.apply(data_vm("mover", "data", "written-on-a"))
+            a.wait_console("mover", "VIRT-AGENT-CLAIM-WROTE", timeout=BOOT_TIMEOUT)
+            final = _migrate(a, "mover", b)
+            assert final.state == mpb.MIGRATION_STATE_SUCCEEDED, final.message
+            assert b.wait_phase("mover", vm_pb2.PHASE_RUNNING).status.node_name == "node-b"
+            assert f"<source file='{image}'" in b.node.virsh("dumpxml", "default_mover")
+            assert image.read_bytes().startswith(b"written-on-a")  # never copied or reset
+
+            blank_claim(local, "scratch")
+            a.apply(data_vm("stayer", "scratch", "x"))
+            a.wait_phase("stayer", vm_pb2.PHASE_RUNNING)
+            final = _migrate(a, "stayer", b)
+            assert final.state == mpb.MIGRATION_STATE_FAILED
+            assert "disk 'data'" in final.message, final.message
+            assert "claim default/scratch is not on node node-b" in final.message
+            assert a.get("stayer").status.phase == vm_pb2.PHASE_RUNNING  # it stayed on a
+        finally:
+            for agent in (a, b):
+                if agent.proc is not None:
+                    agent.delete_all()
+            b.stop()
+    finally:
+        a.stop()
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(local, ignore_errors=True)
