@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.adapters.qemuimg import QemuImg
+from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.cli.kubevirt import map_document
+from agent.cli.output import describe_vm
 from agent.config import load_settings
 from agent.disks.claimdisks import check_sharing, claim_uses
 from agent.domain.files import VMFiles, VolumeSupport
@@ -270,3 +273,18 @@ def test_the_same_claim_name_in_another_namespace_is_no_conflict() -> None:
 def test_claim_roots_are_a_repeatable_setting() -> None:
     settings = load_settings(["--claim-root", "/srv/claims", "--claim-root", "/mnt/fast"], {})
     assert settings.claim_root == ["/srv/claims", "/mnt/fast"]
+
+
+def test_describe_names_claim_volumes() -> None:
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.namespace, vm.metadata.name = "team-a", "web"
+    for name in ("root", "data"):
+        vm.spec.template.spec.domain.devices.disks.add(name=name)
+    root = vm.spec.template.spec.volumes.add(name="root")
+    root.data_volume.name = "fedora-root"
+    data = vm.spec.template.spec.volumes.add(name="data")
+    data.persistent_volume_claim.claim_name = "db"
+    data.persistent_volume_claim.read_only = True
+    text = describe_vm(vm, datetime.now(UTC))
+    assert "dataVolume fedora-root" in text
+    assert "persistentVolumeClaim db (read-only)" in text
