@@ -19,7 +19,7 @@ import pytest
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
-from agent.client import AgentClient
+from agent.client import AgentCallError, AgentClient
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.netbed import node_get
 from tests.testbed.nodebox import GuestImage, NodeBox, TwoNodes
@@ -229,11 +229,17 @@ def test_a_vm_on_a_shared_claim_migrates_and_one_on_a_local_claim_is_refused(
             blank_claim(local, "scratch")
             a.apply(data_vm("stayer", "scratch", "x"))
             a.wait_phase("stayer", vm_pb2.PHASE_RUNNING)
-            final = _migrate(a, "stayer", b)
-            assert final.state == mpb.MIGRATION_STATE_FAILED
-            assert "disk 'data'" in final.message, final.message
-            assert "claim default/scratch is not on node node-b" in final.message
+            with (
+                AgentClient(f"unix:{a.socket}", timeout=30) as client,
+                pytest.raises(AgentCallError) as refused,
+            ):
+                client.migrate("default", "stayer", f"{b.node.uplink_ip}:{PORT}")
+            # The call itself is refused, before anything is made on either node.
+            assert refused.value.code.name == "FAILED_PRECONDITION", refused.value
+            assert "disk 'data'" in refused.value.message
+            assert "claim default/scratch is not on node node-b" in refused.value.message
             assert a.get("stayer").status.phase == vm_pb2.PHASE_RUNNING  # it stayed on a
+            assert "default_stayer" not in b.node.virsh("list", "--all", "--name")
         finally:
             for agent in (a, b):
                 if agent.proc is not None:
