@@ -135,7 +135,7 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
     access, credentials = access_control(settings), server_credentials(settings)
     os.makedirs(settings.state_dir, exist_ok=True)
     hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
-    cache = VMCache()
+    cache = VMCache(history_events=settings.watch_history)
     networking = _network(settings)
     service = VMService(
         hv,

@@ -10,6 +10,7 @@
     ├── Cancelled            the client gave up on the call; what it waited for was left
     ├── DeadlineExceeded     an operation did not finish within its bound
     ├── ResourceExhausted    a limit of the agent is reached (e.g. open watch streams)
+    ├── OutOfRange           a position the agent no longer holds (a watch's old version)
     ├── Unsupported          a feature exists in the API but not in this agent (yet)
     └── PermissionDenied     the caller's identity may not make this call
 
@@ -27,6 +28,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidSpec",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unavailable",
@@ -77,6 +79,11 @@ class DeadlineExceeded(AgentError):
 
 class ResourceExhausted(AgentError):
     """A limit of the agent is reached; retry later."""
+
+
+class OutOfRange(AgentError):
+    """A position outside what the agent holds (a watch resuming from a version it no
+    longer keeps); start again from the beginning (list, then watch)."""
 
 
 class Unsupported(AgentError):

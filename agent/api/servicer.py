@@ -164,8 +164,13 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     def WatchVirtualMachines(
         self, request: pb.WatchVirtualMachinesRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchVirtualMachinesResponse]:
+        if request.resource_version < 0:
+            raise InvalidSpec("resource_version", "must not be negative")
         items = self.views.watch(
-            request.namespace, request.label_selector, keep_going=context.is_active
+            request.namespace,
+            request.label_selector,
+            keep_going=context.is_active,
+            since=request.resource_version,
         )
         with self.streams.take():
             for item in items:

@@ -32,8 +32,6 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -50,6 +48,8 @@ from agent.api._gen.virtagent.v1 import (
     vm_service_pb2_grpc,
 )
 from agent.client.migrations import MigrationCalls
+from agent.client.tls import TLSOptions
+from agent.client.watch import resuming_watch
 from agent.defaults import GRACE_PERIOD_SECONDS
 
 __all__ = ["DEFAULT_GRACE_PERIOD_SECONDS", "AgentCallError", "AgentClient", "TLSOptions"]
@@ -71,40 +71,6 @@ class AgentCallError(Exception):
 
     def __str__(self) -> str:
         return f"agent {self.target}: {self.code.name}: {self.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class TLSOptions:
-    """Files for a TLS (or, with a client certificate, mutual TLS) channel.
-
-    ``ca_file`` verifies the agent (system roots when None); ``cert_file`` and ``key_file``
-    identify the client; ``server_name`` overrides the name checked in the agent's
-    certificate (for an agent reached by IP address).
-    """
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    server_name: str | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        """Read the files and build channel credentials; OSError/ValueError when unusable."""
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("a client certificate needs both cert_file and key_file")
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca_file),
-            private_key=_read(self.key_file),
-            certificate_chain=_read(self.cert_file),
-        )
-
-    def channel_options(self) -> list[tuple[str, str]]:
-        if not self.server_name:
-            return []
-        return [("grpc.ssl_target_name_override", self.server_name)]
-
-
-def _read(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
 
 
 class AgentClient(MigrationCalls):
@@ -203,16 +169,33 @@ class AgentClient(MigrationCalls):
         label_selector: str = "",
         *,
         timeout: float | None = None,
+        resource_version: int = 0,
+        resume: bool = True,
     ) -> Generator[vm_service_pb2.WatchVirtualMachinesResponse, None, None]:
         """A snapshot (ADDED events, then SYNCED), then every change; endless unless timeout.
 
-        The call starts on the first ``next()``. Closing the iterator cancels the stream; a
-        ``timeout`` ends it with DEADLINE_EXCEEDED.
+        From ``resource_version``: the changes after it instead of the snapshot. With
+        ``resume`` a lost stream resumes by itself, re-listing when the agent cannot resume
+        (``agent.client.watch``). The call starts on the first ``next()``; closing the
+        iterator cancels it; a ``timeout`` ends it with DEADLINE_EXCEEDED.
         """
-        request = vm_service_pb2.WatchVirtualMachinesRequest(
-            namespace=namespace, label_selector=label_selector
+
+        def request(version: int) -> vm_service_pb2.WatchVirtualMachinesRequest:
+            return vm_service_pb2.WatchVirtualMachinesRequest(
+                namespace=namespace, label_selector=label_selector, resource_version=version
+            )
+
+        rpc = self._vms.WatchVirtualMachines
+        if not resume:
+            return self._stream(rpc, request(resource_version), timeout=timeout)
+        return resuming_watch(
+            lambda version, remaining: rpc(request(version), timeout=remaining),
+            since=resource_version,
+            timeout=timeout,
+            backoff=self._backoff,
+            sleep=self._sleep,
+            error=self._error,
         )
-        return self._stream(self._vms.WatchVirtualMachines, request, timeout=timeout)
 
     # Imperative verbs.
 

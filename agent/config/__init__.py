@@ -74,6 +74,7 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     # No unary call runs longer (the longest graceful stop is 3600 s).
     max_call_seconds: float = 3900.0
+    watch_history: int = 1000  # changes kept for watches that resume (agent.domain.watchhistory)
     vm_network: bool = True
     vm_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.250.0.0/16")
     node_vm_pool: str = ""  # empty: the whole --vm-cidr (one node, or no migration)
@@ -260,6 +261,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "pull_timeout": _positive,
     "shutdown_grace_seconds": _not_negative,
     "max_call_seconds": _positive,
+    "watch_history": _positive,
     "node_vm_pool": _optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
     "migration_address": _optional(_ipv4),
     "max_outbound_migrations": _positive,

@@ -82,6 +82,11 @@ def _api_flags(add: Any) -> None:
         help="server-side deadline of every unary call; past it the call is cancelled "
         "(default 3900: the longest graceful stop and then some)",
     )
+    add(
+        "--watch-history",
+        help="how many recent VM changes the agent keeps for watches that resume from a "
+        "resource version (default 1000; at most 8 MiB of them); older: OUT_OF_RANGE, re-list",
+    )
     add("--tls-cert", help="server certificate (PEM) for --listen")
     add("--tls-key", help="server private key (PEM) for --listen")
     add("--tls-client-ca", help="CA bundle that client certificates must chain to (mTLS)")

@@ -61,19 +61,29 @@ class VMViews:
         return sorted(records, key=_order), version
 
     def watch(
-        self, namespace: str, selector: str, *, keep_going: Callable[[], bool]
+        self,
+        namespace: str,
+        selector: str,
+        *,
+        keep_going: Callable[[], bool],
+        since: int = 0,
     ) -> Iterator[WatchItem]:
         """The matching VMs as ADDED, then SYNCED, then every change while ``keep_going()``.
 
-        Raises ResourceExhausted when the watcher left too much unread (it may watch again:
-        a new watch starts with a snapshot).
+        With ``since`` (a resource version), the changes after it replace the snapshot
+        (OutOfRange when the agent no longer holds them all: the watcher lists again).
+        Raises ResourceExhausted when the watcher left too much unread (it may resume from
+        the last version it received).
         """
         wanted = _matcher(namespace, selector)
-        snapshot, version, watch = self.cache.watch()
+        if since:
+            missed, version, watch = self.cache.resume(since)
+            first = [WatchItem(e.type, e.record, e.resource_version) for e in missed]
+        else:
+            snapshot, version, watch = self.cache.watch()
+            first = [WatchItem("ADDED", r, version) for r in sorted(snapshot, key=_order)]
         try:
-            for record in sorted(snapshot, key=_order):
-                if wanted(record):
-                    yield WatchItem("ADDED", record, version)
+            yield from (item for item in first if item.record and wanted(item.record))
             yield WatchItem("SYNCED", None, version)
             while keep_going():
                 event = watch.next_event(timeout=_WATCH_POLL_SECONDS)
@@ -82,8 +92,8 @@ class VMViews:
                 if event.record is None:
                     raise ResourceExhausted(
                         "the watch fell behind the node's changes (more than "
-                        f"{self.cache.watch_buffer_bytes} bytes unread); watch again: a "
-                        "new watch starts with a snapshot"
+                        f"{self.cache.watch_buffer_bytes} bytes unread); watch again from "
+                        "the last resource_version received (or afresh: a snapshot first)"
                     )
                 if wanted(event.record):
                     yield WatchItem(event.type, event.record, event.resource_version)

@@ -2,7 +2,11 @@
 
 The VM cache is never a source of truth: it is rebuilt from libvirt at start and
 refreshed on every libvirt event. Watchers get a consistent snapshot plus every later
-change, in resource-version order.
+change, in resource-version order, or resume after a version the bounded history still holds.
+
+Resource versions count changes from the agent's start time in microseconds, so a version
+from an earlier run of the agent is older than any of this run: a watch resuming from it is
+refused (too old), never misread as a version of this run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.domain.clock import SYSTEM_CLOCK
+from agent.domain.watchhistory import WATCH_HISTORY_BYTES, WATCH_HISTORY_EVENTS, WatchHistory
 from agent.models import Bookkeeping, CloudInitConfigDrive, CloudInitNoCloud, VMSpec, VMStatus
 from agent.ports import Clock
 
@@ -68,11 +73,23 @@ class Watch:
 class VMCache:
     """Thread-safe map of domain name → VMRecord."""
 
-    def __init__(self, *, watch_buffer_bytes: int = WATCH_BUFFER_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        watch_buffer_bytes: int = WATCH_BUFFER_BYTES,
+        history_events: int = WATCH_HISTORY_EVENTS,
+        history_bytes: int = WATCH_HISTORY_BYTES,
+        start_version: int | None = None,
+    ) -> None:
         self.watch_buffer_bytes = watch_buffer_bytes
         self._lock = threading.Condition()
         self._records: dict[str, VMRecord] = {}
-        self._version = 0
+        if start_version is None:
+            start_version = int(SYSTEM_CLOCK.now() * 1_000_000)
+        self._version = start_version
+        self.history = WatchHistory(
+            start_version, max_events=history_events, max_bytes=history_bytes
+        )
         self._watches: set[Watch] = set()
 
     @property
@@ -109,6 +126,7 @@ class VMCache:
     def _publish(self, kind: str, record: VMRecord) -> None:
         self._version += 1
         event = WatchEvent(kind, record, self._version, record_bytes(record))
+        self.history.append(event)
         for watch in list(self._watches):
             try:
                 if watch.buffered_bytes + event.size > self.watch_buffer_bytes:
@@ -130,6 +148,16 @@ class VMCache:
         with self._lock:
             self._watches.add(watch)
             return list(self._records.values()), self._version, watch
+
+    def resume(self, since: int) -> tuple[list[WatchEvent], int, Watch]:
+        """Every change after version ``since``, the version they bring the watcher to, and a
+        Watch that receives every later change, atomically; OutOfRange when the history no
+        longer holds them all."""
+        with self._lock:
+            missed = self.history.since(since)
+            watch = Watch(self)
+            self._watches.add(watch)
+            return missed, self._version, watch
 
     def _unwatch(self, watch: Watch) -> None:
         with self._lock:

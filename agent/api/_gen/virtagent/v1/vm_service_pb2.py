@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from agent.api._gen.virtagent.v1 import vm_pb2 as virtagent_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvirtagent/v1/vm_service.proto\x12\x0cvirtagent.v1\x1a\x15virtagent/v1/vm.proto\"Z\n\x1a\x41pplyVirtualMachineRequest\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"X\n\x1b\x41pplyVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\";\n\x18GetVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"E\n\x19GetVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"n\n\x1aListVirtualMachinesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"{\n\x1bListVirtualMachinesResponse\x12)\n\x03vms\x18\x01 \x03(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"H\n\x1bWatchVirtualMachinesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\"\x89\x01\n\x1cWatchVirtualMachinesResponse\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.virtagent.v1.EventType\x12(\n\x02vm\x18\x02 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"Q\n\x1aStartVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"G\n\x1bStartVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"\x9b\x01\n\x19StopVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x14grace_period_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x17\n\x15_grace_period_seconds\"F\n\x1aStopVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"a\n\x1cRestartVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04hard\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n\x1dRestartVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"Q\n\x1aPauseVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"G\n\x1bPauseVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"R\n\x1bResumeVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"H\n\x1cResumeVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"\x8e\x01\n\x1b\x44\x65leteVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x14grace_period_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x17\n\x15_grace_period_seconds\"\x1e\n\x1c\x44\x65leteVirtualMachineResponse\"[\n\x14GetConsoleLogRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"%\n\x15GetConsoleLogResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*\x85\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_ADDED\x10\x01\x12\x17\n\x13\x45VENT_TYPE_MODIFIED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x03\x12\x15\n\x11\x45VENT_TYPE_SYNCED\x10\x04\x32\xb3\t\n\x15VirtualMachineService\x12j\n\x13\x41pplyVirtualMachine\x12(.virtagent.v1.ApplyVirtualMachineRequest\x1a).virtagent.v1.ApplyVirtualMachineResponse\x12\x64\n\x11GetVirtualMachine\x12&.virtagent.v1.GetVirtualMachineRequest\x1a\'.virtagent.v1.GetVirtualMachineResponse\x12j\n\x13ListVirtualMachines\x12(.virtagent.v1.ListVirtualMachinesRequest\x1a).virtagent.v1.ListVirtualMachinesResponse\x12o\n\x14WatchVirtualMachines\x12).virtagent.v1.WatchVirtualMachinesRequest\x1a*.virtagent.v1.WatchVirtualMachinesResponse0\x01\x12j\n\x13StartVirtualMachine\x12(.virtagent.v1.StartVirtualMachineRequest\x1a).virtagent.v1.StartVirtualMachineResponse\x12g\n\x12StopVirtualMachine\x12\'.virtagent.v1.StopVirtualMachineRequest\x1a(.virtagent.v1.StopVirtualMachineResponse\x12p\n\x15RestartVirtualMachine\x12*.virtagent.v1.RestartVirtualMachineRequest\x1a+.virtagent.v1.RestartVirtualMachineResponse\x12j\n\x13PauseVirtualMachine\x12(.virtagent.v1.PauseVirtualMachineRequest\x1a).virtagent.v1.PauseVirtualMachineResponse\x12m\n\x14ResumeVirtualMachine\x12).virtagent.v1.ResumeVirtualMachineRequest\x1a*.virtagent.v1.ResumeVirtualMachineResponse\x12m\n\x14\x44\x65leteVirtualMachine\x12).virtagent.v1.DeleteVirtualMachineRequest\x1a*.virtagent.v1.DeleteVirtualMachineResponse\x12Z\n\rGetConsoleLog\x12\".virtagent.v1.GetConsoleLogRequest\x1a#.virtagent.v1.GetConsoleLogResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvirtagent/v1/vm_service.proto\x12\x0cvirtagent.v1\x1a\x15virtagent/v1/vm.proto\"Z\n\x1a\x41pplyVirtualMachineRequest\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"X\n\x1b\x41pplyVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\";\n\x18GetVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"E\n\x19GetVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"n\n\x1aListVirtualMachinesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"{\n\x1bListVirtualMachinesResponse\x12)\n\x03vms\x18\x01 \x03(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"b\n\x1bWatchVirtualMachinesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"\x89\x01\n\x1cWatchVirtualMachinesResponse\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.virtagent.v1.EventType\x12(\n\x02vm\x18\x02 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"Q\n\x1aStartVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"G\n\x1bStartVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"\x9b\x01\n\x19StopVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x14grace_period_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x17\n\x15_grace_period_seconds\"F\n\x1aStopVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"a\n\x1cRestartVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04hard\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n\x1dRestartVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"Q\n\x1aPauseVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"G\n\x1bPauseVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"R\n\x1bResumeVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"H\n\x1cResumeVirtualMachineResponse\x12(\n\x02vm\x18\x01 \x01(\x0b\x32\x1c.virtagent.v1.VirtualMachine\"\x8e\x01\n\x1b\x44\x65leteVirtualMachineRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x14grace_period_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x17\n\x15_grace_period_seconds\"\x1e\n\x1c\x44\x65leteVirtualMachineResponse\"[\n\x14GetConsoleLogRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"%\n\x15GetConsoleLogResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*\x85\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_ADDED\x10\x01\x12\x17\n\x13\x45VENT_TYPE_MODIFIED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x03\x12\x15\n\x11\x45VENT_TYPE_SYNCED\x10\x04\x32\xb3\t\n\x15VirtualMachineService\x12j\n\x13\x41pplyVirtualMachine\x12(.virtagent.v1.ApplyVirtualMachineRequest\x1a).virtagent.v1.ApplyVirtualMachineResponse\x12\x64\n\x11GetVirtualMachine\x12&.virtagent.v1.GetVirtualMachineRequest\x1a\'.virtagent.v1.GetVirtualMachineResponse\x12j\n\x13ListVirtualMachines\x12(.virtagent.v1.ListVirtualMachinesRequest\x1a).virtagent.v1.ListVirtualMachinesResponse\x12o\n\x14WatchVirtualMachines\x12).virtagent.v1.WatchVirtualMachinesRequest\x1a*.virtagent.v1.WatchVirtualMachinesResponse0\x01\x12j\n\x13StartVirtualMachine\x12(.virtagent.v1.StartVirtualMachineRequest\x1a).virtagent.v1.StartVirtualMachineResponse\x12g\n\x12StopVirtualMachine\x12\'.virtagent.v1.StopVirtualMachineRequest\x1a(.virtagent.v1.StopVirtualMachineResponse\x12p\n\x15RestartVirtualMachine\x12*.virtagent.v1.RestartVirtualMachineRequest\x1a+.virtagent.v1.RestartVirtualMachineResponse\x12j\n\x13PauseVirtualMachine\x12(.virtagent.v1.PauseVirtualMachineRequest\x1a).virtagent.v1.PauseVirtualMachineResponse\x12m\n\x14ResumeVirtualMachine\x12).virtagent.v1.ResumeVirtualMachineRequest\x1a*.virtagent.v1.ResumeVirtualMachineResponse\x12m\n\x14\x44\x65leteVirtualMachine\x12).virtagent.v1.DeleteVirtualMachineRequest\x1a*.virtagent.v1.DeleteVirtualMachineResponse\x12Z\n\rGetConsoleLog\x12\".virtagent.v1.GetConsoleLogRequest\x1a#.virtagent.v1.GetConsoleLogResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtagent.v1.vm_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=2019
-  _globals['_EVENTTYPE']._serialized_end=2152
+  _globals['_EVENTTYPE']._serialized_start=2045
+  _globals['_EVENTTYPE']._serialized_end=2178
   _globals['_APPLYVIRTUALMACHINEREQUEST']._serialized_start=70
   _globals['_APPLYVIRTUALMACHINEREQUEST']._serialized_end=160
   _globals['_APPLYVIRTUALMACHINERESPONSE']._serialized_start=162
@@ -47,37 +47,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVIRTUALMACHINESRESPONSE']._serialized_start=496
   _globals['_LISTVIRTUALMACHINESRESPONSE']._serialized_end=619
   _globals['_WATCHVIRTUALMACHINESREQUEST']._serialized_start=621
-  _globals['_WATCHVIRTUALMACHINESREQUEST']._serialized_end=693
-  _globals['_WATCHVIRTUALMACHINESRESPONSE']._serialized_start=696
-  _globals['_WATCHVIRTUALMACHINESRESPONSE']._serialized_end=833
-  _globals['_STARTVIRTUALMACHINEREQUEST']._serialized_start=835
-  _globals['_STARTVIRTUALMACHINEREQUEST']._serialized_end=916
-  _globals['_STARTVIRTUALMACHINERESPONSE']._serialized_start=918
-  _globals['_STARTVIRTUALMACHINERESPONSE']._serialized_end=989
-  _globals['_STOPVIRTUALMACHINEREQUEST']._serialized_start=992
-  _globals['_STOPVIRTUALMACHINEREQUEST']._serialized_end=1147
-  _globals['_STOPVIRTUALMACHINERESPONSE']._serialized_start=1149
-  _globals['_STOPVIRTUALMACHINERESPONSE']._serialized_end=1219
-  _globals['_RESTARTVIRTUALMACHINEREQUEST']._serialized_start=1221
-  _globals['_RESTARTVIRTUALMACHINEREQUEST']._serialized_end=1318
-  _globals['_RESTARTVIRTUALMACHINERESPONSE']._serialized_start=1320
-  _globals['_RESTARTVIRTUALMACHINERESPONSE']._serialized_end=1393
-  _globals['_PAUSEVIRTUALMACHINEREQUEST']._serialized_start=1395
-  _globals['_PAUSEVIRTUALMACHINEREQUEST']._serialized_end=1476
-  _globals['_PAUSEVIRTUALMACHINERESPONSE']._serialized_start=1478
-  _globals['_PAUSEVIRTUALMACHINERESPONSE']._serialized_end=1549
-  _globals['_RESUMEVIRTUALMACHINEREQUEST']._serialized_start=1551
-  _globals['_RESUMEVIRTUALMACHINEREQUEST']._serialized_end=1633
-  _globals['_RESUMEVIRTUALMACHINERESPONSE']._serialized_start=1635
-  _globals['_RESUMEVIRTUALMACHINERESPONSE']._serialized_end=1707
-  _globals['_DELETEVIRTUALMACHINEREQUEST']._serialized_start=1710
-  _globals['_DELETEVIRTUALMACHINEREQUEST']._serialized_end=1852
-  _globals['_DELETEVIRTUALMACHINERESPONSE']._serialized_start=1854
-  _globals['_DELETEVIRTUALMACHINERESPONSE']._serialized_end=1884
-  _globals['_GETCONSOLELOGREQUEST']._serialized_start=1886
-  _globals['_GETCONSOLELOGREQUEST']._serialized_end=1977
-  _globals['_GETCONSOLELOGRESPONSE']._serialized_start=1979
-  _globals['_GETCONSOLELOGRESPONSE']._serialized_end=2016
-  _globals['_VIRTUALMACHINESERVICE']._serialized_start=2155
-  _globals['_VIRTUALMACHINESERVICE']._serialized_end=3358
+  _globals['_WATCHVIRTUALMACHINESREQUEST']._serialized_end=719
+  _globals['_WATCHVIRTUALMACHINESRESPONSE']._serialized_start=722
+  _globals['_WATCHVIRTUALMACHINESRESPONSE']._serialized_end=859
+  _globals['_STARTVIRTUALMACHINEREQUEST']._serialized_start=861
+  _globals['_STARTVIRTUALMACHINEREQUEST']._serialized_end=942
+  _globals['_STARTVIRTUALMACHINERESPONSE']._serialized_start=944
+  _globals['_STARTVIRTUALMACHINERESPONSE']._serialized_end=1015
+  _globals['_STOPVIRTUALMACHINEREQUEST']._serialized_start=1018
+  _globals['_STOPVIRTUALMACHINEREQUEST']._serialized_end=1173
+  _globals['_STOPVIRTUALMACHINERESPONSE']._serialized_start=1175
+  _globals['_STOPVIRTUALMACHINERESPONSE']._serialized_end=1245
+  _globals['_RESTARTVIRTUALMACHINEREQUEST']._serialized_start=1247
+  _globals['_RESTARTVIRTUALMACHINEREQUEST']._serialized_end=1344
+  _globals['_RESTARTVIRTUALMACHINERESPONSE']._serialized_start=1346
+  _globals['_RESTARTVIRTUALMACHINERESPONSE']._serialized_end=1419
+  _globals['_PAUSEVIRTUALMACHINEREQUEST']._serialized_start=1421
+  _globals['_PAUSEVIRTUALMACHINEREQUEST']._serialized_end=1502
+  _globals['_PAUSEVIRTUALMACHINERESPONSE']._serialized_start=1504
+  _globals['_PAUSEVIRTUALMACHINERESPONSE']._serialized_end=1575
+  _globals['_RESUMEVIRTUALMACHINEREQUEST']._serialized_start=1577
+  _globals['_RESUMEVIRTUALMACHINEREQUEST']._serialized_end=1659
+  _globals['_RESUMEVIRTUALMACHINERESPONSE']._serialized_start=1661
+  _globals['_RESUMEVIRTUALMACHINERESPONSE']._serialized_end=1733
+  _globals['_DELETEVIRTUALMACHINEREQUEST']._serialized_start=1736
+  _globals['_DELETEVIRTUALMACHINEREQUEST']._serialized_end=1878
+  _globals['_DELETEVIRTUALMACHINERESPONSE']._serialized_start=1880
+  _globals['_DELETEVIRTUALMACHINERESPONSE']._serialized_end=1910
+  _globals['_GETCONSOLELOGREQUEST']._serialized_start=1912
+  _globals['_GETCONSOLELOGREQUEST']._serialized_end=2003
+  _globals['_GETCONSOLELOGRESPONSE']._serialized_start=2005
+  _globals['_GETCONSOLELOGRESPONSE']._serialized_end=2042
+  _globals['_VIRTUALMACHINESERVICE']._serialized_start=2181
+  _globals['_VIRTUALMACHINESERVICE']._serialized_end=3384
 # @@protoc_insertion_point(module_scope)

@@ -218,17 +218,25 @@ class WatchVirtualMachinesRequest(_message.Message):
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     label_selector: _builtins.str
+    resource_version: _builtins.int
+    """Resume after this version (of an event or a list) instead of starting with a snapshot:
+    the stream starts with every change after it, then SYNCED. 0: a snapshot first. When
+    the agent no longer holds every change after it (too old for its bounded history, or
+    from before the agent restarted), the call fails with OUT_OF_RANGE: list again.
+    """
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         label_selector: _builtins.str = ...,
+        resource_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "namespace", b"namespace", "resource_version", b"resource_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -118,7 +118,8 @@ class VirtualMachineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchVirtualMachines(self, request, context):
-        """WatchVirtualMachines streams a snapshot of the VMs, then every change.
+        """WatchVirtualMachines streams a snapshot of the VMs (or, resuming, the changes since a
+        resource version), then every change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

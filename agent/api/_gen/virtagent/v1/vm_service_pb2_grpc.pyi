@@ -40,7 +40,9 @@ class VirtualMachineServiceStub:
     ListVirtualMachines: _grpc.UnaryUnaryMultiCallable[_vm_service_pb2.ListVirtualMachinesRequest, _vm_service_pb2.ListVirtualMachinesResponse]
     """ListVirtualMachines returns the VMs, filtered by namespace and label selector."""
     WatchVirtualMachines: _grpc.UnaryStreamMultiCallable[_vm_service_pb2.WatchVirtualMachinesRequest, _vm_service_pb2.WatchVirtualMachinesResponse]
-    """WatchVirtualMachines streams a snapshot of the VMs, then every change."""
+    """WatchVirtualMachines streams a snapshot of the VMs (or, resuming, the changes since a
+    resource version), then every change.
+    """
     StartVirtualMachine: _grpc.UnaryUnaryMultiCallable[_vm_service_pb2.StartVirtualMachineRequest, _vm_service_pb2.StartVirtualMachineResponse]
     """StartVirtualMachine boots a stopped VM; a running VM is left alone."""
     StopVirtualMachine: _grpc.UnaryUnaryMultiCallable[_vm_service_pb2.StopVirtualMachineRequest, _vm_service_pb2.StopVirtualMachineResponse]
@@ -68,7 +70,9 @@ class VirtualMachineServiceAsyncStub(VirtualMachineServiceStub):
     ListVirtualMachines: _aio.UnaryUnaryMultiCallable[_vm_service_pb2.ListVirtualMachinesRequest, _vm_service_pb2.ListVirtualMachinesResponse]  # type: ignore[assignment]
     """ListVirtualMachines returns the VMs, filtered by namespace and label selector."""
     WatchVirtualMachines: _aio.UnaryStreamMultiCallable[_vm_service_pb2.WatchVirtualMachinesRequest, _vm_service_pb2.WatchVirtualMachinesResponse]  # type: ignore[assignment]
-    """WatchVirtualMachines streams a snapshot of the VMs, then every change."""
+    """WatchVirtualMachines streams a snapshot of the VMs (or, resuming, the changes since a
+    resource version), then every change.
+    """
     StartVirtualMachine: _aio.UnaryUnaryMultiCallable[_vm_service_pb2.StartVirtualMachineRequest, _vm_service_pb2.StartVirtualMachineResponse]  # type: ignore[assignment]
     """StartVirtualMachine boots a stopped VM; a running VM is left alone."""
     StopVirtualMachine: _aio.UnaryUnaryMultiCallable[_vm_service_pb2.StopVirtualMachineRequest, _vm_service_pb2.StopVirtualMachineResponse]  # type: ignore[assignment]
@@ -117,7 +121,9 @@ class VirtualMachineServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vm_service_pb2.WatchVirtualMachinesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_vm_service_pb2.WatchVirtualMachinesResponse], _abc.AsyncIterator[_vm_service_pb2.WatchVirtualMachinesResponse]]:
-        """WatchVirtualMachines streams a snapshot of the VMs, then every change."""
+        """WatchVirtualMachines streams a snapshot of the VMs (or, resuming, the changes since a
+        resource version), then every change.
+        """
 
     @_abc_1.abstractmethod
     def StartVirtualMachine(
