@@ -97,6 +97,7 @@ def resuming_watch(
     sleep: Callable[[float], None],
     error: Callable[[grpc.RpcError], Exception],
     resume_for: float = RESUME_SECONDS,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Generator[Event, None, None]:
     """Watch events from ``open_call``, resuming and re-listing as the module says.
 
@@ -105,10 +106,10 @@ def resuming_watch(
     ``since`` is out of range (the caller holds the state: it must list again).
     """
     follower = _Follower(version=since)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if timeout is None else monotonic() + timeout
     attempt, lost_since = 0, 0.0
     while True:
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        remaining = None if deadline is None else max(deadline - monotonic(), 0.0)
         call = open_call(follower.version, remaining)
         follower.opened()
         received = False
@@ -123,8 +124,8 @@ def resuming_watch(
                 follower.version = 0  # list again: a snapshot, compared with what was seen
                 continue
             if attempt == 0:
-                lost_since = time.monotonic()
-            if not _resumable(code, received) or time.monotonic() - lost_since > resume_for:
+                lost_since = monotonic()
+            if not _resumable(code, received) or monotonic() - lost_since > resume_for:
                 raise error(exc) from exc
         finally:
             call.cancel()

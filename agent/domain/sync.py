@@ -86,7 +86,12 @@ class NodeSync:
             if record is not None and (work := self._recovery.plan(info.name, record)):
                 later.append(work)
         for stale in self.cache.names() - set(ours):
-            self.cache.remove(stale)
+            # Read again, never dropped on the list's word: a VM made since the list was
+            # taken would be DELETED, then ADDED again, to every watcher.
+            try:
+                self.steps.refresh(stale)
+            except CorruptMetadata:
+                self.cache.remove(stale)
         busy = set(self._busy()) | self.steps.migrating  # being made, or arriving
         self.files.remove_orphans({i.name for i in domains} | busy)
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
