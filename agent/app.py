@@ -30,7 +30,7 @@ from agent.adapters.x509 import certificate_names
 from agent.api.access import Access
 from agent.api.authzfile import PolicyFile
 from agent.api.migrations import MigrationApi
-from agent.api.server import Server, create_server
+from agent.api.server import QUICK_CALL_THREADS, Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.api.tls import TlsFiles, reloading_credentials
 from agent.client import TLSOptions
@@ -161,8 +161,10 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         credentials=credentials,
         reflection_enabled=settings.reflection,
         access=access,
-        migrations=MigrationApi(migrations),
+        migrations=MigrationApi(migrations, vm_servicer.streams),
         max_call_seconds=settings.max_call_seconds,
+        # Long calls take at most their slots: the rest of the threads answer quick calls.
+        max_workers=max_streams + max_slow + QUICK_CALL_THREADS,
     )
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())

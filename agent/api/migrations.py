@@ -11,6 +11,7 @@ from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import migration_service_pb2_grpc as mgrpc
 from agent.api.convert import timestamp
 from agent.api.errors import grpc_errors, grpc_stream_errors
+from agent.api.slots import CallSlots
 from agent.errors import InvalidSpec
 from agent.migration.policy import ABORT, POST_COPY, MigrationOptions
 from agent.migration.records import SOURCE, MigrationRecord, State
@@ -120,8 +121,10 @@ def _id(request: Any) -> str:
 class MigrationApi(mgrpc.MigrationServiceServicer):
     """virtagent.v1.MigrationService over Migrations."""
 
-    def __init__(self, migrations: Migrations) -> None:
+    def __init__(self, migrations: Migrations, streams: CallSlots | None = None) -> None:
         self.migrations = migrations
+        # Watches hold a server thread each: they count against the VM watches' limit.
+        self.streams = streams or CallSlots(16, "watch streams (VMs, consoles, migrations)")
 
     @grpc_errors
     def MigrateVirtualMachine(
@@ -156,8 +159,10 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
     def WatchMigration(
         self, request: mpb.WatchMigrationRequest, context: grpc.ServicerContext
     ) -> Iterator[mpb.WatchMigrationResponse]:
-        for record in self.migrations.watch(_id(request), alive=context.is_active):
-            yield mpb.WatchMigrationResponse(migration=migration_to_proto(record))
+        records = self.migrations.watch(_id(request), alive=context.is_active)
+        with self.streams.take():
+            for record in records:
+                yield mpb.WatchMigrationResponse(migration=migration_to_proto(record))
 
     @grpc_errors
     def CancelMigration(

@@ -27,7 +27,7 @@ from agent.api.servicer import MigrationServicer, NodeServicer, VirtualMachineSe
 # The longest a unary call may run: the longest graceful stop (3600 s) and then some.
 DEFAULT_MAX_CALL_SECONDS = 3900.0
 
-__all__ = ["HEALTH_SERVICES", "Server", "create_server"]
+__all__ = ["HEALTH_SERVICES", "QUICK_CALL_THREADS", "Server", "create_server"]
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Transport bounds: a client may not hold the agent's resources open for free.
@@ -42,7 +42,12 @@ _OPTIONS = [
     ("grpc.max_connection_idle_ms", 15 * 60_000),
     ("grpc.server_handshake_timeout_ms", 20_000),  # a TLS handshake may not linger
 ]
-MAX_CONCURRENT_CALLS = 256  # one more is RESOURCE_EXHAUSTED before it takes a thread
+# Calls in progress or waiting for a thread; one more is RESOURCE_EXHAUSTED before it takes
+# one (health checks too: far above what the capped long calls and quick ones add up to).
+MAX_CONCURRENT_CALLS = 256
+# Threads no long call may take (streams and mutating calls have their own caps): reads and
+# health checks always find one.
+QUICK_CALL_THREADS = 16
 HEALTH_SERVICES = (
     "",
     "virtagent.v1.VirtualMachineService",

@@ -31,10 +31,11 @@ from agent.api._gen.virtagent.v1 import (
 from agent.api.convert import spec_from_proto, vm_to_proto
 from agent.api.errors import grpc_errors, grpc_stream_errors
 from agent.api.paging import PAGE_BYTES, one_page
+from agent.api.slots import CallSlots
 from agent.domain.lifecycle import VMService
 from agent.domain.views import VMViews
 from agent.domain.vmcache import VMCache
-from agent.errors import InvalidSpec, ResourceExhausted, Unsupported
+from agent.errors import InvalidSpec, Unsupported
 from agent.models import MAX_GRACE_PERIOD_SECONDS
 from agent.ports import HostProbe, HypervisorVersions
 from agent.spec import validate_name
@@ -82,29 +83,6 @@ def _cancellation(context: grpc.ServicerContext, cache: VMCache) -> Callable[[],
     return lambda: ended.is_set() and not context.is_active()
 
 
-class _Slots:
-    """At most ``limit`` calls of a kind at once; one more is refused, not queued.
-
-    Every call holds a server thread while it runs: streams for as long as they are open,
-    Stop and Delete for a grace period, Apply for an image pull. Capping them keeps threads
-    free for quick calls and health checks (a starved liveness probe restarts the agent).
-    """
-
-    def __init__(self, limit: int, what: str) -> None:
-        self.limit = limit
-        self._what = what
-        self._free = threading.BoundedSemaphore(limit)
-
-    @contextlib.contextmanager
-    def take(self) -> Iterator[None]:
-        if not self._free.acquire(blocking=False):
-            raise ResourceExhausted(f"{self.limit} {self._what} are running on this agent; retry")
-        try:
-            yield
-        finally:
-            self._free.release()
-
-
 class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     """virtagent.v1.VirtualMachineService: verbs go to the VMService, reads to the VMViews."""
 
@@ -120,8 +98,9 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
         self.service = service
         self.views = views
         self.host = host  # the node's size, to refuse VMs larger than it (None: unchecked)
-        self.streams = _Slots(max_streams, "watch/console streams")
-        self.slow_calls = _Slots(max_slow, "apply/start/stop/restart/delete calls")
+        self.streams = CallSlots(max_streams, "watch streams (VMs, consoles, migrations)")
+        # Every mutating call: each may wait on libvirt, a VM's lock or an image pull.
+        self.slow_calls = CallSlots(max_slow, "mutating calls (apply/start/stop/...)")
         self.page_bytes = PAGE_BYTES
 
     @grpc_errors
@@ -217,14 +196,18 @@ class VirtualMachineServicer(vm_grpc.VirtualMachineServiceServicer):
     def PauseVirtualMachine(
         self, request: pb.PauseVirtualMachineRequest, context: grpc.ServicerContext
     ) -> pb.PauseVirtualMachineResponse:
-        record = self.service.pause(*_names(request), request.request_id)
+        names = _names(request)
+        with self.slow_calls.take():
+            record = self.service.pause(*names, request.request_id)
         return pb.PauseVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors
     def ResumeVirtualMachine(
         self, request: pb.ResumeVirtualMachineRequest, context: grpc.ServicerContext
     ) -> pb.ResumeVirtualMachineResponse:
-        record = self.service.resume(*_names(request), request.request_id)
+        names = _names(request)
+        with self.slow_calls.take():
+            record = self.service.resume(*names, request.request_id)
         return pb.ResumeVirtualMachineResponse(vm=vm_to_proto(record))
 
     @grpc_errors

@@ -1,0 +1,114 @@
+"""Backpressure: with the agent's long-call slots all taken, more long calls are refused at
+once (RESOURCE_EXHAUSTED), while health checks and reads keep answering."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
+from agent.api._gen.virtagent.v1 import migration_service_pb2_grpc as mgrpc
+from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from tests.api.conftest import Agent
+from tests.api.test_vm_api import apply, code_of, vm_doc
+
+WEB = {"namespace": "default", "name": "web"}
+
+
+@pytest.fixture
+def busy_agent(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent]:
+    """Every mutating-call slot held by a Start that takes long (injected), every stream slot
+    by an open watch."""
+    apply(agent, vm_doc(run_strategy="Halted"))
+    release, started = threading.Event(), threading.Semaphore(0)
+    real_start = agent.service.start
+
+    def slow_start(namespace: str, name: str, request_id: str = "") -> Any:
+        started.release()
+        release.wait(30)
+        return real_start(namespace, name, request_id)
+
+    monkeypatch.setattr(agent.service, "start", slow_start)
+    servicer = agent.service_servicer
+    starts = [
+        agent.vms.StartVirtualMachine.future(pb.StartVirtualMachineRequest(**WEB))
+        for _ in range(servicer.slow_calls.limit)
+    ]
+    watches = [
+        agent.vms.WatchVirtualMachines(pb.WatchVirtualMachinesRequest())
+        for _ in range(servicer.streams.limit)
+    ]
+    try:
+        for _ in starts:
+            assert started.acquire(timeout=10)
+        for watch in watches:
+            assert next(watch).type == pb.EVENT_TYPE_ADDED  # open and counted
+        yield agent
+    finally:
+        release.set()
+        for watch in watches:
+            watch.cancel()
+        for start in starts:
+            start.exception(timeout=30)
+
+
+def _healthy(agent: Agent) -> bool:
+    reply = health_pb2_grpc.HealthStub(agent.channel).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=10
+    )
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+MUTATING: dict[str, Callable[[Agent], object]] = {
+    "apply": lambda a: apply(a, vm_doc("other", run_strategy="Halted")),
+    "start": lambda a: a.vms.StartVirtualMachine(pb.StartVirtualMachineRequest(**WEB)),
+    "stop": lambda a: a.vms.StopVirtualMachine(pb.StopVirtualMachineRequest(**WEB)),
+    "restart": lambda a: a.vms.RestartVirtualMachine(pb.RestartVirtualMachineRequest(**WEB)),
+    "pause": lambda a: a.vms.PauseVirtualMachine(pb.PauseVirtualMachineRequest(**WEB)),
+    "resume": lambda a: a.vms.ResumeVirtualMachine(pb.ResumeVirtualMachineRequest(**WEB)),
+    "delete": lambda a: a.vms.DeleteVirtualMachine(pb.DeleteVirtualMachineRequest(**WEB)),
+}
+
+
+@pytest.mark.parametrize("verb", sorted(MUTATING))
+def test_every_mutating_call_past_the_limit_is_refused_at_once(
+    busy_agent: Agent, verb: str
+) -> None:
+    code, details = code_of(lambda: MUTATING[verb](busy_agent))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "mutating calls" in details and "retry later" in details
+    get = pb.GetVirtualMachineRequest(**WEB)
+    assert busy_agent.vms.GetVirtualMachine(get, timeout=10).vm.metadata.name == "web"
+    assert {d.name for d in busy_agent.hv.list_domains()} == {"default_web"}  # nothing done
+
+
+def test_more_streams_are_refused_migration_watches_too(busy_agent: Agent) -> None:
+    request = pb.WatchVirtualMachinesRequest()
+    code, details = code_of(lambda: next(busy_agent.vms.WatchVirtualMachines(request)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "watch streams" in details
+    migrations = mgrpc.MigrationServiceStub(busy_agent.channel)
+    watch = mpb.WatchMigrationRequest(migration_id="m-1")
+    code, details = code_of(lambda: next(migrations.WatchMigration(watch)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "watch streams" in details
+
+
+def test_health_and_reads_all_answer_while_every_long_call_slot_is_taken(
+    busy_agent: Agent,
+) -> None:
+    get = pb.GetVirtualMachineRequest(**WEB)
+    calls: list[Callable[[], object]] = []
+    for _ in range(20):
+        calls.append(lambda: _healthy(busy_agent))
+        calls.append(lambda: busy_agent.vms.GetVirtualMachine(get, timeout=10).vm.metadata.name)
+        calls.append(
+            lambda: len(busy_agent.vms.ListVirtualMachines(pb.ListVirtualMachinesRequest()).vms)
+        )
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        answers = list(pool.map(lambda call: call(), calls))
+    assert answers == [True, "web", 1] * 20
