@@ -55,6 +55,9 @@ class FakeAgent(
         self.release = threading.Event()
         self.cancelled = threading.Event()
         self.later: list[vm_service_pb2.WatchVirtualMachinesResponse] = []
+        self.watch_ends: list[grpc.StatusCode] = []  # each Watch call ends with the next one
+        self.watch_floor = 0  # a Watch resuming from below this version is OUT_OF_RANGE
+        self.before_watch: list[Callable[[], None]] = []  # each Watch call runs the next one
         self.after_start: vm_pb2.Phase.ValueType = vm_pb2.PHASE_RUNNING
         self.console: Sequence[bytes] = (b"booting\n", b"\x1b[0mlogin: ")
 
@@ -120,12 +123,20 @@ class FakeAgent(
 
     def WatchVirtualMachines(self, request: Any, context: Any) -> Iterator[Any]:
         self._enter("Watch", request, context)
-        for vm in self._listed(request.namespace):
-            yield vm_service_pb2.WatchVirtualMachinesResponse(
-                type=vm_service_pb2.EVENT_TYPE_ADDED, vm=vm
-            )
+        if self.before_watch:
+            self.before_watch.pop(0)()
+        since = request.resource_version
+        if 0 < since < self.watch_floor:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, "too old; list the VMs again")
+        if not since:
+            for vm in self._listed(request.namespace):
+                yield vm_service_pb2.WatchVirtualMachinesResponse(
+                    type=vm_service_pb2.EVENT_TYPE_ADDED, vm=vm
+                )
         yield vm_service_pb2.WatchVirtualMachinesResponse(type=vm_service_pb2.EVENT_TYPE_SYNCED)
-        yield from self.later
+        yield from (e for e in self.later if not since or e.resource_version > since)
+        if self.watch_ends:
+            context.abort(self.watch_ends.pop(0), "the stream was lost")
 
     def _turn(
         self, method: str, request: Any, context: Any, phase: vm_pb2.Phase.ValueType

@@ -5,7 +5,9 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import yaml
 
@@ -285,6 +287,61 @@ def test_watch_prints_one_line_per_event(
         ["ADDED", "default/web", "Running"],
         ["SYNCED", "(snapshot", "complete)"],
     ]
+
+
+def _change(vm: vm_pb2.VirtualMachine, phase: int, version: int) -> Any:
+    changed = vm_pb2.VirtualMachine()
+    changed.CopyFrom(vm)
+    changed.status.phase = phase  # type: ignore[assignment]
+    return vm_service_pb2.WatchVirtualMachinesResponse(
+        type=vm_service_pb2.EVENT_TYPE_MODIFIED, vm=changed, resource_version=version
+    )
+
+
+def _events(out: str) -> list[list[str]]:
+    return [line.split()[1:4] for line in out.splitlines()]
+
+
+def test_watch_resumes_a_lost_stream_without_repeating_an_event(
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web = fake.add("web", vm_pb2.PHASE_RUNNING)
+    fake.later = [_change(web, vm_pb2.PHASE_PAUSED, 5), _change(web, vm_pb2.PHASE_RUNNING, 6)]
+    fake.watch_ends = [grpc.StatusCode.UNAVAILABLE]
+    assert run(agent, "watch") == 0
+    assert _events(capsys.readouterr().out) == [
+        ["ADDED", "default/web", "Running"],
+        ["SYNCED", "(snapshot", "complete)"],
+        ["MODIFIED", "default/web", "Paused"],
+        ["MODIFIED", "default/web", "Running"],
+    ]
+    assert [r.resource_version for m, r in fake.calls if m == "Watch"] == [0, 6]
+
+
+def test_watch_relists_when_the_agent_cannot_resume_and_shows_what_changed(
+    agent: str, fake: FakeAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web = fake.add("web", vm_pb2.PHASE_RUNNING)
+    fake.add("db", vm_pb2.PHASE_RUNNING)
+    fake.later = [_change(web, vm_pb2.PHASE_PAUSED, 5)]
+    fake.watch_ends = [grpc.StatusCode.UNAVAILABLE]
+    fake.watch_floor = 100  # the agent restarted meanwhile
+
+    def meanwhile() -> None:  # what happened while the watch was away
+        fake.later = []
+        del fake.vms[("default", "db")]
+
+    fake.before_watch = [lambda: None, lambda: None, meanwhile]
+    assert run(agent, "watch") == 0
+    assert _events(capsys.readouterr().out) == [
+        ["ADDED", "default/db", "Running"],
+        ["ADDED", "default/web", "Running"],
+        ["SYNCED", "(snapshot", "complete)"],
+        ["MODIFIED", "default/web", "Paused"],
+        ["MODIFIED", "default/web", "Running"],
+        ["DELETED", "default/db", "Running"],
+    ]
+    assert [r.resource_version for m, r in fake.calls if m == "Watch"] == [0, 5, 0]
 
 
 def test_unreachable_agent_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
