@@ -112,7 +112,7 @@ class Agent:
         self.server.set_serving(False)
         if self.probes is not None:
             self.probes.stop()
-        self.server.grpc_server.stop(grace).wait()
+        self.server.stop(grace)
         self.service.claim_watch.stop()
         self.stop_metrics()
         self.hv.close()

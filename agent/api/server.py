@@ -62,6 +62,14 @@ class Server:
     grpc_server: grpc.Server
     ports: list[int]
     health: health.HealthServicer
+    pool: futures.ThreadPoolExecutor | None = None  # the threads that run the calls
+
+    def stop(self, grace: float | None) -> None:
+        """Stop serving (in-flight calls get ``grace`` seconds), then end the call threads
+        (grpc leaves a pool it was given running)."""
+        self.grpc_server.stop(grace).wait()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -91,8 +99,9 @@ def create_server(
     ``access`` decides who may call what (default: anyone who reaches a port is the control
     plane, as without mTLS).
     """
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        pool,
         # Metrics outside access control: denied calls are counted as PERMISSION_DENIED.
         interceptors=[
             MetricsInterceptor(),
@@ -117,7 +126,7 @@ def create_server(
         ports = [server.add_insecure_port(address) for address in listen]
     if unix_socket:
         _bind_unix_socket(server, unix_socket)
-    result = Server(grpc_server=server, ports=ports, health=health_servicer)
+    result = Server(grpc_server=server, ports=ports, health=health_servicer, pool=pool)
     result.set_serving(False)
     return result
 
