@@ -30,7 +30,7 @@ from agent.adapters.x509 import certificate_names
 from agent.api.access import Access
 from agent.api.authzfile import PolicyFile
 from agent.api.migrations import MigrationApi
-from agent.api.server import QUICK_CALL_THREADS, Server, create_server
+from agent.api.server import MAX_CONCURRENT_CALLS, QUICK_CALL_THREADS, Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.api.tls import TlsFiles, reloading_credentials
 from agent.client import TLSOptions
@@ -130,7 +130,13 @@ def _node_support() -> NodeSupport:
     )
 
 
-def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32) -> Agent:
+def build_agent(
+    settings: Settings,
+    *,
+    max_streams: int = 16,
+    max_slow: int = 32,
+    max_calls: int = MAX_CONCURRENT_CALLS,
+) -> Agent:
     """Everything the agent is made of, wired, nothing started (``Agent.start`` does that)."""
     access, credentials = access_control(settings), server_credentials(settings)
     os.makedirs(settings.state_dir, exist_ok=True)
@@ -165,6 +171,7 @@ def build_agent(settings: Settings, *, max_streams: int = 16, max_slow: int = 32
         max_call_seconds=settings.max_call_seconds,
         # Long calls take at most their slots: the rest of the threads answer quick calls.
         max_workers=max_streams + max_slow + QUICK_CALL_THREADS,
+        max_calls=max_calls,
     )
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())

@@ -20,6 +20,7 @@ from agent.api._gen.virtagent.v1 import (
     vm_service_pb2_grpc,
 )
 from agent.api.access import Access, AccessInterceptor
+from agent.api.admission import AdmissionInterceptor, CallPool
 from agent.api.deadline import DeadlineInterceptor
 from agent.api.interceptor import MetricsInterceptor
 from agent.api.servicer import MigrationServicer, NodeServicer, VirtualMachineServicer
@@ -43,8 +44,11 @@ _OPTIONS = [
     ("grpc.server_handshake_timeout_ms", 20_000),  # a TLS handshake may not linger
 ]
 # Calls in progress or waiting for a thread; one more is RESOURCE_EXHAUSTED before it takes
-# one (health checks too: far above what the capped long calls and quick ones add up to).
+# one, except health checks (agent.api.admission).
 MAX_CONCURRENT_CALLS = 256
+# grpc's own limit, health checks included: only a flood of refusals faster than the pool
+# can answer them reaches it.
+_HARD_LIMIT_FACTOR = 4
 # Threads no long call may take (streams and mutating calls have their own caps): reads and
 # health checks always find one.
 QUICK_CALL_THREADS = 16
@@ -93,23 +97,25 @@ def create_server(
     max_workers: int = 64,  # > streams (16) + slow calls (32): room for quick calls
     migrations: Any = None,  # a MigrationService servicer; None: answers UNIMPLEMENTED
     max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS,
+    max_calls: int = MAX_CONCURRENT_CALLS,
 ) -> Server:
     """Bind every address (``host:port``, port 0 picks one) and the unix socket; not started.
 
     ``access`` decides who may call what (default: anyone who reaches a port is the control
     plane, as without mTLS).
     """
-    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+    pool = CallPool(max_workers=max_workers)
     server = grpc.server(
         pool,
-        # Metrics outside access control: denied calls are counted as PERMISSION_DENIED.
+        # Metrics outside admission and access control: refused calls are counted too.
         interceptors=[
             MetricsInterceptor(),
+            AdmissionInterceptor(pool, max_calls),
             AccessInterceptor(access or Access(mtls=False)),
             DeadlineInterceptor(max_call_seconds),
         ],
         options=_OPTIONS,
-        maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
+        maximum_concurrent_rpcs=max_calls * _HARD_LIMIT_FACTOR,
     )
     vm_service_pb2_grpc.add_VirtualMachineServiceServicer_to_server(vm, server)
     node_service_pb2_grpc.add_NodeServiceServicer_to_server(node, server)

@@ -45,7 +45,12 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 @contextlib.contextmanager
 def running_agent(
-    tmp_path: Path, *, max_streams: int = 4, max_slow: int = 4, **settings: Any
+    tmp_path: Path,
+    *,
+    max_streams: int = 4,
+    max_slow: int = 4,
+    max_calls: int = 256,
+    **settings: Any,
 ) -> Iterator[Agent]:
     """An agent as the ``agent`` fixture makes it, with some settings (and limits) of its own."""
     node_xml = tmp_path / "node.xml"
@@ -71,7 +76,7 @@ def running_agent(
         reserved_memory=0,
         **settings,
     )
-    built = build_agent(config, max_streams=max_streams, max_slow=max_slow)
+    built = build_agent(config, max_streams=max_streams, max_slow=max_slow, max_calls=max_calls)
     built.start()
     assert built.service.readiness.wait(10), "the agent never became ready"
     channel = grpc.insecure_channel(f"127.0.0.1:{built.server.ports[0]}")

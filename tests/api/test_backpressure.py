@@ -3,9 +3,11 @@ once (RESOURCE_EXHAUSTED), while health checks and reads keep answering."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import migration_service_pb2_grpc as mgrpc
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
-from tests.api.conftest import Agent
+from tests.api.conftest import Agent, running_agent
 from tests.api.test_vm_api import apply, code_of, vm_doc
 
 WEB = {"namespace": "default", "name": "web"}
@@ -23,6 +25,13 @@ WEB = {"namespace": "default", "name": "web"}
 
 @pytest.fixture
 def busy_agent(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent]:
+    """The ``agent`` with every long-call slot taken (see ``_occupied``)."""
+    with _occupied(agent, monkeypatch):
+        yield agent
+
+
+@contextlib.contextmanager
+def _occupied(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every mutating-call slot held by a Start that takes long (injected), every stream slot
     by an open watch."""
     apply(agent, vm_doc(run_strategy="Halted"))
@@ -49,7 +58,7 @@ def busy_agent(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent]
             assert started.acquire(timeout=10)
         for watch in watches:
             assert next(watch).type == pb.EVENT_TYPE_ADDED  # open and counted
-        yield agent
+        yield
     finally:
         release.set()
         for watch in watches:
@@ -112,3 +121,16 @@ def test_health_and_reads_all_answer_while_every_long_call_slot_is_taken(
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         answers = list(pool.map(lambda call: call(), calls))
     assert answers == [True, "web", 1] * 20
+
+
+def test_past_the_limit_of_calls_in_progress_only_health_checks_are_let_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_agent(tmp_path, max_calls=8) as agent, _occupied(agent, monkeypatch):
+        # 4 slow Starts and 4 watches in progress: the agent's limit of 8 calls.
+        get = pb.GetVirtualMachineRequest(**WEB)
+        code, details = code_of(lambda: agent.vms.GetVirtualMachine(get, timeout=10))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details == "8 calls are in progress or waiting on this agent, its limit; retry later"
+        assert all(_healthy(agent) for _ in range(20))
+    # (Once the calls ended, Gets are let in again: see the other tests of this file.)
