@@ -12,7 +12,8 @@ import grpc
 
 __all__ = ["AdmissionInterceptor", "CallPool"]
 
-_ALWAYS_ADMITTED = ("/grpc.health.v1.Health/",)
+# Health checks (not health watches: those are streams that hold a thread each).
+_ALWAYS_ADMITTED = "/grpc.health.v1.Health/Check"
 
 
 class CallPool(futures.ThreadPoolExecutor):
@@ -54,7 +55,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or details.method.startswith(_ALWAYS_ADMITTED):
+        if handler is None or details.method == _ALWAYS_ADMITTED:
             return handler
         if self.pool.in_flight < self.limit:
             return handler

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +65,7 @@ class Server:
     grpc_server: grpc.Server
     ports: list[int]
     health: health.HealthServicer
-    pool: futures.ThreadPoolExecutor | None = None  # the threads that run the calls
+    pool: CallPool | None = None  # the threads that run the calls
 
     def stop(self, grace: float | None) -> None:
         """Stop serving (in-flight calls get ``grace`` seconds), then end the call threads

@@ -25,9 +25,11 @@ RSS_SLACK = 128 * 1024 * 1024  # generous: the allocator keeps what it got
 
 def _settled(agent: Agent) -> bool:
     """Nothing of the clients' is held by the agent any more."""
-    servicer, cache = agent.service_servicer, agent.service.cache
+    servicer, cache, pool = agent.service_servicer, agent.service.cache, agent.server.pool
     return (
-        not cache._watches
+        pool is not None
+        and pool.in_flight == 0  # admission's count of calls: none left over
+        and not cache._watches
         and servicer.streams._free._value == MAX_STREAMS  # type: ignore[attr-defined]
         and servicer.slow_calls._free._value == MAX_SLOW  # type: ignore[attr-defined]
         and len(agent.service._vm_locks.locks) == 0
