@@ -30,7 +30,7 @@ from agent.adapters.x509 import certificate_names
 from agent.api.access import Access
 from agent.api.authzfile import PolicyFile
 from agent.api.migrations import MigrationApi
-from agent.api.server import MAX_CONCURRENT_CALLS, QUICK_CALL_THREADS, Server, create_server
+from agent.api.server import QUICK_CALL_THREADS, Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.api.tls import TlsFiles, reloading_credentials
 from agent.client import TLSOptions
@@ -130,14 +130,9 @@ def _node_support() -> NodeSupport:
     )
 
 
-def build_agent(
-    settings: Settings,
-    *,
-    max_streams: int = 16,
-    max_slow: int = 32,
-    max_calls: int = MAX_CONCURRENT_CALLS,
-) -> Agent:
+def build_agent(settings: Settings) -> Agent:
     """Everything the agent is made of, wired, nothing started (``Agent.start`` does that)."""
+    max_streams, max_slow = settings.max_watch_streams, settings.max_mutating_calls
     access, credentials = access_control(settings), server_credentials(settings)
     os.makedirs(settings.state_dir, exist_ok=True)
     hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
@@ -171,7 +166,7 @@ def build_agent(
         max_call_seconds=settings.max_call_seconds,
         # Long calls take at most their slots: the rest of the threads answer quick calls.
         max_workers=max_streams + max_slow + QUICK_CALL_THREADS,
-        max_calls=max_calls,
+        max_calls=settings.max_calls,
     )
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())

@@ -15,7 +15,6 @@ for a node other than the one reading it (the DaemonSet's ConfigMap, for one).
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import socket
 from collections.abc import Callable
@@ -33,6 +32,21 @@ from agent.config.networks import (
     check_ipv4_network,
 )
 from agent.config.statedir import check_state_dir
+from agent.config.values import (
+    each,
+    host_port,
+    ipv4,
+    not_negative,
+    one_of,
+    optional,
+    positive,
+    registry,
+    to_bool,
+    to_float,
+    to_int,
+    to_list,
+    to_str,
+)
 from agent.defaults import UNIX_SOCKET
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
@@ -75,6 +89,11 @@ class Settings:
     # No unary call runs longer (the longest graceful stop is 3600 s).
     max_call_seconds: float = 3900.0
     watch_history: int = 1000  # changes kept for watches that resume (agent.domain.watchhistory)
+    # Backpressure: past these, calls are refused with RESOURCE_EXHAUSTED (agent/api/slots.py,
+    # admission.py); health checks always get in.
+    max_watch_streams: int = 16
+    max_mutating_calls: int = 32
+    max_calls: int = 256
     vm_network: bool = True
     vm_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.250.0.0/16")
     node_vm_pool: str = ""  # empty: the whole --vm-cidr (one node, or no migration)
@@ -123,117 +142,23 @@ _FILES = (
 
 # -- converting one value to its setting's type ---------------------------------------------
 
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-_BOOLEANS = "true/false/1/0/yes/no/on/off"
-
-
-def _to_str(value: object) -> str:
-    # YAML reads `1Gi` as text but `1073741824` as a number: say so rather than guess.
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not text (quote it in YAML)")
-    return value
-
-
-def _to_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{value!r} is not a whole number")
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a whole number") from None
-
-
-def _to_float(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite number")
-    return number
-
-
-def _to_bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    # Only the usual spellings: anything else (a typo such as "ture") is an error, not False.
-    text = str(value).lower() if isinstance(value, (str, int)) else ""
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ValueError(f"{value!r} is not one of {_BOOLEANS}")
-
-
-def _to_list(value: object) -> list[str]:
-    if isinstance(value, str):  # environment variables: comma-separated
-        return [item for item in value.split(",") if item]
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return list(value)
-    raise ValueError(f"{value!r} is not a list of text")
-
-
 _CONVERTERS: dict[object, Callable[[object], Any]] = {
-    str: _to_str,
-    int: _to_int,
-    float: _to_float,
-    bool: _to_bool,
-    list[str]: _to_list,
-    ipaddress.IPv4Network: lambda value: parse_cidr(_to_str(value)),
-    tuple[int, int]: lambda value: parse_port_range(_to_str(value)),
+    str: to_str,
+    int: to_int,
+    float: to_float,
+    bool: to_bool,
+    list[str]: to_list,
+    ipaddress.IPv4Network: lambda value: parse_cidr(to_str(value)),
+    tuple[int, int]: lambda value: parse_port_range(to_str(value)),
 }
 # By field type; a field of a type with no converter fails here, at import.
 _CONVERT = {name: _CONVERTERS[hint] for name, hint in get_type_hints(Settings).items()}
 # Settings whose type does not say how they are written.
-_CONVERT["reserved_memory"] = lambda value: parse_quantity(_to_str(value))
-_CONVERT["max_image_size"] = lambda value: parse_quantity(_to_str(value))
+_CONVERT["reserved_memory"] = lambda value: parse_quantity(to_str(value))
+_CONVERT["max_image_size"] = lambda value: parse_quantity(to_str(value))
 
 
 # -- checking one setting's value ---------------------------------------------------------
-
-
-def _one_of(allowed: tuple[str, ...]) -> Callable[[str], None]:
-    def check(value: str) -> None:
-        if value not in allowed:
-            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
-
-    return check
-
-
-def _each(check: Callable[[str], object]) -> Callable[[list[str]], None]:
-    def check_all(values: list[str]) -> None:
-        for value in values:
-            check(value)
-
-    return check_all
-
-
-def _not_negative(value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{value} is negative")
-
-
-def _optional(check: Callable[[str], object]) -> Callable[[str], None]:
-    """``check`` unless the value is empty (the setting's "not given")."""
-
-    def check_given(value: str) -> None:
-        if value:
-            check(value)
-
-    return check_given
-
-
-def _positive(value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{value} is not 1 or more")
-
-
-def _ipv4(value: str) -> None:
-    try:
-        ipaddress.IPv4Address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
 def bridge_networks(settings: Settings) -> tuple[tuple[str, str], ...]:
@@ -241,39 +166,31 @@ def bridge_networks(settings: Settings) -> tuple[tuple[str, str], ...]:
     return bridge_pairs(settings.bridge_network)
 
 
-def _host_port(value: str) -> None:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{value!r} is not host:port")
-
-
-def _registry(value: str) -> None:
-    if not value or "/" in value or value != value.strip():
-        raise ValueError(f"{value!r} is not host[:port]")
-
-
 # Each raises ValueError saying what is wrong with the value.
 _CHECKS: dict[str, Callable[[Any], object]] = {
-    "virt_type": _one_of(VIRT_TYPES),
-    "log_format": _one_of(FORMATS),
-    "log_level": _one_of(LEVELS),
-    "max_image_ratio": _not_negative,
-    "pull_timeout": _positive,
-    "shutdown_grace_seconds": _not_negative,
-    "max_call_seconds": _positive,
-    "watch_history": _positive,
-    "node_vm_pool": _optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
-    "migration_address": _optional(_ipv4),
-    "max_outbound_migrations": _positive,
-    "max_inbound_migrations": _positive,
-    "dns": _each(_ipv4),
+    "virt_type": one_of(VIRT_TYPES),
+    "log_format": one_of(FORMATS),
+    "log_level": one_of(LEVELS),
+    "max_image_ratio": not_negative,
+    "pull_timeout": positive,
+    "shutdown_grace_seconds": not_negative,
+    "max_call_seconds": positive,
+    "watch_history": positive,
+    "max_watch_streams": positive,
+    "max_mutating_calls": positive,
+    "max_calls": positive,
+    "node_vm_pool": optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
+    "migration_address": optional(ipv4),
+    "max_outbound_migrations": positive,
+    "max_inbound_migrations": positive,
+    "dns": each(ipv4),
     "uplink": check_interface_name,
     "bridge_network": check_bridge_networks,
-    "egress_deny": _each(check_ipv4_network),
-    "egress_allow": _each(check_ipv4_network),
-    "listen": _each(_host_port),
-    "metrics_listen": lambda value: _host_port(value) if value else None,
-    "insecure_registry": _each(_registry),
+    "egress_deny": each(check_ipv4_network),
+    "egress_allow": each(check_ipv4_network),
+    "listen": each(host_port),
+    "metrics_listen": lambda value: host_port(value) if value else None,
+    "insecure_registry": each(registry),
 }
 
 

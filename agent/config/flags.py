@@ -87,6 +87,21 @@ def _api_flags(add: Any) -> None:
         help="how many recent VM changes the agent keeps for watches that resume from a "
         "resource version (default 1000; at most 8 MiB of them); older: OUT_OF_RANGE, re-list",
     )
+    add(
+        "--max-watch-streams",
+        help="watch streams open at once (VM and migration watches); more: RESOURCE_EXHAUSTED "
+        "(default 16)",
+    )
+    add(
+        "--max-mutating-calls",
+        help="Apply/Start/Stop/Delete/... calls running at once; more: RESOURCE_EXHAUSTED "
+        "(default 32)",
+    )
+    add(
+        "--max-calls",
+        help="calls in progress or waiting for a thread; more: RESOURCE_EXHAUSTED, health "
+        "checks excepted (default 256)",
+    )
     add("--tls-cert", help="server certificate (PEM) for --listen")
     add("--tls-key", help="server private key (PEM) for --listen")
     add("--tls-client-ca", help="CA bundle that client certificates must chain to (mTLS)")

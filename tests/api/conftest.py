@@ -74,9 +74,12 @@ def running_agent(
         virt_type="qemu",
         node_name="node-test",
         reserved_memory=0,
+        max_watch_streams=max_streams,
+        max_mutating_calls=max_slow,
+        max_calls=max_calls,
         **settings,
     )
-    built = build_agent(config, max_streams=max_streams, max_slow=max_slow, max_calls=max_calls)
+    built = build_agent(config)
     built.start()
     assert built.service.readiness.wait(10), "the agent never became ready"
     channel = grpc.insecure_channel(f"127.0.0.1:{built.server.ports[0]}")

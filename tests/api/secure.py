@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -118,7 +119,7 @@ def _serve(root: Path, rules: str | None) -> Iterator[SecureAgent]:
         node_name="node-test",
         reserved_memory=0,
     )
-    built = build_agent(settings, max_streams=4, max_slow=4)
+    built = build_agent(dataclasses.replace(settings, max_watch_streams=4, max_mutating_calls=4))
     assert built.access is not None
     built.start()
     assert built.service.readiness.wait(10), "the agent never became ready"

@@ -221,3 +221,16 @@ def test_a_state_dir_qemu_cannot_traverse_is_refused_at_start(
         assert main(["--state-dir", str(state), "--qemu-user", "root"]) == 0
     finally:
         shutil.rmtree(top)
+
+
+def test_the_backpressure_limits_are_operator_settings() -> None:
+    settings = load_settings(
+        ["--max-watch-streams", "3", "--max-mutating-calls", "5", "--max-calls", "40"], {}
+    )
+    assert (settings.max_watch_streams, settings.max_mutating_calls, settings.max_calls) == (
+        3,
+        5,
+        40,
+    )
+    with pytest.raises(ConfigError, match="max-calls: 0 is not 1 or more"):
+        load_settings(["--max-calls", "0"], {})
