@@ -18,6 +18,7 @@ from agent.configsources import (
     Propagation,
     SSHKeyCredential,
 )
+from agent.datavolume import DataVolumeTemplate
 from agent.defaults import GRACE_PERIOD_SECONDS
 from agent.hardware import Hardware
 from agent.imageref import ImageRef
@@ -264,6 +265,8 @@ class VMSpec:
     readiness_probe: Probe | None = None
     liveness_probe: Probe | None = None
     access_credentials: tuple[SSHKeyCredential, ...] = ()
+    # Claims of the VM's namespace the agent imports before the VM starts (agent.datavolume).
+    data_volume_templates: tuple[DataVolumeTemplate, ...] = ()
 
     @property
     def key(self) -> str:

@@ -22,17 +22,23 @@ class QemuImg:
         tool.create_overlay("/images/base.qcow2", fmt, "/state/vm/root.qcow2")
     """
 
-    def __init__(self, binary: str = "qemu-img", timeout: float = 60.0) -> None:
+    def __init__(
+        self, binary: str = "qemu-img", timeout: float = 60.0, convert_timeout: float = 3600.0
+    ) -> None:
         self.binary = binary
         self.timeout = timeout
+        self.convert_timeout = convert_timeout  # a whole image copied (DataVolume imports)
 
     def _run(self, args: list[str], what: str) -> str:
+        return self._run_for(args, what, self.timeout)
+
+    def _run_for(self, args: list[str], what: str, timeout: float) -> str:
         try:
             done = subprocess.run(
                 [self.binary, *args],
                 capture_output=True,
                 text=True,
-                timeout=self.timeout,
+                timeout=timeout,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -63,6 +69,21 @@ class QemuImg:
             f"creating overlay {path}",
         )
         os.replace(tmp, path)
+
+    def virtual_size(self, path: str, fmt: str) -> int:
+        """The size of the disk the image holds (not of the file)."""
+        out = self._run(
+            ["info", "--output=json", "--force-share", "-f", fmt, path], f"reading {path}"
+        )
+        return int(json.loads(out).get("virtual-size", 0))
+
+    def convert_to_raw(self, source: str, source_format: str, target: str) -> None:
+        """Copy ``source`` into a new sparse raw file ``target`` (a DataVolume import)."""
+        self._run_for(
+            ["convert", "-q", "-f", source_format, "-O", "raw", "-S", "4k", source, target],
+            f"converting {source}",
+            self.convert_timeout,
+        )
 
     def create_blank(self, path: str, size_bytes: int, fmt: str = "qcow2") -> None:
         tmp = f"{path}.tmp"

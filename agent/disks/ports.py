@@ -14,7 +14,15 @@ if TYPE_CHECKING:
     from agent.imageref import ImageRef
     from agent.models import VMSpec
 
-__all__ = ["FetchedManifest", "IsoWriter", "PullObserver", "PullProgress", "RegistryClient"]
+__all__ = [
+    "Downloader",
+    "FetchedManifest",
+    "ImageConverter",
+    "IsoWriter",
+    "PullObserver",
+    "PullProgress",
+    "RegistryClient",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +76,29 @@ class PullObserver(Protocol):
     def pulling(self, domain: str, spec: VMSpec, progress: PullProgress) -> None: ...
     def finished(self, domain: str, error: Exception | None) -> None: ...
     def forget(self, domain: str) -> None: ...
+
+
+class Downloader(Protocol):
+    """Streams the body of an HTTP(S) URL into ``write``, calling ``progress(done, total)``
+    (total 0 when the server does not say). ``write`` may raise to stop the download; that
+    error comes out as it is.
+
+    Errors: ``Unavailable`` when the server cannot be reached or fails (5xx, timeouts),
+    ``FailedPrecondition`` for answers that will not change by retrying (404, 401, ...).
+    """
+
+    def download(
+        self,
+        url: str,
+        write: Callable[[bytes], None],
+        *,
+        auth: tuple[str, str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None: ...
+
+
+class ImageConverter(Protocol):
+    """Reads an image's virtual size and copies an image into a raw file (qemu-img)."""
+
+    def virtual_size(self, path: str, fmt: str) -> int: ...
+    def convert_to_raw(self, source: str, source_format: str, target: str) -> None: ...

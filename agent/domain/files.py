@@ -28,6 +28,7 @@ from agent.disks.cloudinit import (
 )
 from agent.disks.configfiles import read_object, require_object
 from agent.disks.containerdisk import ContainerDisks
+from agent.disks.dvimport import DataVolumeImporter
 from agent.disks.hostdisk import host_disk_path
 from agent.disks.imagecheck import usable_format
 from agent.disks.ports import IsoWriter, PullObserver, PullProgress
@@ -81,6 +82,7 @@ class VolumeSupport:
     claim_roots: tuple[str, ...] = ()  # persistentVolumeClaim and dataVolume (claims.py)
     secrets_dir: str = ""
     pulls: PullObserver | None = None  # told about pulls, to show progress in status
+    data_volumes: DataVolumeImporter | None = None  # fills dataVolumeTemplates claims
 
 
 def vm_folder(state_dir: str, domain: str) -> str:
@@ -160,6 +162,8 @@ class VMFiles:
         claims = {use.volume: use for use in claim_uses(vm)}
         missing: list[ClaimUse] = []
         try:
+            if vm.data_volume_templates:
+                self._import_data_volumes(vm, domain)
             disks = tuple(
                 self._claim(claims[v.name], missing)
                 if v.name in claims
@@ -193,6 +197,12 @@ class VMFiles:
             missing.append(use)
             return placeholder_backing(roots, use)
         return backing
+
+    def _import_data_volumes(self, vm: VMSpec, domain: str) -> None:
+        """Fill the claims of ``dataVolumeTemplates`` (kept, unless marked, when the VM goes)."""
+        if self.support.data_volumes is None:
+            raise InvalidSpec("spec.dataVolumeTemplates", "claims are not enabled on this node")
+        self.support.data_volumes.import_all(vm, domain)
 
     def _disk(self, vm: VMSpec, domain: str, index: int, pins: Mapping[str, str]) -> DiskBacking:
         volume = vm.volumes[index]
@@ -335,9 +345,12 @@ class VMFiles:
                     found[volume.name] = digest
         return found
 
-    def remove(self, domain: str) -> None:
-        """Delete everything the agent made for the VM; a missing folder is fine."""
+    def remove(self, domain: str, spec: VMSpec | None = None) -> None:
+        """Delete everything the agent made for the VM; a missing folder is fine. With the
+        VM's ``spec`` (it is deleted), its claims marked delete-with-vm go too."""
         shutil.rmtree(self.vm_dir(domain), ignore_errors=True)
+        if spec is not None and self.support.data_volumes is not None:
+            self.support.data_volumes.remove_claims(spec)
         if self.support.pulls is not None:
             self.support.pulls.forget(domain)
         disks = self.support.container_disks

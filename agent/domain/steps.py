@@ -324,7 +324,7 @@ class DomainSteps:
             )
         finally:
             self.claims.forget(domain)
-            self.files.remove(domain)
+            self.files.remove(domain, spec)
             self.cache.remove(domain)
 
     def save_books(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import uuid
@@ -24,6 +25,7 @@ from agent.spec.configvolumes import (
     check_access_credentials,
     parse_access_credential,
 )
+from agent.spec.datavolumes import parse_data_volume_templates
 from agent.spec.devices import (
     check_references,
     parse_disk,
@@ -75,9 +77,12 @@ def parse_vm(document: Mapping[str, Any]) -> VMSpec:
     template = spec.child("template") or Node("spec.template", {})
     instance = template.child("spec") or Node("spec.template.spec", {})
     template.done()
+    data_volumes = parse_data_volume_templates(spec, namespace)
     spec.done()
     result = _parse_instance(instance, namespace, name, uid, labels, run_strategy)
     root.done()
+    if data_volumes:
+        result = dataclasses.replace(result, data_volume_templates=data_volumes)
     return result
 
 

@@ -20,6 +20,7 @@ from agent.models import (
 )
 from agent.quantity import format_bytes
 from agent.spec.configvolumes import render_access_credential, render_config_source
+from agent.spec.datavolumes import render_data_volume_template
 from agent.spec.hardware_render import render_device_hardware, render_domain_hardware
 from agent.spec.probes import render_probe
 
@@ -54,10 +55,12 @@ def render_vm(vm: VMSpec) -> dict[str, Any]:
     metadata: dict[str, Any] = {"namespace": vm.namespace, "name": vm.name, "uid": vm.uid}
     if vm.labels:
         metadata["labels"] = dict(sorted(vm.labels.items()))
-    return {
-        "metadata": metadata,
-        "spec": {"runStrategy": vm.run_strategy.value, "template": {"spec": instance}},
-    }
+    spec: dict[str, Any] = {"runStrategy": vm.run_strategy.value, "template": {"spec": instance}}
+    if vm.data_volume_templates:
+        spec["dataVolumeTemplates"] = [
+            render_data_volume_template(t) for t in vm.data_volume_templates
+        ]
+    return {"metadata": metadata, "spec": spec}
 
 
 def _render_domain(vm: VMSpec) -> dict[str, Any]:

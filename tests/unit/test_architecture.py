@@ -24,7 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     for units in (
         {"agent", "agent.errors", "agent.naming", "agent.defaults", "agent.imageref"}
         | {"agent.hardware", "agent.probe", "agent.configsources"}
-        | {"agent.claimsources"},
+        | {"agent.claimsources", "agent.datavolume"},
         {"agent.quantity", "agent.labels", "agent.paths", "agent.logs"}
         | {"agent.metrics.agent_metrics"}
         | {"agent.models", "agent.api._gen"},
@@ -165,7 +165,7 @@ ADAPTER_OF = {
     "pyroute2": ("agent.adapters.netlink",),
     "nftables": ("agent.adapters.nft",),
     "psutil": ("agent.adapters.host",),
-    "httpx": ("agent.adapters.registry",),
+    "httpx": ("agent.adapters.registry", "agent.adapters.download"),
     "pycdlib": ("agent.adapters.iso",),
 }
 

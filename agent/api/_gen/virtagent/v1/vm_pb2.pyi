@@ -156,25 +156,342 @@ class VirtualMachineSpec(_message.Message):
 
     RUN_STRATEGY_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    DATA_VOLUME_TEMPLATES_FIELD_NUMBER: _builtins.int
     run_strategy: _builtins.str
     """Always, Halted, Manual, RerunOnFailure or Once (default Always). Once: started when
     created, never restarted after it stops (what a KubeVirt VirtualMachineInstance does).
     """
     @_builtins.property
     def template(self) -> Global___VirtualMachineInstanceTemplateSpec: ...
+    @_builtins.property
+    def data_volume_templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataVolumeTemplateSpec]:
+        """Claims of the VM's namespace the agent fills before the VM starts (CDI's job in a
+        cluster); a volume uses one with dataVolume: {name}.
+        """
+
     def __init__(
         self,
         *,
         run_strategy: _builtins.str = ...,
         template: Global___VirtualMachineInstanceTemplateSpec | None = ...,
+        data_volume_templates: _abc.Iterable[Global___DataVolumeTemplateSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_strategy", b"run_strategy", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_volume_templates", b"data_volume_templates", "run_strategy", b"run_strategy", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VirtualMachineSpec: _TypeAlias = VirtualMachineSpec  # noqa: Y015
+
+@_typing.final
+class DataVolumeTemplateSpec(_message.Message):
+    """DataVolumeTemplateSpec is a DataVolume made for the VM: the claim metadata.name of the
+    VM's namespace, imported once (an existing complete claim is used as it is).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metadata(self) -> Global___DataVolumeTemplateMeta: ...
+    @_builtins.property
+    def spec(self) -> Global___DataVolumeSpec: ...
+    def __init__(
+        self,
+        *,
+        metadata: Global___DataVolumeTemplateMeta | None = ...,
+        spec: Global___DataVolumeSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeTemplateSpec: _TypeAlias = DataVolumeTemplateSpec  # noqa: Y015
+
+@_typing.final
+class DataVolumeTemplateMeta(_message.Message):
+    """DataVolumeTemplateMeta names the claim. The only annotation is
+    virt-agent.io/delete-with-vm: "true" (the claim goes with the VM; it is kept by default).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AnnotationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeTemplateMeta: _TypeAlias = DataVolumeTemplateMeta  # noqa: Y015
+
+@_typing.final
+class DataVolumeSpec(_message.Message):
+    """DataVolumeSpec is CDI's DataVolume spec: a size (storage or pvc) and one source."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_FIELD_NUMBER: _builtins.int
+    PVC_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SOURCE_REF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def storage(self) -> Global___DataVolumeStorage: ...
+    @_builtins.property
+    def pvc(self) -> Global___DataVolumeStorage:
+        """The older spelling of storage."""
+
+    @_builtins.property
+    def source(self) -> Global___DataVolumeImportSource: ...
+    @_builtins.property
+    def source_ref(self) -> Global___DataVolumeSourceRef:
+        """A DataSource is a cluster object: refused, with an error saying so."""
+
+    def __init__(
+        self,
+        *,
+        storage: Global___DataVolumeStorage | None = ...,
+        pvc: Global___DataVolumeStorage | None = ...,
+        source: Global___DataVolumeImportSource | None = ...,
+        source_ref: Global___DataVolumeSourceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pvc", b"pvc", "source", b"source", "source_ref", b"source_ref", "storage", b"storage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pvc", b"pvc", "source", b"source", "source_ref", b"source_ref", "storage", b"storage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeSpec: _TypeAlias = DataVolumeSpec  # noqa: Y015
+
+@_typing.final
+class DataVolumeStorage(_message.Message):
+    """DataVolumeStorage sizes the claim: resources.requests.storage (such as 10Gi)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resources(self) -> Global___ResourceRequirements: ...
+    def __init__(
+        self,
+        *,
+        resources: Global___ResourceRequirements | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeStorage: _TypeAlias = DataVolumeStorage  # noqa: Y015
+
+@_typing.final
+class DataVolumeImportSource(_message.Message):
+    """DataVolumeImportSource says how the claim is filled the first time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLANK_FIELD_NUMBER: _builtins.int
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    PVC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def blank(self) -> Global___DataVolumeBlankImage:
+        """A sparse raw disk of the requested size."""
+
+    @_builtins.property
+    def registry(self) -> Global___DataVolumeRegistrySource:
+        """A containerdisk-style image pulled as containerDisk volumes are, copied in."""
+
+    @_builtins.property
+    def http(self) -> Global___DataVolumeHTTPSource:
+        """An image downloaded over HTTP(S): raw or qcow2, maybe gzip or xz compressed."""
+
+    @_builtins.property
+    def pvc(self) -> Global___DataVolumePVCSource:
+        """A copy of another claim of the same namespace."""
+
+    def __init__(
+        self,
+        *,
+        blank: Global___DataVolumeBlankImage | None = ...,
+        registry: Global___DataVolumeRegistrySource | None = ...,
+        http: Global___DataVolumeHTTPSource | None = ...,
+        pvc: Global___DataVolumePVCSource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blank", b"blank", "http", b"http", "pvc", b"pvc", "registry", b"registry", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blank", b"blank", "http", b"http", "pvc", b"pvc", "registry", b"registry", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["blank", "registry", "http", "pvc"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___DataVolumeImportSource: _TypeAlias = DataVolumeImportSource  # noqa: Y015
+
+@_typing.final
+class DataVolumeBlankImage(_message.Message):
+    """DataVolumeBlankImage: an empty disk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeBlankImage: _TypeAlias = DataVolumeBlankImage  # noqa: Y015
+
+@_typing.final
+class DataVolumeRegistrySource(_message.Message):
+    """DataVolumeRegistrySource: docker://registry/repository:tag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_REF_FIELD_NUMBER: _builtins.int
+    PULL_METHOD_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    pull_method: _builtins.str
+    """pod or node: both pull through the agent's image cache on a node."""
+    @_builtins.property
+    def secret_ref(self) -> Global___LocalObjectReference:
+        """Refused: registry credentials come from the node's registry configuration."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        secret_ref: Global___LocalObjectReference | None = ...,
+        pull_method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secret_ref", b"secret_ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pull_method", b"pull_method", "secret_ref", b"secret_ref", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeRegistrySource: _TypeAlias = DataVolumeRegistrySource  # noqa: Y015
+
+@_typing.final
+class DataVolumeHTTPSource(_message.Message):
+    """DataVolumeHTTPSource: a URL, an optional secret (accessKeyId and secretKey for basic
+    authentication) and an optional checksum of the downloaded bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_REF_FIELD_NUMBER: _builtins.int
+    CHECKSUM_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    checksum: _builtins.str
+    """md5:, sha1:, sha256: or sha512: followed by hex digits."""
+    @_builtins.property
+    def secret_ref(self) -> Global___LocalObjectReference: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        secret_ref: Global___LocalObjectReference | None = ...,
+        checksum: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secret_ref", b"secret_ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "secret_ref", b"secret_ref", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeHTTPSource: _TypeAlias = DataVolumeHTTPSource  # noqa: Y015
+
+@_typing.final
+class DataVolumePVCSource(_message.Message):
+    """DataVolumePVCSource: the claim to clone (namespace must be the VM's own)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumePVCSource: _TypeAlias = DataVolumePVCSource  # noqa: Y015
+
+@_typing.final
+class DataVolumeSourceRef(_message.Message):
+    """DataVolumeSourceRef names a DataSource (refused on a node)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    namespace: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVolumeSourceRef: _TypeAlias = DataVolumeSourceRef  # noqa: Y015
 
 @_typing.final
 class VirtualMachineInstanceTemplateSpec(_message.Message):
