@@ -26,6 +26,7 @@ Rules:
   are dropped and named in ``Manifest.ignored`` (``webhook.py`` also fills KubeVirt's
   defaults). Documents of other kinds are skipped by name. Everything else unknown is an
   error.
+- ``spec.dataVolumeTemplates`` (CDI DataVolumes the agent imports): see ``datavolumes.py``.
 - ``resources.requests``/``limits`` maps are passed through (numbers become strings); the
   agent accepts ``memory`` and ``cpu``.
 
@@ -48,6 +49,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from agent.api._gen.virtagent.v1 import vm_pb2
+from agent.cli.datavolumes import map_data_volume_templates
 from agent.cli.instancetypes import Catalog, resolve
 from agent.cli.webhook import admit, check_annotations, ignition
 from agent.cli.yamlpath import UNSUPPORTED, ManifestError
@@ -205,7 +207,7 @@ def _map(document: Any, default_namespace: str) -> Manifest:
     spec = _mapping(root.get("spec"), "spec")
     ignored: list[str] = []
     if kind == "VirtualMachine":
-        _only(spec, "spec", {"running", "runStrategy", "template"})
+        _only(spec, "spec", {"running", "runStrategy", "template", "dataVolumeTemplates"})
         run_strategy = _run_strategy(spec)
         template = _mapping(spec.get("template"), "spec.template")
         _only(template, "spec.template", {"metadata", "spec"})
@@ -227,6 +229,12 @@ def _map(document: Any, default_namespace: str) -> Manifest:
     if labels:
         metadata["labels"] = labels
     vm_spec: dict[str, Any] = {"template": {"spec": instance_spec}}
+    if kind == "VirtualMachine" and spec.get("dataVolumeTemplates") is not None:
+        templates, dropped_dv = map_data_volume_templates(
+            spec["dataVolumeTemplates"], "spec.dataVolumeTemplates", _message
+        )
+        vm_spec["dataVolumeTemplates"] = templates
+        ignored.extend(dropped_dv)
     if run_strategy:
         vm_spec["runStrategy"] = run_strategy
     vm = json_format.ParseDict({"metadata": metadata, "spec": vm_spec}, vm_pb2.VirtualMachine())
