@@ -18,6 +18,7 @@ from agent.datavolume import BlankImport, DataVolumeTemplate, HttpImport, PvcClo
 from agent.disks.cache import CacheEntry
 from agent.disks.dvimport import DataVolumeImporter, ImportServices
 from agent.disks.ports import PullProgress
+from agent.domain.files import VMFiles, VolumeSupport
 from agent.errors import FailedPrecondition, InvalidSpec, ResourceExhausted
 from agent.models import VMSpec
 
@@ -289,3 +290,23 @@ def test_no_claim_root_is_a_clear_error(tmp_path):  # type: ignore[no-untyped-de
     importer = DataVolumeImporter([], ImportServices(images=QemuImg(), converter=RawCopier()))
     with pytest.raises(InvalidSpec, match=r"dataVolumeTemplates\[0\]: claims are not enabled"):
         importer.import_all(vm(DataVolumeTemplate("d", 2 * MiB, BlankImport())), "team_web")
+
+
+def test_vm_files_import_before_the_disks_and_delete_with_the_vm(node, tmp_path):  # type: ignore[no-untyped-def]
+    importer, root, *_ = node
+    files = VMFiles(str(tmp_path / "state"), [], QemuImg(), VolumeSupport(data_volumes=importer))
+    dropped = DataVolumeTemplate("scratch", 2 * MiB, BlankImport(), delete_with_vm=True)
+    spec = vm(DataVolumeTemplate("root", 2 * MiB, BlankImport()), dropped)
+    files.prepare(spec, "team_web")
+    assert claim_files(root, "root") == claim_files(root, "scratch") == ["disk.img"]
+    files.remove("team_web")  # a migration away or a leftover sweep: claims stay
+    assert claim_files(root, "scratch") == ["disk.img"]
+    files.remove("team_web", spec)  # the VM is deleted
+    assert claim_files(root, "root") == ["disk.img"] and claim_files(root, "scratch") == []
+
+
+def test_vm_files_without_claim_roots_refuse_templates(tmp_path):  # type: ignore[no-untyped-def]
+    files = VMFiles(str(tmp_path / "state"), [], QemuImg())
+    with pytest.raises(InvalidSpec, match="spec.dataVolumeTemplates: claims are not enabled"):
+        files.prepare(vm(DataVolumeTemplate("d", 2 * MiB, BlankImport())), "team_web")
+    assert not (tmp_path / "state" / "vms" / "team_web").exists()
