@@ -9,6 +9,7 @@ at once or, after a restart, by ``sweep`` and by the next import of that claim.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -129,6 +130,9 @@ class DataVolumeImporter:
                 state = self._run(job, state, step)
         except Exception as exc:
             _remove_temporaries(job.folder)
+            if found is None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(job.folder)  # made for this import and empty: not a claim
             raise _named(exc, job) from exc
         finally:
             self._finished(job, state)

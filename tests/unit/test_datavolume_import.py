@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gzip
 import hashlib
@@ -38,8 +39,11 @@ class FakeDownloader:
     calls: list[str] = field(default_factory=list)
     fault: Callable[[], None] | None = None
 
+    auths: list[object] = field(default_factory=list)
+
     def download(self, url, write, *, auth=None, progress=None):  # type: ignore[no-untyped-def]
         self.calls.append(url)
+        self.auths.append(auth)
         data = self.files[url]
         for start in range(0, len(data), 64 * 1024):
             write(data[start : start + 64 * 1024])
@@ -112,6 +116,7 @@ def node(tmp_path):  # type: ignore[no-untyped-def]
 
 
 def claim_files(root, name: str = "root") -> list[str]:  # type: ignore[no-untyped-def]
+    """What the claim's folder holds; a failed import leaves no folder at all."""
     folder = root / "team" / name
     return sorted(os.listdir(folder)) if folder.exists() else []
 
@@ -310,3 +315,25 @@ def test_vm_files_without_claim_roots_refuse_templates(tmp_path):  # type: ignor
     with pytest.raises(InvalidSpec, match="spec.dataVolumeTemplates: claims are not enabled"):
         files.prepare(vm(DataVolumeTemplate("d", 2 * MiB, BlankImport())), "team_web")
     assert not (tmp_path / "state" / "vms" / "team_web").exists()
+
+
+def test_http_secret_ref_is_basic_authentication_from_the_node_secret(node, tmp_path):  # type: ignore[no-untyped-def]
+    importer, root, downloader, *_ = node
+    secrets = tmp_path / "secrets"
+    (secrets / "team" / "mirror").mkdir(parents=True)
+    (secrets / "team" / "mirror" / "accessKeyId").write_text("reader\n")
+    (secrets / "team" / "mirror" / "secretKey").write_text("s3cret")
+    services = dataclasses.replace(importer.services, secrets_dir=str(secrets))
+    downloader.files["http://files/disk.img"] = PAGE
+    DataVolumeImporter([str(root)], services).import_all(vm(http(secret_ref="mirror")), "team_web")
+    assert downloader.auths == [("reader", "s3cret")]
+    with pytest.raises(InvalidSpec, match=r"secretRef.name: secret 'absent' has no accessKeyId"):
+        DataVolumeImporter([str(root)], services).import_all(
+            vm(
+                DataVolumeTemplate(
+                    "other", 2 * MiB, HttpImport("http://files/disk.img", secret_ref="absent")
+                )
+            ),
+            "team_web",
+        )
+    assert claim_files(root, "other") == []
