@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from agent.adapters.conntrack import ConntrackCli
+from agent.adapters.download import HttpxDownloader
 from agent.adapters.host import PsutilHostProbe
 from agent.adapters.iso import PycdlibIso
 from agent.adapters.libvirt import LibvirtHypervisor
@@ -38,6 +39,7 @@ from agent.config import ConfigError, Settings, bridge_networks
 from agent.disks.auth import Credentials, load_credentials
 from agent.disks.cache import ImageCache
 from agent.disks.containerdisk import ContainerDisks
+from agent.disks.dvimport import DataVolumeImporter, ImportServices
 from agent.disks.layers import LayerLimits
 from agent.domain.capabilities import NodeSupport
 from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
@@ -280,6 +282,22 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
     return network, dhcp
 
 
+def _data_volumes(
+    settings: Settings, disks: ContainerDisks, publisher: PullStatusPublisher, secrets_dir: str
+) -> DataVolumeImporter:
+    """The importer of dataVolumeTemplates claims (under the first --claim-root)."""
+    qemu = QemuImg()
+    services = ImportServices(
+        images=qemu,
+        converter=qemu,
+        downloader=HttpxDownloader(),
+        container_disks=disks,
+        secrets_dir=secrets_dir,
+        observer=publisher,
+    )
+    return DataVolumeImporter([os.path.abspath(r) for r in settings.claim_root], services)
+
+
 def _vm_files(settings: Settings, vms: VMCache) -> VMFiles:
     """Per-VM files with every volume kind: container disks, NoCloud seeds, host disks."""
     credentials = Credentials()
@@ -296,15 +314,20 @@ def _vm_files(settings: Settings, vms: VMCache) -> VMFiles:
     disks = ContainerDisks(
         client, cache, QemuImg(), limits=limits, pull_timeout=settings.pull_timeout
     )
+    publisher = PullStatusPublisher(vms, node_name=settings.node_name)
+    secrets_dir = settings.secrets_dir or os.path.join(settings.state_dir, "secrets")
+    importer = _data_volumes(settings, disks, publisher, secrets_dir)
     support = VolumeSupport(
         container_disks=disks,
         iso=PycdlibIso(),
         host_disk_roots=tuple(os.path.abspath(root) for root in settings.host_disk_root),
         claim_roots=tuple(os.path.abspath(root) for root in settings.claim_root),
-        secrets_dir=settings.secrets_dir or os.path.join(settings.state_dir, "secrets"),
-        pulls=PullStatusPublisher(vms, node_name=settings.node_name),
+        secrets_dir=secrets_dir,
+        pulls=publisher,
+        data_volumes=importer,
     )
     disks.gc()  # entries whose VMs were deleted while the agent was down
+    importer.sweep()  # imports an agent restart cut short: started again by the next Apply
     image_roots = settings.image_root or [os.path.join(settings.state_dir, "images")]
     return VMFiles(settings.state_dir, image_roots, QemuImg(), support)
 

@@ -1,8 +1,7 @@
 """The agent's domain objects: a VM's spec and status as plain frozen dataclasses.
 
-Nothing here knows about protobuf or libvirt. Field names follow KubeVirt's
-VirtualMachineInstanceSpec; ``agent.spec`` parses and validates them from KubeVirt-shaped
-dicts (the protobuf JSON mapping) and renders them back.
+Nothing here knows about protobuf or libvirt. Field names follow KubeVirt's VM spec;
+``agent.spec`` parses and validates them from KubeVirt-shaped dicts and renders them back.
 """
 
 from __future__ import annotations
@@ -265,8 +264,7 @@ class VMSpec:
     readiness_probe: Probe | None = None
     liveness_probe: Probe | None = None
     access_credentials: tuple[SSHKeyCredential, ...] = ()
-    # Claims of the VM's namespace the agent imports before the VM starts (agent.datavolume).
-    data_volume_templates: tuple[DataVolumeTemplate, ...] = ()
+    data_volume_templates: tuple[DataVolumeTemplate, ...] = ()  # claims imported before start
 
     @property
     def key(self) -> str:
@@ -333,8 +331,7 @@ class NicAllocation:
 
 @dataclass(frozen=True, slots=True)
 class VMAllocation:
-    """Everything one VM holds on the node's network; ``group`` is its namespace's isolation
-    group."""
+    """Everything one VM holds on the node's network; ``group``: its namespace's isolation."""
 
     namespace: str
     group: int

@@ -233,8 +233,11 @@ def running(value: Any) -> dict[str, Any]:
             "supported",
         ),
         (
-            vm_with("spec.dataVolumeTemplates", [{"metadata": {"name": "dv"}}]),
-            "spec.dataVolumeTemplates: field is not supported",
+            vm_with(
+                "spec.dataVolumeTemplates",
+                [{"metadata": {"name": "dv"}, "spec": {"source": {"upload": {}}}}],
+            ),
+            "spec.dataVolumeTemplates[0].spec.source.upload: field is not supported",
         ),
         (
             vm_with("spec.template.spec.accessCredentials", [{"userPassword": {}}]),
