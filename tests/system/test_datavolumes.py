@@ -1,0 +1,227 @@
+"""dataVolumeTemplates with the real agent, libvirtd, QEMU and test guest (issue 16).
+
+The agent imports each template's claim under ``--claim-root`` before the VM starts: from
+the local registry (the test guest's containerdisk, as tests/system/test_disks.py pushes
+it), from an HTTP server this module runs in the world namespace (the guest's disk as a
+gzip-compressed qcow2 with its sha256), or blank. The guests boot from their imported
+claims and serve their page through a node port; a blank claim shows in the guest with
+its size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from tests.system.agentproc import AgentProcess, guest_vm
+from tests.system.test_disks import DISK_PROBE, Watcher
+from tests.testbed.nodebox import GuestImage, NodeBox, World
+from tests.testbed.registry import LocalRegistry
+from tests.testbed.wait import wait_for
+
+REPO = "containerdisks/testguest"
+HTTP_PORT = 8081
+MiB = 1024 * 1024
+
+
+@dataclass
+class DVBed:
+    image_url: str  # docker://registry/repo:tag of the test guest's containerdisk
+    http_url: str  # the guest's disk, qcow2.gz
+    checksum: str
+    claims: Path  # --claim-root
+    http_log: Path
+
+
+class FileServer:
+    """``python -m http.server`` in the world namespace, serving one folder."""
+
+    def __init__(self, world: World, folder: Path, log: Path) -> None:
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", world.netns, sys.executable, "-m", "http.server",
+                 str(HTTP_PORT), "--bind", world.ip, "--directory", str(folder)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            )  # fmt: skip
+        wait_for(
+            lambda: world.http_get(world.ip, HTTP_PORT, timeout=2, path="/") is not None,
+            20,
+            message="the world's file server",
+            ignore=(Exception,),
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def dvbed(
+    world: World, node: NodeBox, test_guest: GuestImage, agent_process: AgentProcess
+) -> Iterator[DVBed]:
+    assert test_guest.disk is not None, "the test guest has no disk.qcow2"
+    base = node.dir / "datavolumes"
+    claims, served = base / "claims", base / "served"
+    for folder in (claims, served):
+        folder.mkdir(parents=True, mode=0o755)
+    base.chmod(0o755)
+    packed = gzip.compress(Path(test_guest.disk).read_bytes(), compresslevel=1)
+    (served / "guest.qcow2.gz").write_bytes(packed)
+    registry = LocalRegistry.start(world, base / "registry")
+    server = FileServer(world, served, base / "http.log")
+    saved = list(agent_process.extra_args)
+    try:
+        registry.push(test_guest.disk, REPO)
+        agent_process.stop()
+        agent_process.extra_args = [
+            *saved, "--insecure-registry", registry.address, "--claim-root", str(claims),
+        ]  # fmt: skip
+        agent_process.start()
+        yield DVBed(
+            image_url=f"docker://{registry.address}/{REPO}:latest",
+            http_url=f"http://{world.ip}:{HTTP_PORT}/guest.qcow2.gz",
+            checksum="sha256:" + hashlib.sha256(packed).hexdigest(),
+            claims=claims,
+            http_log=base / "http.log",
+        )
+    finally:
+        agent_process.stop()
+        agent_process.extra_args = saved
+        agent_process.start()
+        server.stop()
+        registry.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def dvagent(dvbed: DVBed, agent: AgentProcess) -> AgentProcess:
+    """The agent with --claim-root; every VM is deleted after the test."""
+    return agent
+
+
+def template(name: str, size: str, source: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if annotations:
+        meta["annotations"] = annotations
+    storage = {"resources": {"requests": {"storage": size}}}
+    return {"metadata": meta, "spec": {"storage": storage, "source": source}}
+
+
+def dv_vm(
+    name: str, templates: list[dict[str, Any]], extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """BIOS boot from the first template's claim, a masquerade NIC publishing port 80, and
+    the other templates as disks with their names as serials."""
+    doc = guest_vm(name, interfaces=[{"name": "default", "masquerade": {},
+                                      "ports": [{"name": "http", "port": 80}]}])  # fmt: skip
+    instance = doc["spec"]["template"]["spec"]
+    del instance["domain"]["firmware"]
+    names = [t["metadata"]["name"] for t in templates]
+    disks: list[dict[str, Any]] = [{"name": names[0], "disk": {"bus": "virtio"}, "bootOrder": 1}]
+    disks += [{"name": n, "disk": {"bus": "virtio"}, "serial": n.upper()} for n in names[1:]]
+    volumes: list[dict[str, Any]] = [{"name": n, "dataVolume": {"name": n}} for n in names]
+    for volume in extra:
+        disks.append({"name": volume, "disk": {"bus": "virtio"}})
+        volumes.append({"name": volume, "cloudInitNoCloud": {"secretRef": {"name": "dv-probe"}}})
+    instance["domain"]["devices"]["disks"] = disks
+    instance["volumes"] = volumes
+    doc["spec"]["dataVolumeTemplates"] = templates
+    return doc
+
+
+def page_of(agent: AgentProcess, world: World, name: str) -> str:
+    vm = agent.get(name)
+    [published] = vm.status.interfaces[0].published_ports
+    return wait_for(
+        lambda: world.http_get(agent.node.uplink_ip, published.node_port, timeout=3),
+        180,
+        message=f"{name}'s page through its node port",
+        ignore=(Exception,),
+    )
+
+
+def delete(agent: AgentProcess, name: str) -> None:
+    agent.vms.DeleteVirtualMachine(
+        pb.DeleteVirtualMachineRequest(namespace="default", name=name, grace_period_seconds=0),
+        timeout=60,
+    )
+
+
+def test_registry_and_blank_data_volumes_boot_and_the_blank_one_has_its_size(
+    dvagent: AgentProcess, dvbed: DVBed, world: World
+) -> None:
+    secret = dvagent.state_dir / "secrets" / "default" / "dv-probe" / "userdata"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(DISK_PROBE)
+    templates = [
+        template("reg-root", "1Gi", {"registry": {"url": dvbed.image_url}}),
+        template("scratch", "96Mi", {"blank": {}}, **{"virt-agent.io/delete-with-vm": "true"}),
+    ]
+    dvagent.apply(dv_vm("dv-reg", templates, ("seed",)), timeout=300)
+    root_claim = dvbed.claims / "default" / "reg-root" / "disk.img"
+    scratch = dvbed.claims / "default" / "scratch" / "disk.img"
+    assert root_claim.stat().st_size == 1024 * MiB  # grown to the requested size
+    assert sorted(p.name for p in root_claim.parent.iterdir()) == ["disk.img"]
+    assert scratch.stat().st_size == 96 * MiB and scratch.stat().st_blocks * 512 < MiB
+
+    text = dvagent.wait_console("dv-reg", "VIRT-AGENT-USERDATA rc=0", timeout=240)
+    assert re.search(r"VIRT-AGENT-DISK vd\w+ serial=SCRATCH sectors=196608\b", text), text
+    assert "hostname=dv-reg" in page_of(dvagent, world, "dv-reg")
+
+    delete(dvagent, "dv-reg")
+    assert root_claim.exists(), "a DataVolume's claim outlives its VM by default"
+    assert not scratch.parent.exists(), "the delete-with-vm claim was kept"
+
+
+def test_http_data_volume_is_downloaded_once_checked_and_boots(
+    dvagent: AgentProcess, dvbed: DVBed, world: World
+) -> None:
+    source = {"http": {"url": dvbed.http_url, "checksum": dvbed.checksum}}
+    doc = dv_vm("dv-http", [template("http-root", "1Gi", source)])
+    watcher = Watcher(dvagent)
+    try:
+        dvagent.apply(doc, timeout=300)
+    finally:
+        watcher.stop()
+    # The download showed in the VM's status while it ran, as a pull does.
+    progress = watcher.pull_progress("dv-http")
+    assert progress and progress[-1][0] == progress[-1][1] > 0
+    claim = dvbed.claims / "default" / "http-root" / "disk.img"
+    inode = claim.stat().st_ino
+    assert "hostname=dv-http" in page_of(dvagent, world, "dv-http")
+
+    dvagent.apply(doc, timeout=60)  # a second Apply never imports again
+    assert claim.stat().st_ino == inode
+    assert dvbed.http_log.read_text().count("GET /guest.qcow2.gz") == 1
+
+
+def test_a_bad_checksum_fails_the_apply_and_leaves_no_claim(
+    dvagent: AgentProcess, dvbed: DVBed
+) -> None:
+    source = {"http": {"url": dvbed.http_url, "checksum": "sha256:" + "0" * 64}}
+    with pytest.raises(grpc.RpcError) as caught:
+        dvagent.apply(dv_vm("dv-bad", [template("bad-root", "1Gi", source)]), timeout=300)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+    details = caught.value.details()
+    assert "spec.dataVolumeTemplates[0] (DataVolume bad-root)" in details
+    assert "checksum mismatch" in details
+    folder = dvbed.claims / "default" / "bad-root"
+    assert not folder.exists() or list(folder.iterdir()) == []
+    assert "default_dv-bad" not in dvagent.node.virsh("list", "--all", "--name")
