@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,18 +47,45 @@ class DVBed:
     http_log: Path
 
 
+# Serves a folder; under /slow/ the same files trickle (64 KiB every 0.2 s), so that an
+# import is still running when the test kills the agent.
+_FILE_SERVER = r"""
+import http.server, os, sys, time
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        slow = self.path.startswith("/slow/")
+        name = os.path.basename(self.path)
+        path = os.path.join(sys.argv[3], name)
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return
+        data = open(path, "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        step = 64 * 1024 if slow else len(data)
+        for start in range(0, len(data), step):
+            self.wfile.write(data[start:start + step])
+            if slow:
+                time.sleep(0.2)
+
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
+"""
+
+
 class FileServer:
-    """``python -m http.server`` in the world namespace, serving one folder."""
+    """An HTTP server in the world namespace serving one folder (see _FILE_SERVER)."""
 
     def __init__(self, world: World, folder: Path, log: Path) -> None:
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", world.netns, sys.executable, "-m", "http.server",
-                 str(HTTP_PORT), "--bind", world.ip, "--directory", str(folder)],
+                ["ip", "netns", "exec", world.netns, sys.executable, "-c", _FILE_SERVER,
+                 world.ip, str(HTTP_PORT), str(folder)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
         wait_for(
-            lambda: world.http_get(world.ip, HTTP_PORT, timeout=2, path="/") is not None,
+            lambda: world.http_get(world.ip, HTTP_PORT, timeout=2, path="/ready.txt"),
             20,
             message="the world's file server",
             ignore=(Exception,),
@@ -84,6 +112,7 @@ def dvbed(
     base.chmod(0o755)
     packed = gzip.compress(Path(test_guest.disk).read_bytes(), compresslevel=1)
     (served / "guest.qcow2.gz").write_bytes(packed)
+    (served / "ready.txt").write_text("ready")
     registry = LocalRegistry.start(world, base / "registry")
     server = FileServer(world, served, base / "http.log")
     saved = list(agent_process.extra_args)
@@ -195,6 +224,7 @@ def test_http_data_volume_is_downloaded_once_checked_and_boots(
 ) -> None:
     source = {"http": {"url": dvbed.http_url, "checksum": dvbed.checksum}}
     doc = dv_vm("dv-http", [template("http-root", "1Gi", source)])
+    gets_before = dvbed.http_log.read_text().count("GET /guest.qcow2.gz")
     watcher = Watcher(dvagent)
     try:
         dvagent.apply(doc, timeout=300)
@@ -209,7 +239,7 @@ def test_http_data_volume_is_downloaded_once_checked_and_boots(
 
     dvagent.apply(doc, timeout=60)  # a second Apply never imports again
     assert claim.stat().st_ino == inode
-    assert dvbed.http_log.read_text().count("GET /guest.qcow2.gz") == 1
+    assert dvbed.http_log.read_text().count("GET /guest.qcow2.gz") == gets_before + 1
 
 
 def test_a_bad_checksum_fails_the_apply_and_leaves_no_claim(
@@ -225,3 +255,36 @@ def test_a_bad_checksum_fails_the_apply_and_leaves_no_claim(
     folder = dvbed.claims / "default" / "bad-root"
     assert not folder.exists() or list(folder.iterdir()) == []
     assert "default_dv-bad" not in dvagent.node.virsh("list", "--all", "--name")
+
+
+def test_an_import_cut_by_an_agent_kill_restarts_cleanly(
+    dvagent: AgentProcess, dvbed: DVBed, world: World
+) -> None:
+    slow = dvbed.http_url.replace("/guest.qcow2.gz", "/slow/guest.qcow2.gz")
+    doc = dv_vm("dv-cut", [template("cut-root", "1Gi", {"http": {"url": slow}})])
+    folder = dvbed.claims / "default" / "cut-root"
+    failed: list[BaseException] = []
+
+    def apply() -> None:
+        try:
+            dvagent.apply(doc, timeout=300)
+        except grpc.RpcError as exc:
+            failed.append(exc)
+
+    applying = threading.Thread(target=apply, daemon=True)
+    applying.start()
+    partial = folder / ".disk.img.download"
+    wait_for(lambda: partial.exists() and partial.stat().st_size > 0, 120,
+             message="the download under way")  # fmt: skip
+    dvagent.stop(signal.SIGKILL)
+    applying.join(30)
+    assert failed, "the Apply did not fail when its agent was killed"
+    assert not (folder / "disk.img").exists() and partial.exists()
+
+    dvagent.start()  # the restarted agent removes what the cut import left
+    assert [p.name for p in folder.iterdir()] == []
+    assert "an import interrupted by an agent restart" in dvagent.log_path.read_text()
+    doc["spec"]["dataVolumeTemplates"][0]["spec"]["source"]["http"]["url"] = dvbed.http_url
+    dvagent.apply(doc, timeout=300)  # imports again, from scratch, and boots
+    assert sorted(p.name for p in folder.iterdir()) == ["disk.img"]
+    assert "hostname=dv-cut" in page_of(dvagent, world, "dv-cut")
