@@ -214,6 +214,10 @@ def _generation(vm: vm_pb2.VirtualMachine) -> str:
 def _disk_rows(vm: vm_pb2.VirtualMachine) -> list[list[str]]:
     instance = vm.spec.template.spec
     sources = {v.name: _volume_source(v) for v in instance.volumes}
+    for volume in instance.volumes:
+        template = _imported(vm, volume)
+        if template:
+            sources[volume.name] += f" ({template})"
     rows = []
     for disk in instance.domain.devices.disks:
         device = disk.WhichOneof("device") or "disk"
@@ -249,6 +253,20 @@ def _volume_source(volume: vm_pb2.Volume) -> str:
     if kind == "data_volume":
         return f"dataVolume {volume.data_volume.name}"
     return NONE
+
+
+def _imported(vm: vm_pb2.VirtualMachine, volume: vm_pb2.Volume) -> str:
+    """How a dataVolume's template fills it: ``http <url>, 10Gi``; empty without one."""
+    if volume.WhichOneof("volume_source") != "data_volume":
+        return ""
+    for template in vm.spec.data_volume_templates:
+        if template.metadata.name == volume.data_volume.name:
+            spec = template.spec
+            size = (spec.storage if spec.HasField("storage") else spec.pvc).resources
+            kind = spec.source.WhichOneof("source") or "sourceRef"
+            url = getattr(getattr(spec.source, kind, None), "url", "")
+            return f"{kind}{' ' + url if url else ''}, {size.requests.get('storage', '?')}"
+    return ""
 
 
 def _section(title: str, headers: Sequence[str], rows: list[list[str]]) -> str:

@@ -3,12 +3,14 @@ sources kept, a DataSource refused by the agent with a reason."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from agent.api.convert import spec_from_proto
 from agent.cli.kubevirt import ManifestError, load_manifests
+from agent.cli.output import describe_vm
 from agent.datavolume import DataVolumeTemplate, RegistryImport
 from agent.errors import InvalidSpec
 
@@ -77,3 +79,13 @@ def test_a_data_source_reference_is_refused_with_a_reason() -> None:
     with pytest.raises(InvalidSpec, match="DataSource cannot be resolved on a node") as caught:
         spec_from_proto(manifest.vm)
     assert caught.value.field == "spec.dataVolumeTemplates[0].spec.sourceRef"
+
+
+def test_describe_says_how_a_data_volume_is_filled() -> None:
+    manifest = mapped("{http: {url: 'https://example.org/fedora.qcow2.xz'}}")
+    vm = manifest.vm
+    disk = vm.spec.template.spec.domain.devices.disks.add(name="root")
+    disk.disk.bus = "virtio"
+    vm.spec.template.spec.volumes.add(name="root").data_volume.name = "root"
+    rows = describe_vm(vm, datetime(2024, 5, 1, tzinfo=UTC)).split("Disks:")[1]
+    assert "dataVolume root (http https://example.org/fedora.qcow2.xz, 1Gi)" in rows
