@@ -34,6 +34,7 @@ from agent.disks.dvplan import (
     Step,
     advance,
     begin,
+    fail,
     next_step,
     sniff_format,
 )
@@ -129,6 +130,7 @@ class DataVolumeImporter:
             while (step := next_step(state)).stage != Stage.DONE:
                 state = self._run(job, state, step)
         except Exception as exc:
+            state = fail(state, str(exc))
             _remove_temporaries(job.folder)
             if found is None:
                 with contextlib.suppress(OSError):
@@ -138,9 +140,12 @@ class DataVolumeImporter:
             self._finished(job, state)
 
     def _finished(self, job: _Job, state: ImportState) -> None:
-        if state.complete:
-            return
-        log.info("claim %s/%s: import %s", job.vm.namespace, job.template.name, next_step(state))
+        claim = f"{job.vm.namespace}/{job.template.name}"
+        if state.error:
+            log.warning("claim %s: %s import failed, nothing kept: %s", claim,
+                        job.template.source_kind, state.error)  # fmt: skip
+        elif state.published:
+            log.info("claim %s: %s import complete", claim, job.template.source_kind)
 
     def _run(self, job: _Job, state: ImportState, step: Step) -> ImportState:
         stage = step.stage
