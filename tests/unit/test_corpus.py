@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 # The share reached so far; raise it when more of KubeVirt is supported, never lower it.
-FLOOR = 0.30
+FLOOR = 0.32
 HACK = Path(__file__).resolve().parents[2] / "hack" / "corpus.py"
 
 
