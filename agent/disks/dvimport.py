@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from agent.datavolume import DataVolumeTemplate, HttpImport, PvcClone, RegistryImport
 from agent.disks.claims import CLAIM_IMAGE, claim_folder, find_claim
-from agent.disks.cloudinit import _secret
+from agent.disks.configfiles import require_object
 from agent.disks.containerdisk import ContainerDisks
 from agent.disks.dvfetch import LimitedWriter, read_header, unpack
 from agent.disks.dvplan import (
@@ -42,7 +42,7 @@ from agent.disks.imagecheck import usable_format
 from agent.disks.ports import Downloader, ImageConverter, PullObserver, PullProgress
 from agent.errors import AgentError, FailedPrecondition, InvalidSpec, ResourceExhausted
 from agent.imageref import parse_reference
-from agent.models import VMSpec
+from agent.models import ConfigKind, VMSpec
 from agent.ports import ImageTool
 
 __all__ = ["DataVolumeImporter", "ImportServices", "download_limit"]
@@ -208,11 +208,14 @@ class DataVolumeImporter:
         return target, sniff_format(read_header(target))
 
     def _credentials(self, job: _Job, secret: str) -> tuple[str, str]:
+        """``accessKeyId`` and ``secretKey`` of a node secret (docs/config-volumes.md)."""
         field = f"{job.field}.spec.source.http.secretRef.name"
-        read = self.services.secrets_dir, job.vm.namespace, secret
-        user = _secret(*read, ("accessKeyId",), field).decode().strip()
-        password = _secret(*read, ("secretKey",), field).decode().strip()
-        return user, password
+        dir_, namespace = self.services.secrets_dir, job.vm.namespace
+        keys = require_object(dir_, namespace, ConfigKind.SECRET, secret, field)
+        missing = [k for k in ("accessKeyId", "secretKey") if k not in keys]
+        if missing:
+            raise InvalidSpec(field, f"secret {namespace}/{secret} has no {missing[0]} key")
+        return keys["accessKeyId"].decode().strip(), keys["secretKey"].decode().strip()
 
     def _pull(self, job: _Job, source: RegistryImport) -> tuple[str, str]:
         disks = self.services.container_disks

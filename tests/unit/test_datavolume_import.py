@@ -327,7 +327,7 @@ def test_http_secret_ref_is_basic_authentication_from_the_node_secret(node, tmp_
     downloader.files["http://files/disk.img"] = PAGE
     DataVolumeImporter([str(root)], services).import_all(vm(http(secret_ref="mirror")), "team_web")
     assert downloader.auths == [("reader", "s3cret")]
-    with pytest.raises(InvalidSpec, match=r"secretRef.name: secret 'absent' has no accessKeyId"):
+    with pytest.raises(InvalidSpec, match=r"secretRef.name: secret team/absent not found"):
         DataVolumeImporter([str(root)], services).import_all(
             vm(
                 DataVolumeTemplate(
