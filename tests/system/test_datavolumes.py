@@ -29,6 +29,7 @@ import pytest
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from tests.system.agentproc import AgentProcess, guest_vm
 from tests.system.test_disks import DISK_PROBE, Watcher
+from tests.system.test_vmctl import vmctl
 from tests.testbed.nodebox import GuestImage, NodeBox, World
 from tests.testbed.registry import LocalRegistry
 from tests.testbed.wait import wait_for
@@ -288,3 +289,67 @@ def test_an_import_cut_by_an_agent_kill_restarts_cleanly(
     dvagent.apply(doc, timeout=300)  # imports again, from scratch, and boots
     assert sorted(p.name for p in folder.iterdir()) == ["disk.img"]
     assert "hostname=dv-cut" in page_of(dvagent, world, "dv-cut")
+
+
+KUBEVIRT_DV_VM = """\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: vmctl-dv
+spec:
+  running: true
+  dataVolumeTemplates:
+  - apiVersion: cdi.kubevirt.io/v1beta1
+    kind: DataVolume
+    metadata:
+      name: vmctl-root
+    spec:
+      pvc:
+        accessModes: [ReadWriteOnce]
+        resources:
+          requests:
+            storage: 1Gi
+        storageClassName: local
+      source:
+        http:
+          url: {url}
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: root
+            disk: {{bus: virtio}}
+          interfaces:
+          - name: default
+            masquerade: {{}}
+            ports: [{{name: http, port: 80}}]
+        resources:
+          requests:
+            memory: 256Mi
+      networks:
+      - name: default
+        pod: {{}}
+      volumes:
+      - name: root
+        dataVolume:
+          name: vmctl-root
+"""
+
+
+def test_vmctl_apply_wait_shows_the_import_and_the_vm_runs(
+    dvagent: AgentProcess, dvbed: DVBed, world: World, tmp_path: Path
+) -> None:
+    slow = dvbed.http_url.replace("/guest.qcow2.gz", "/slow/guest.qcow2.gz")
+    manifest = tmp_path / "vm.yaml"
+    manifest.write_text(KUBEVIRT_DV_VM.format(url=slow))
+    applied = vmctl(
+        dvagent, "--timeout", "300", "apply", "-f", str(manifest), "--wait", timeout=600
+    )
+    assert applied.returncode == 0, applied.stderr
+    # Plain lines (not a terminal): the import as a transfer of the template's volume.
+    assert re.search(rf"volume vmctl-root {re.escape(slow)} .* of ", applied.stderr), applied.stderr
+    assert "storageClassName" in applied.stderr + applied.stdout  # named as ignored
+    assert "hostname=vmctl-dv" in page_of(dvagent, world, "vmctl-dv")
+    described = vmctl(dvagent, "describe", "vmctl-dv").stdout
+    assert f"dataVolume vmctl-root (http {slow}, 1Gi)" in described
