@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from agent.adapters.qemuimg import QemuImg
 from agent.api._gen.virtagent.v1 import vm_pb2
+from agent.api.convert import spec_from_proto
 from agent.cli.kubevirt import map_document
 from agent.cli.output import describe_vm
 from agent.config import load_settings
@@ -288,3 +290,24 @@ def test_describe_names_claim_volumes() -> None:
     text = describe_vm(vm, datetime.now(UTC))
     assert "dataVolume fedora-root" in text
     assert "persistentVolumeClaim db (read-only)" in text
+
+
+def test_claims_travel_through_the_api_messages_and_back() -> None:
+    message = vm_pb2.VirtualMachine()
+    json_format.ParseDict(
+        document(
+            [
+                {"name": "root", "dataVolume": {"name": "root-dv"}},
+                {"name": "data", "persistentVolumeClaim": {"claimName": "db", "readOnly": True}},
+            ]
+        ),
+        message,
+    )
+    spec = spec_from_proto(message)
+    assert [v.source for v in spec.volumes] == [
+        DataVolume("root-dv"),
+        PersistentVolumeClaim("db", read_only=True),
+    ]
+    back = vm_pb2.VirtualMachine()
+    json_format.ParseDict(render_vm(spec), back)
+    assert back.spec.template.spec.volumes[1].persistent_volume_claim.read_only
