@@ -176,7 +176,8 @@ class VMService:
             once = spec.run_strategy == RunStrategy.ONCE and not books.started_at
             if (spec.run_strategy == RunStrategy.ALWAYS or once) and not running:
                 self.steps.start(domain)
-            elif spec.run_strategy == RunStrategy.HALTED and running:
+            elif spec.run_strategy == RunStrategy.HALTED and (running or books.starting):
+                # (A VM waiting for its claims is not running but marked starting.)
                 self.steps.stop(domain, spec.termination_grace_period_seconds, force=False)
         return self.steps.refreshed(domain), True
 

@@ -169,3 +169,16 @@ def test_the_claim_watch_checks_until_it_is_stopped() -> None:
     finally:
         watch.stop()
     assert watch._thread is not None and not watch._thread.is_alive()
+
+
+def test_halting_a_waiting_vm_by_its_run_strategy_ends_the_wait(tmp_path: Path) -> None:
+    node = with_claims(make_node(tmp_path), tmp_path / "claims")
+    node.service.apply(claim_vm())
+    record, _ = node.service.apply(claim_vm(run_strategy="Halted"))
+    assert record.status.phase == Phase.STOPPED
+    make_claim(tmp_path / "claims")
+    node.service.sync.check_claims()
+    restarted = with_claims(node.restarted_agent(), tmp_path / "claims")
+    restarted.service.resync()
+    restarted.tasks.run_all()
+    assert state(restarted) == DomainState.SHUTOFF
