@@ -249,3 +249,29 @@ def test_a_vm_on_a_shared_claim_migrates_and_one_on_a_local_claim_is_refused(
         a.stop()
         shutil.rmtree(shared, ignore_errors=True)
         shutil.rmtree(local, ignore_errors=True)
+
+
+def shared_vm(name: str, claim: str, *, shareable: bool) -> dict[str, Any]:
+    doc = guest_vm(name, memory="160Mi")
+    instance = doc["spec"]["template"]["spec"]
+    instance["domain"]["devices"]["disks"] = [
+        {"name": "data", "disk": {"bus": "virtio"}, "shareable": shareable}
+    ]
+    instance["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+    return doc
+
+
+def test_two_vms_share_a_claim_only_when_both_disks_are_shareable(
+    cagent: AgentProcess, claim_root: Path
+) -> None:
+    blank_claim(claim_root, "shared")
+    for name in ("one", "two"):
+        cagent.apply(shared_vm(name, "shared", shareable=True))
+        cagent.wait_phase(name, vm_pb2.PHASE_RUNNING)  # QEMU shares the raw file
+    with pytest.raises(grpc.RpcError) as caught:
+        cagent.apply(shared_vm("three", "shared", shareable=False))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+    assert "claim default/shared is in use by vm default/" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        cagent.get("three")  # not left behind
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
