@@ -137,11 +137,11 @@ def apply(args: argparse.Namespace) -> int:
             meta = manifest.vm.metadata
             ref = f"{meta.namespace}/{meta.name}"
             if getattr(args, "wait", False):
-                _apply_and_wait(client, manifest, args.wait_timeout)
+                _apply_and_wait(client, manifest, args.wait_timeout, _apply_timeout(args, manifest))
                 continue
             with _explained("apply", ref):
                 # A VMI is runStrategy Once: the agent starts it itself (see kubevirt.py).
-                state = _applied(client.apply(manifest.vm))
+                state = _applied(client.apply(manifest.vm, timeout=_apply_timeout(args, manifest)))
             print(f"vm {ref} {state}")
     return 0
 
@@ -150,7 +150,19 @@ def apply(args: argparse.Namespace) -> int:
 _SETTLED = {"Halted": ("Stopped",), "Manual": ("Stopped", "Running", "Paused")}
 
 
-def _apply_and_wait(client: AgentClient, manifest: Manifest, timeout: float) -> None:
+def _apply_timeout(args: argparse.Namespace, manifest: Manifest) -> float:
+    """The Apply call's deadline: the agent answers once the disks are ready, so one that
+    pulls a containerDisk or imports a DataVolume gets ``--pull-timeout``."""
+    spec = manifest.vm.spec
+    transfers = bool(spec.data_volume_templates) or any(
+        volume.HasField("container_disk") for volume in spec.template.spec.volumes
+    )
+    return max(args.timeout, args.pull_timeout) if transfers else float(args.timeout)
+
+
+def _apply_and_wait(
+    client: AgentClient, manifest: Manifest, timeout: float, apply_timeout: float
+) -> None:
     """Apply while a watch shows the pull's progress and the phases (Apply returns once
     the disks are ready), then wait until the VM runs or settles."""
     meta = manifest.vm.metadata
@@ -170,7 +182,7 @@ def _apply_and_wait(client: AgentClient, manifest: Manifest, timeout: float) -> 
 
     threading.Thread(target=watch, name=f"wait {ref}", daemon=True).start()
     with _explained("apply", ref):
-        state = _applied(client.apply(manifest.vm))
+        state = _applied(client.apply(manifest.vm, timeout=apply_timeout))
     progress.end()
     print(f"vm {ref} {state}", flush=True)
     done.wait(timeout + 5)

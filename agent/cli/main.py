@@ -21,7 +21,7 @@ from agent.cli.output import (
     error_sentence,
 )
 from agent.client import AgentCallError
-from agent.defaults import UNIX_SOCKET
+from agent.defaults import PULL_TIMEOUT_SECONDS, UNIX_SOCKET
 
 __all__ = ["build_parser", "main"]
 
@@ -189,6 +189,14 @@ def _add_apply(parser: Parser) -> None:
         help="show image pulls and imports, then wait until each VM runs (Halted: is stopped)",
     )
     _add_wait_timeout(parser)
+    parser.add_argument(
+        "--pull-timeout",
+        type=_seconds,
+        default=PULL_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="deadline of an Apply that pulls a containerDisk or imports a DataVolume (it "
+        f"answers once the disks are ready; default {PULL_TIMEOUT_SECONDS:g}, the agent's own)",
+    )
 
 
 def _add_instancetypes(parser: Parser) -> None:

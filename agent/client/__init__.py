@@ -125,15 +125,19 @@ class AgentClient(MigrationCalls):
         vm: vm_pb2.VirtualMachine | Mapping[str, Any],
         *,
         request_id: str | None = None,
+        timeout: float | None = None,
     ) -> vm_service_pb2.ApplyVirtualMachineResponse:
-        """Create or update a VM; a dict is read as the JSON mapping (json_format.ParseError)."""
+        """Create or update a VM; a dict is read as the JSON mapping (json_format.ParseError).
+
+        The agent answers once the VM's disks are ready, so an Apply that pulls or imports
+        images needs a ``timeout`` longer than the client's usual one."""
         if not isinstance(vm, vm_pb2.VirtualMachine):
             vm = json_format.ParseDict(dict(vm), vm_pb2.VirtualMachine())
         request = vm_service_pb2.ApplyVirtualMachineRequest(
             vm=vm, request_id=request_id or _new_id()
         )
         response: vm_service_pb2.ApplyVirtualMachineResponse = self._unary(
-            self._vms.ApplyVirtualMachine, request
+            self._vms.ApplyVirtualMachine, request, timeout=timeout
         )
         return response
 

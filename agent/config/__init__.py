@@ -47,7 +47,7 @@ from agent.config.values import (
     to_list,
     to_str,
 )
-from agent.defaults import UNIX_SOCKET
+from agent.defaults import PULL_TIMEOUT_SECONDS, UNIX_SOCKET
 from agent.disks.auth import CredentialsError, load_credentials
 from agent.logs import FORMATS, LEVELS
 from agent.network.ipam import parse_cidr, parse_pool, parse_port_range
@@ -110,7 +110,7 @@ class Settings:
     # <root>/<namespace>/<claim>/disk.img (agent.disks.claims); empty: no claim volumes.
     claim_root: list[str] = field(default_factory=list)
     image_cache_dir: str = ""  # empty: <state-dir>/containerdisks
-    pull_timeout: float = 1800.0  # a whole container disk pull, all layers
+    pull_timeout: float = PULL_TIMEOUT_SECONDS  # a whole container disk pull, all layers
     max_image_size: int = 64 * 1024**3  # bytes: a container disk's disk file, expanded
     max_image_ratio: int = 1100  # expanded over compressed; 0: off (see LayerLimits)
     secrets_dir: str = ""  # empty: <state-dir>/secrets

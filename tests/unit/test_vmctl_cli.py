@@ -383,3 +383,25 @@ def test_unix_sockets_need_no_tls(tmp_path: Path, capsys: pytest.CaptureFixture[
     socket = f"unix:{tmp_path}/none.sock"
     assert main(["--agent", socket, "--timeout", "1", "node"]) == 1  # tried, not refused
     assert "cannot reach agent" in capsys.readouterr().err
+
+
+def test_an_apply_that_pulls_images_gets_the_pull_deadline_others_the_call_deadline(
+    agent: str, fake: FakeAgent, tmp_path: Path
+) -> None:
+    # The agent answers an Apply once its disks are ready: a pull must not meet --timeout.
+    pulls = tmp_path / "pulls.yaml"
+    pulls.write_text(MANIFEST)
+    spec = yaml.safe_load(MANIFEST)
+    spec["metadata"]["name"] = "local"
+    spec["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "root", "emptyDisk": {"capacity": "1Gi"}}
+    ]
+    local = tmp_path / "local.yaml"
+    local.write_text(yaml.safe_dump(spec))
+
+    assert run(agent, "apply", "-f", str(pulls), "--pull-timeout", "900") == 0
+    assert run(agent, "apply", "-f", str(local), "--pull-timeout", "900") == 0
+
+    pulled, plain = fake.deadlines
+    assert pulled is not None and 800 < pulled <= 900
+    assert plain is not None and plain <= 5  # run() passes --timeout 5
