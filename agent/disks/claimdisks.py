@@ -5,6 +5,11 @@ A ``persistentVolumeClaim`` or ``dataVolume`` volume names a claim of the VM's o
 (``agent.disks.claims`` finds it on the node), so a VM can never name another namespace's
 claim. The claim is used in place: a block device raw; a file raw or qcow2 as ``qemu-img``
 detects it, a qcow2 that names a backing or data file refused (never followed).
+
+A file's format is detected once, the first time the agent uses the claim (before any guest
+wrote to it), and pinned in the claim's folder (``FORMAT_PIN``): probing it again later would
+let a guest that writes a qcow2 header into its raw disk have the next VM read attacker-made
+qcow2 metadata. A provisioner that knows the format may write the pin itself.
 """
 
 from __future__ import annotations
@@ -16,10 +21,19 @@ from dataclasses import dataclass
 from agent.disks.claims import CLAIM_IMAGE, claim_folder, find_claim
 from agent.disks.imagecheck import usable_format
 from agent.errors import FailedPrecondition, InvalidSpec
-from agent.models import DataVolume, DiskBacking, PersistentVolumeClaim, VMSpec
+from agent.models import DISK_FORMATS, DataVolume, DiskBacking, PersistentVolumeClaim, VMSpec
 from agent.ports import ImageTool
 
-__all__ = ["ClaimUse", "claim_backing", "claim_uses", "check_sharing", "placeholder_backing"]
+__all__ = [
+    "FORMAT_PIN",
+    "ClaimUse",
+    "claim_backing",
+    "claim_uses",
+    "check_sharing",
+    "placeholder_backing",
+]
+
+FORMAT_PIN = ".virt-agent-format"  # in the claim's folder: "raw" or "qcow2"
 
 _INSTANCE = "spec.template.spec"
 
@@ -82,7 +96,12 @@ def claim_backing(roots: Sequence[str], images: ImageTool, use: ClaimUse) -> Dis
     if found.block:
         return DiskBacking(use.volume, found.path, "raw", block=True, readonly=use.read_only)
     what = f"claim {use.key} ({found.path})"
-    fmt = usable_format(images.inspect(found.path), what, use.field)
+    fmt = _pinned_format(found.folder, what, use.field)
+    if fmt != "raw":  # a qcow2 (or not yet known): its header is the agent's to check
+        detected = usable_format(images.inspect(found.path), what, use.field)
+        if fmt and detected != fmt:
+            raise InvalidSpec(use.field, f"{what} was {fmt} when first used, now {detected}")
+        fmt = fmt or _pin_format(found.folder, detected)
     if fmt != "raw" and use.shareable:
         # QEMU cannot share a qcow2 between writers (libvirt refuses it too).
         raise InvalidSpec(use.field, f"{what} is a {fmt} image; a shareable disk needs raw")
@@ -114,3 +133,28 @@ def check_sharing(vm: VMSpec, others: Iterable[VMSpec]) -> None:
                     f"{their.volume!r}); two VMs share a claim only when both disks are "
                     "shareable or read-only"
                 )
+
+
+def _pinned_format(folder: str, what: str, field: str) -> str:
+    """The claim's pinned format; "" when it has none yet."""
+    try:
+        fd = os.open(os.path.join(folder, FORMAT_PIN), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise InvalidSpec(field, f"{what}: cannot read {FORMAT_PIN}: {exc.strerror}") from exc
+    with os.fdopen(fd) as pin:
+        fmt = pin.read(16).strip()
+    if fmt not in DISK_FORMATS:
+        raise InvalidSpec(field, f"{what}: {FORMAT_PIN} says {fmt!r}; write raw or qcow2")
+    return fmt
+
+
+def _pin_format(folder: str, fmt: str) -> str:
+    """Record ``fmt`` as the claim's format (written whole, then renamed into place)."""
+    temporary = os.path.join(folder, f"{FORMAT_PIN}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(temporary, flags, 0o644), "w") as pin:
+        pin.write(fmt + "\n")
+    os.replace(temporary, os.path.join(folder, FORMAT_PIN))
+    return fmt

@@ -162,6 +162,36 @@ def test_a_qcow2_claim_is_detected_and_a_backing_file_is_refused(tmp_path: Path)
     assert not (tmp_path / "state" / "vms" / "team-a_evil").exists()  # nothing half-made
 
 
+def test_a_claim_format_is_pinned_at_first_use_never_probed_again(tmp_path: Path) -> None:
+    # A guest may write anything into its raw disk, a qcow2 header too: the next VM must not
+    # have QEMU read it as qcow2 metadata.
+    root = tmp_path / "claims"
+    image = make_claim(root, "team-a", "data")
+    files = files_with(root, tmp_path)
+    spec = vm(Volume("data", PersistentVolumeClaim("data")))
+    assert files.prepare(spec, "team-a_web").disks[0].format == "raw"
+    assert (image.parent / ".virt-agent-format").read_text() == "raw\n"
+    files.remove("team-a_web")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1M"], check=True)
+
+    assert files.prepare(spec, "team-a_next").disks[0].format == "raw"
+
+
+def test_a_qcow2_claim_that_changed_format_or_a_bad_pin_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "claims"
+    image = make_claim(root, "team-a", "root", "qcow2")
+    files = files_with(root, tmp_path)
+    spec = vm(Volume("root", DataVolume("root")))
+    assert files.prepare(spec, "team-a_web").disks[0].format == "qcow2"
+    files.remove("team-a_web")
+    make_claim(root, "team-a", "root", "raw")
+    with pytest.raises(InvalidSpec, match="was qcow2 when first used, now raw"):
+        files.prepare(spec, "team-a_web")
+    (image.parent / ".virt-agent-format").write_text("vmdk\n")
+    with pytest.raises(InvalidSpec, match="says 'vmdk'; write raw or qcow2"):
+        files.prepare(spec, "team-a_web")
+
+
 def test_a_shareable_disk_needs_a_raw_claim(tmp_path: Path) -> None:
     root = tmp_path / "claims"
     make_claim(root, "team-a", "shared", "qcow2")
