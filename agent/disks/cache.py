@@ -73,8 +73,13 @@ class ImageCache:
             os.makedirs(os.path.join(self.root, sub), mode=0o755, exist_ok=True)
         os.chmod(self.root, 0o755)
         # No pull is in flight when the cache is made: whatever is in tmp/ was interrupted.
-        for leftover in os.listdir(self._path("tmp")):
-            shutil.rmtree(self._path("tmp", leftover), ignore_errors=True)
+        for leftover in sorted(os.listdir(self._path("tmp"))):
+            log.warning(
+                "repaired: image cache: removed %s (a pull or cleanup interrupted mid-way; "
+                "the next pull fetches its blobs again)",
+                self._path("tmp", leftover),
+            )
+            _remove(self._path("tmp", leftover))
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -236,3 +241,12 @@ def _write_json(path: str, data: object, tmp_dir: str) -> None:
         json.dump(data, handle, sort_keys=True)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _remove(path: str) -> None:
+    """A folder or a file (the temporary file of a tag being written)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

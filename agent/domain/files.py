@@ -134,7 +134,11 @@ class VMFiles:
             return []
         orphans = [n for n in names if n not in keep and os.path.isdir(self.vm_dir(n))]
         for name in orphans:
-            log.warning("removing the files of %s: it has no domain (a delete interrupted?)", name)
+            log.warning(
+                "repaired: files of %s removed: it has no domain (a delete interrupted "
+                "between undefine and file removal, or a create before define)",
+                name,
+            )
             self.remove(name)
         return orphans
 

@@ -58,6 +58,8 @@ def bookkeeping_to_json(bookkeeping: Bookkeeping) -> str:
     }
     if bookkeeping.starting:  # only while a start is under way; older agents ignore it
         fields["starting"] = True
+    if bookkeeping.resumed:
+        fields["resumed"] = True
     if bookkeeping.network is not None:
         fields["network"] = _allocation_to_json(bookkeeping.network)
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -85,6 +87,7 @@ def bookkeeping_from_json(text: str) -> Bookkeeping:
         node_name=_typed(data, "node_name", str, ""),
         halted=data.get("halted") is True,
         starting=data.get("starting") is True,
+        resumed=data.get("resumed") is True,
         network=None if network is None else _allocation_from_json(network),
     )
 

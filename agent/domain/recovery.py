@@ -3,7 +3,10 @@
 ``DomainSteps.start`` stores a ``starting`` mark before it creates the guest paused and
 clears it once the guest runs. A mark found by the resync means the agent died in between:
 the guest is off (never created), paused (created, never resumed; libvirt's state reason
-is the same as a user's pause, hence the mark) or running (only the mark was left).
+is the same as a user's pause, hence the mark) or running (only the mark was left). The
+``resumed`` mark, stored just before the resume, tells a guest that ran and went off since
+(it crashed, or powered off) from one never created: the first is never booted again here,
+so a ``Once`` VM cannot run twice; only its run strategy may restart it.
 """
 
 from __future__ import annotations
@@ -87,9 +90,11 @@ class StartRecovery:
             try:
                 with self._lock(domain, "finish-start", wait=60.0):
                     done = self.finish(domain)
-                    self._steps.refresh(domain)
+                    record = self._steps.refresh(domain)
                 if done:
                     log.info("repaired: vm %s: %s", vm_key(domain), done)
+                if record is not None and should_restart(record):  # (Once: never again)
+                    self._restart(domain, delay=0.0)
             except Exception:
                 log.exception("finishing the interrupted start of %s failed", domain)
 
@@ -101,6 +106,12 @@ class StartRecovery:
         info, spec, books = steps.require(domain)
         if not books.starting or books.halted:
             return ""
+        if info.state == DomainState.SHUTOFF and books.resumed:
+            # The guest ran and went off before the start was recorded (it crashed, or
+            # powered off): not an interrupted start; its run strategy decides.
+            cleared = dataclasses.replace(books, starting=False, resumed=False)
+            steps.save_books(domain, spec, cleared)
+            return "it ran and stopped before its start was recorded; cleared its starting mark"
         if info.state == DomainState.SHUTOFF:
             steps.start(domain)
             return "its start was interrupted before the guest was created; started it"
@@ -110,5 +121,6 @@ class StartRecovery:
             steps.network.plug(domain, spec, books.network)
             steps.hv.resume(domain)
             done = "it was left paused between create and resume; plugged it again and resumed it"
-        steps.save_books(domain, spec, dataclasses.replace(books, starting=False), live=True)
+        finished = dataclasses.replace(books, starting=False, resumed=False)
+        steps.save_books(domain, spec, finished, live=True)
         return done

@@ -146,7 +146,7 @@ class DomainSteps:
                 started_at=books.started_at,
                 stopped_at=books.stopped_at,
                 never_started=not books.started_at,
-                starting=domain in self._starting or books.starting,
+                starting=domain in self._starting or _start_pending(books, info.state),
             )
             interfaces = self.network.interfaces(domain, spec, books.network)
             status = dataclasses.replace(status, interfaces=interfaces)
@@ -228,6 +228,11 @@ class DomainSteps:
             self.network.plug(domain, spec, books.network)
             self.hv.start(domain, paused=True)
             try:
+                # Stored before the guest runs its first instruction: a guest found off
+                # with this mark ran (and crashed or stopped), and is never booted again
+                # by recovery, only by its run strategy.
+                books = dataclasses.replace(books, resumed=True)
+                self.save_books(domain, spec, books)
                 self.hv.resume(domain)
             except Exception:
                 with contextlib.suppress(Exception):
@@ -235,11 +240,13 @@ class DomainSteps:
                 raise
         except Exception:
             with contextlib.suppress(Exception):  # failed, not interrupted: nothing to finish
-                self.save_books(domain, spec, dataclasses.replace(books, starting=False))
+                done = dataclasses.replace(books, starting=False, resumed=False)
+                self.save_books(domain, spec, done)
             raise
         finally:
             self._starting.discard(domain)
-        self.save_books(domain, spec, dataclasses.replace(books, starting=False), live=True)
+        done = dataclasses.replace(books, starting=False, resumed=False)
+        self.save_books(domain, spec, done, live=True)
 
     def preempt(self, domain: str, on: bool = True) -> None:
         """Cut a graceful stop of ``domain`` in flight short: it destroys the guest now."""
@@ -260,7 +267,7 @@ class DomainSteps:
         info, spec, books = self.require(domain)
         self.claims.forget(domain)
         if not books.halted or books.starting:
-            stopped = dataclasses.replace(books, halted=True, starting=False)
+            stopped = dataclasses.replace(books, halted=True, starting=False, resumed=False)
             self.save_books(domain, spec, stopped)
         if info.state == DomainState.SHUTOFF:
             return
@@ -333,6 +340,12 @@ class DomainSteps:
         """Store the books in the definition (and, with ``live``, in the running guest's XML,
         which a migration carries to the target)."""
         self.hv.set_metadata(domain, metadata_payload(spec, books), live=live)
+
+
+def _start_pending(books: Bookkeeping, state: DomainState) -> bool:
+    """A stored start mark still shows the VM Pending, unless the guest ran and went off
+    (its real phase, e.g. Failed for a crash, is what clients must see)."""
+    return books.starting and not (books.resumed and state == DomainState.SHUTOFF)
 
 
 def _gate_ready(status: VMStatus, passed: bool) -> VMStatus:

@@ -252,7 +252,9 @@ class RoutedNetwork:
             stale = self._stale_taps()
             self._ready.set()
         for domain, taps, addresses in stale:
-            log.info("removing network leftovers of %s: %s", domain, ", ".join(sorted(taps)))
+            log.info(
+                "repaired: network leftovers of %s removed: %s", domain, ", ".join(sorted(taps))
+            )
             self._remove_taps(domain, taps)
             self._forget(addresses)
 

@@ -43,6 +43,7 @@ import grp
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import stat
@@ -143,6 +144,24 @@ mount --bind "$node_dir/etc" /etc/libvirt
 if [ -c "$node_dir/dev-kvm" ]; then mount --bind "$node_dir/dev-kvm" /dev/kvm; fi
 echo "$$" > /run/nodebox-keeper.pid
 exec sleep infinity
+"""
+
+
+# Runs a daemonizing command (libvirtd -d) as the child subreaper of what it leaves: the
+# daemon, and the QEMUs libvirtd daemonizes, are reaped the moment they exit, as systemd does
+# on a real node. (This machine's init reaps orphans only every ~2 s, and libvirt reports a
+# QEMU's death only once the process is reaped: a killed guest looked Failed 2 s late.)
+# Prints the command's exit code, then reaps until nothing of its own is left.
+_REAPER = r"""
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+print(subprocess.call(sys.argv[1:]), flush=True)
+os.close(1)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
 """
 
 
@@ -664,6 +683,7 @@ class NodeBox:
         self.libvirtd_pid: int | None = None
         self._keeper: subprocess.Popen[bytes] | None = None
         self._spawned: list[subprocess.Popen[Any]] = []
+        self._reapers: list[subprocess.Popen[Any]] = []
         self._stopped = False
 
     # ---- construction
@@ -821,14 +841,15 @@ class NodeBox:
         (run / "libvirtd.pid").unlink(missing_ok=True)
         # Pinned to one CPU while it starts: see _unpin() for why.
         cpus = sorted(os.sched_getaffinity(0))
-        proc = self.exec(
+        code = self._start_reaped(
             ["taskset", "-c", str(cpus[0]), "libvirtd", "-d", "--listen",
              "--pid-file", "/run/libvirtd.pid"]
         )  # fmt: skip
-        if proc.returncode != 0:
+        if code != 0:
             raise TestbedError(
-                f"{self.name}: libvirtd failed to start ({proc.returncode}): "
-                f"{proc.stderr.strip()}\n{_tail(self.dir / 'log' / 'libvirtd.log')}"
+                f"{self.name}: libvirtd failed to start ({code}): "
+                f"{_tail(self.dir / 'log' / 'reaper.log')}\n"
+                f"{_tail(self.dir / 'log' / 'libvirtd.log')}"
             )
         self.libvirtd_pid = self._wait_pidfile(run / "libvirtd.pid", "libvirtd")
         deadline = time.monotonic() + timeout
@@ -851,6 +872,28 @@ class NodeBox:
                     f"{probe.stderr.strip()}\n{_tail(self.dir / 'log' / 'libvirtd.log')}"
                 )
             time.sleep(0.1)
+
+    def _start_reaped(self, argv: Sequence[str], timeout: float = 60.0) -> int:
+        """Run a daemonizing ``argv`` in the node under a reaper of its own (see _REAPER);
+        return its exit code."""
+        with open(self.dir / "log" / "reaper.log", "ab") as log:
+            reaper = subprocess.Popen(
+                [*self._nsenter, sys.executable, "-c", _REAPER, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=_env(),
+                cwd="/",
+                text=True,
+            )
+        self._reapers.append(reaper)
+        assert reaper.stdout is not None
+        ready, _, _ = select.select([reaper.stdout], [], [], timeout)
+        line = reaper.stdout.readline() if ready else ""
+        reaper.stdout.close()
+        if not line.strip().lstrip("-").isdigit():
+            raise TestbedError(f"{self.name}: `{_fmt(argv)}` gave no exit code in {timeout} s")
+        return int(line)
 
     def _wait_pidfile(self, path: Path, what: str, timeout: float = 10.0) -> int:
         deadline = time.monotonic() + timeout
@@ -973,6 +1016,9 @@ class NodeBox:
         _reap(self._keeper)
         if self.netns_inode is not None:
             stuck += _stop_pids(_pids_in_netns(self.netns_inode), _KILL_TIMEOUT)
+        for reaper in self._reapers:
+            _reap(reaper)
+        self._reapers.clear()
         if stuck:
             errors.append(f"pids {sorted(set(stuck))} would not die")
         # 4. the netns (its end of the veth goes with it, and so does the world's end).

@@ -179,3 +179,48 @@ def test_the_network_is_reconciled_before_recovery_starts_anything(tmp_path: Pat
 
     assert queued_at_reconcile == [[]]
     assert sorted(node.tasks.names()) == [f"finish-start-{WEB}", "restart-default_db"]
+
+
+def kill_agent_after_the_resume(first: FakeNode) -> None:
+    """The agent dies right after the guest runs, before it clears the starting mark."""
+    resume = first.hv.resume
+
+    def resume_then_die(name: str) -> None:
+        resume(name)
+        first.hv.resume = resume  # type: ignore[method-assign]  # (once)
+        first.hv.kill_agent_at("set_metadata")
+
+    first.hv.resume = resume_then_die  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "starts"), [("Once", 1), ("Manual", 1), ("RerunOnFailure", 2), ("Always", 2)]
+)
+def test_a_guest_that_crashed_before_its_start_was_recorded_is_never_booted_twice_by_recovery(
+    tmp_path: Path, strategy: str, starts: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_node(tmp_path)
+    kill_agent_after_the_resume(first)
+    with pytest.raises(AgentKilled):
+        first.service.apply(vm_spec(run_strategy=strategy))
+        first.service.start("default", "web")  # (Manual: the user's start)
+    first.hv.crash(WEB)  # while no agent runs
+
+    with caplog.at_level(logging.INFO):
+        node, ran = restart_and_recover(first)
+        ran += node.tasks.run_all()
+
+    # Recovery only clears the mark: the run strategy alone decides about a second run.
+    assert len(node.hv.calls_on(WEB, "start")) == starts
+    assert "repaired: vm default/web: it ran and stopped before its start was recorded" in (
+        caplog.text
+    )
+    record = node.service.get("default", "web")
+    assert not record.books.starting and not record.books.resumed
+    if starts == 1:
+        assert state(node) == DomainState.SHUTOFF
+        assert record.status.phase == Phase.FAILED and record.status.reason == "Crashed"
+    else:
+        assert state(node) == DomainState.RUNNING
+    node.service.resync()
+    assert node.tasks.run_all() == []
