@@ -10,6 +10,7 @@ roots (see ``agent.paths``); every refusal names the field.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -32,7 +33,7 @@ from agent.disks.dvimport import DataVolumeImporter
 from agent.disks.hostdisk import host_disk_path
 from agent.disks.imagecheck import usable_format
 from agent.disks.ports import IsoWriter, PullObserver, PullProgress
-from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
+from agent.errors import FailedPrecondition, InvalidSpec, ResourceExhausted, Unavailable
 from agent.models import (
     CloudInitConfigDrive,
     CloudInitNoCloud,
@@ -45,6 +46,7 @@ from agent.models import (
     VMSpec,
     Volume,
 )
+from agent.naming import vm_key
 from agent.paths import resolve_under_roots
 from agent.ports import ImageTool
 
@@ -160,12 +162,12 @@ class VMFiles:
                     self.image_roots, boot.initrd_path, f"{field}.initrdPath"
                 )
         created_dir = not os.path.isdir(self.vm_dir(domain))
-        os.makedirs(self.vm_dir(domain), mode=_FOLDER_MODE, exist_ok=True)
-        for folder in (os.path.dirname(self.vm_dir(domain)), self.vm_dir(domain)):
-            os.chmod(folder, _FOLDER_MODE)  # (the umask may have taken the x bits)
         claims = {use.volume: use for use in claim_uses(vm)}
         missing: list[ClaimUse] = []
         try:
+            os.makedirs(self.vm_dir(domain), mode=_FOLDER_MODE, exist_ok=True)
+            for folder in (os.path.dirname(self.vm_dir(domain)), self.vm_dir(domain)):
+                os.chmod(folder, _FOLDER_MODE)  # (the umask may have taken the x bits)
             if vm.data_volume_templates:
                 self._import_data_volumes(vm, domain)
             disks = tuple(
@@ -174,14 +176,19 @@ class VMFiles:
                 else self._disk(vm, domain, index, pins or {})
                 for index, v in enumerate(vm.volumes)
             )
-        except Exception:
+            ignition = ""
+            if vm.ignition_data:
+                ignition = os.path.join(self.vm_dir(domain), "ignition.json")
+                _write_if_changed(ignition, vm.ignition_data.encode())
+        except Exception as exc:
             if created_dir:
                 self.remove(domain)
+            if _disk_full(exc):
+                raise ResourceExhausted(
+                    f"vm {vm_key(domain)}: no space left in the state directory "
+                    f"{self.state_dir} for its files (free space there); nothing was created"
+                ) from exc
             raise
-        ignition = ""
-        if vm.ignition_data:
-            ignition = os.path.join(self.vm_dir(domain), "ignition.json")
-            _write_if_changed(ignition, vm.ignition_data.encode())
         console = self.console_log(domain)
         return PreparedFiles(kernel, initrd, console, disks, ignition, tuple(missing))
 
@@ -381,3 +388,15 @@ def _write_if_changed(path: str, data: bytes) -> None:
     with open(partial, "wb") as handle:
         handle.write(data)
     os.replace(partial, path)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """The error (or one it came from) says the file system is full: ENOSPC or EDQUOT from
+    Python, or qemu-img's message for it."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, FailedPrecondition) and "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -21,6 +21,7 @@ __all__ = ["VMLocks"]
 _BACKGROUND = frozenset({"note-stop", "restart-on-failure", "finish-start"})
 _GRACEFUL = frozenset({"stop", "delete"})  # verbs that may wait out a grace period
 _BACKGROUND_WAIT_SECONDS = 60.0
+_HANDOVER_SECONDS = 1.0
 
 
 class VMLocks:
@@ -48,6 +49,11 @@ class VMLocks:
     def _take(self, domain: str, lock: threading.Lock, wait: float, preempt: bool) -> None:
         acquired = lock.acquire(timeout=wait) if wait else lock.acquire(blocking=False)
         holder = self.holders.get(domain)
+        if not acquired and holder is None:
+            # Held, but its holder not yet (or no longer) recorded: the lock changes hands
+            # this instant (a background task finishing, say); that is no conflict.
+            acquired = lock.acquire(timeout=_HANDOVER_SECONDS)
+            holder = self.holders.get(domain)
         if not acquired and (holder in _BACKGROUND or (preempt and holder in _GRACEFUL)):
             if holder in _GRACEFUL:
                 self._preempt(domain, True)

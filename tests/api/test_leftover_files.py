@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
+
+import pytest
 
 from tests.api.conftest import Agent
 from tests.api.test_vm_api import apply, vm_doc
@@ -34,12 +37,20 @@ def killed_mid_delete(agent: Agent) -> None:
     assert folder.is_dir()
 
 
-def test_resync_removes_the_folders_of_vms_without_a_domain(agent: Agent) -> None:
+def test_resync_removes_the_folders_of_vms_without_a_domain(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
     apply(agent, with_scratch())
     apply(agent, with_scratch("keep"))
     killed_mid_delete(agent)
-    agent.service.resync()  # what a restarted agent does first
+    with caplog.at_level(logging.WARNING):
+        agent.service.resync()  # what a restarted agent does first
     assert not (agent.state_dir / "vms" / "default_web").exists()
+    repaired = [r.getMessage() for r in caplog.records if "repaired:" in r.getMessage()]
+    assert repaired == [
+        "repaired: files of default_web removed: it has no domain (a delete interrupted "
+        "between undefine and file removal, or a create before define)"
+    ]
     assert (agent.state_dir / "vms" / "default_keep").is_dir()  # a VM that exists keeps it
 
 
