@@ -357,11 +357,8 @@ class Bookkeeping:
     node_name: str = ""
     # Stopped on purpose (Stop verb, Halted): the run strategy must not start it again.
     halted: bool = False
-    # A start is under way (set before the guest is created paused, cleared once it runs):
-    # a restarted agent finds a guest still paused by an interrupted start and finishes it.
+    # A start under way, and its guest resumed (it may have run): see agent/domain/recovery.
     starting: bool = False
-    # Set (with ``starting``) just before the guest is resumed: a guest found off while both
-    # are set may have run, so recovery never boots it again (a ``Once`` VM runs once).
     resumed: bool = False
     # What the VM holds on the node's network; None for a VM without NICs.
     network: VMAllocation | None = None
