@@ -175,11 +175,16 @@ class Seen:
 
 @dataclass
 class Watch:
-    """A watch of namespace default, read on a thread; reopened when the agent ends it."""
+    """A watch of namespace default, read on a thread. When its stream ends (the agent ended
+    it, or ``reopen()``), it resumes from the last version it saw, as clients do; a resume
+    the agent refuses (OUT_OF_RANGE) starts again from a snapshot and is counted."""
 
     agent: AgentProcess
     events: list[Seen] = field(default_factory=list)
     streams: int = 0
+    resumes: int = 0  # streams opened from a resource_version, and accepted
+    relists: int = 0  # resumes refused with OUT_OF_RANGE
+    version: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _stream: Any = None
     _thread: threading.Thread | None = None
@@ -198,22 +203,31 @@ class Watch:
         if self._thread is not None:
             self._thread.join(10)
 
+    def reopen(self) -> None:
+        """End the stream as a lost connection would; the reader resumes it."""
+        if self._stream is not None:
+            self._stream.cancel()
+
     def _read(self, synced: threading.Event) -> None:
         while not self._stop.is_set():
+            resume_from = self.version
+            request = pb.WatchVirtualMachinesRequest(
+                namespace="default", resource_version=resume_from
+            )
             try:
-                channel = self.agent.channel
-                assert channel is not None
-                stream = self.agent.vms.WatchVirtualMachines(
-                    pb.WatchVirtualMachinesRequest(namespace="default")
-                )
+                stream = self.agent.vms.WatchVirtualMachines(request)
                 self._stream = stream
                 self.streams += 1
                 for event in stream:
                     if event.type == pb.EVENT_TYPE_SYNCED:
+                        self.resumes += 1 if resume_from else 0
                         synced.set()
+                    self.version = max(self.version, event.resource_version)
                     self.events.append(Seen(time.monotonic(), event.type, event.vm))
-            except grpc.RpcError:
-                pass  # ended (libvirt gone, or cancelled): open it again
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    self.relists += 1
+                    self.version = 0
             self._stop.wait(0.2)
 
     def first(self, name: str, phase: int, after: float = 0.0) -> Seen | None:

@@ -273,6 +273,7 @@ def test_libvirtd_killed_and_back_health_follows_and_the_watch_never_loses_a_vm(
         measured(f"round {round_}: libvirtd killed -> agent NOT_SERVING", time.monotonic() - killed)
         for name in STEADY:  # reads answer from the cache meanwhile
             assert agent.get(name).status.phase == vm_pb2.PHASE_RUNNING
+        watch.reopen()  # the client loses its stream while libvirtd is away, and resumes
         node.start_daemons()  # returns once the new libvirtd answers
         back = time.monotonic()
         wait_for(lambda: health(agent) == SERVING, 60, interval=0.05, message="SERVING")
@@ -281,8 +282,9 @@ def test_libvirtd_killed_and_back_health_follows_and_the_watch_never_loses_a_vm(
         assert serving <= 10.0
         for name in STEADY:
             assert agent.wait_phase(name, vm_pb2.PHASE_RUNNING).status.qemu_pid == steady[name]
-    print(f"watch streams opened: {watch.streams}, events seen: {len(watch.events)}")
+    print(f"watch: {watch.streams} streams, {watch.resumes} resumed, {len(watch.events)} events")
     assert watch.bad_news(STEADY) == []
+    assert watch.resumes >= 1 and watch.relists == 0  # resumed where it was: no gap
     for name in STEADY:
         assert agent.console(name).count(READY) == 1, name  # never restarted
     assert leftovers(agent, running=STEADY, stopped=set()) == []
