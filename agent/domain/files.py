@@ -10,7 +10,6 @@ roots (see ``agent.paths``); every refusal names the field.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import logging
 import os
@@ -29,6 +28,7 @@ from agent.disks.cloudinit import (
 )
 from agent.disks.configfiles import read_object, require_object
 from agent.disks.containerdisk import ContainerDisks
+from agent.disks.diskfull import disk_full
 from agent.disks.dvimport import DataVolumeImporter
 from agent.disks.hostdisk import host_disk_path
 from agent.disks.imagecheck import usable_format
@@ -183,7 +183,7 @@ class VMFiles:
         except Exception as exc:
             if created_dir:
                 self.remove(domain)
-            if _disk_full(exc):
+            if disk_full(exc):
                 raise ResourceExhausted(
                     f"vm {vm_key(domain)}: no space left in the state directory "
                     f"{self.state_dir} for its files (free space there); nothing was created"
@@ -388,15 +388,3 @@ def _write_if_changed(path: str, data: bytes) -> None:
     with open(partial, "wb") as handle:
         handle.write(data)
     os.replace(partial, path)
-
-
-def _disk_full(exc: BaseException | None) -> bool:
-    """The error (or one it came from) says the file system is full: ENOSPC or EDQUOT from
-    Python, or qemu-img's message for it."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(exc, FailedPrecondition) and "No space left on device" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
