@@ -114,10 +114,22 @@ class FirewallState:
 
     @staticmethod
     def union(states: Iterable[FirewallState]) -> FirewallState:
-        total = FirewallState()
-        for state in states:
-            total = total | state
-        return total
+        # One C-level union per field: ``a | b | ...`` would copy the growing sets each time
+        # (quadratic in the number of VMs, on every VM's network change).
+        parts = [state._parts() for state in states]
+        empty: frozenset[Any] = frozenset()
+        return FirewallState(*(empty.union(*column) for column in zip(*parts, strict=True)))
+
+    def _parts(self) -> tuple[frozenset[Any], ...]:
+        return (self.taps, self.sources, self.groups, self.forwards, self.egress_deny,
+                self.egress_allow)  # fmt: skip
+
+    def minus(self, other: FirewallState) -> FirewallState:
+        """What ``self`` has and ``other`` has not, field by field."""
+        return FirewallState(*(a - b for a, b in zip(self._parts(), other._parts(), strict=True)))
+
+    def published(self) -> frozenset[tuple[str, str, int]]:
+        return frozenset((f.ip, f.protocol, f.port) for f in self.forwards)
 
     def elements(self) -> dict[str, list[Any]]:
         """Set/map name → JSON elements, each list sorted so that output is stable."""
@@ -128,9 +140,7 @@ class FirewallState:
             "same_namespace": [{"concat": [g, g]} for g in sorted(self.groups)],
             "fwd_addr": [[{"concat": [f.protocol, f.node_port]}, f.ip] for f in forwards],
             "fwd_port": [[{"concat": [f.protocol, f.node_port]}, f.port] for f in forwards],
-            "published": [
-                {"concat": list(p)} for p in sorted({(f.ip, f.protocol, f.port) for f in forwards})
-            ],
+            "published": [{"concat": list(p)} for p in sorted(self.published())],
             "egress_deny": _prefixes(self.egress_deny),
             "egress_allow": _prefixes(self.egress_allow),
         }
@@ -182,12 +192,29 @@ def element_commands(table: str, old: FirewallState, new: FirewallState) -> list
 
     A map element whose value changed is deleted and added again.
     """
-    before, after = old.elements(), new.elements()
+    # Differences of the (hashable) fields first, then only those are rendered: comparing
+    # rendered lists was quadratic in the number of VMs. ``published`` is derived from the
+    # forwards (two forwards may share an entry) and the egress ranges are merged on
+    # rendering, so those few are compared as rendered.
+    dropped, added_state = old.minus(new), new.minus(old)
+    before, after = dropped.elements(), added_state.elements()
+    for side, diff, kept in ((before, dropped, new), (after, added_state, old)):
+        touched = diff.published()
+        if touched:  # still published through another forward: not an element change
+            addresses = {p[0] for p in touched}
+            touched -= {(f.ip, f.protocol, f.port) for f in kept.forwards if f.ip in addresses}
+        side["published"] = [{"concat": list(p)} for p in sorted(touched)]
+    for name, was, now in (
+        ("egress_deny", old.egress_deny, new.egress_deny),
+        ("egress_allow", old.egress_allow, new.egress_allow),
+    ):
+        was_list, now_list = _prefixes(was), _prefixes(now)
+        before[name] = [e for e in was_list if e not in now_list]
+        after[name] = [e for e in now_list if e not in was_list]
     deletes: list[Json] = []
     adds: list[Json] = []
     for name, _, _ in _SETS:
-        gone = [e for e in before[name] if e not in after[name]]
-        added = [e for e in after[name] if e not in before[name]]
+        gone, added = before[name], after[name]
         ref = {"family": FAMILY, "table": table, "name": name}
         if gone:
             deletes.append({"delete": {"element": {**ref, "elem": gone}}})
