@@ -124,9 +124,10 @@ class QemuNode:
             dom = self.conn.lookupByName(name)
         except libvirt.libvirtError:
             return
+        persistent = dom.isPersistent()  # a transient domain is gone once destroyed
         if dom.isActive():
             dom.destroy()
-        if dom.isPersistent():
+        if persistent:
             dom.undefine()
 
     def spawn_poller(self, ip: str, timeout: float = 120) -> Any:
@@ -143,6 +144,7 @@ class QemuNode:
 def qemu_node(extra_args: list[str] | None = None) -> Iterator[QemuNode]:
     """A world, node-a in it, and the agent inside (with the VM network); all torn down."""
     guest = build_test_guest(ROOT)
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # lookups of gone domains
     world = World.start()
     try:
         node = NodeBox.start(world, name="node-a", index=1)
