@@ -98,6 +98,10 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}" if value < 1 else f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _cell(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{_fmt(value)} {unit}"
+
+
 def format_row(row: dict[str, Any]) -> str:
     a, b = row["agent"] or {}, row["baseline"] or {}
     ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
@@ -178,12 +182,9 @@ def markdown(report: dict[str, Any]) -> str:
         for row in bench["rows"]:
             a, b = row["agent"] or {}, row["baseline"] or {}
             ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
-            u = row["unit"]
-            lines.append(
-                f"| {bench['name']} | {row['case']} | {_fmt(a.get('median'))} {u} "
-                f"| {_fmt(a.get('p95'))} {u} | {_fmt(b.get('median'))} {u} "
-                f"| {_fmt(b.get('p95'))} {u} | {ratio} |"
-            )
+            cells = [_cell(a.get(k), row["unit"]) for k in ("median", "p95")]
+            cells += [_cell(b.get(k), row["unit"]) for k in ("median", "p95")]
+            lines.append(f"| {bench['name']} | {row['case']} | {' | '.join(cells)} | {ratio} |")
         targets += [(bench["name"], t) for t in bench["targets"]]
         notes += [f"- {bench['name']}: baseline = {bench['baseline']}"]
         notes += [f"- {bench['name']}: {n}" for n in bench["notes"]]
