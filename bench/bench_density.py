@@ -109,12 +109,10 @@ def run(bench: Bench, quick: bool) -> None:
     reads, lists, events = (30, 3, 3) if quick else (200, 10, 10)
     event_loop()
     raw = RawTestDriver()
-    agent = TestDriverAgent()
-    agent.start()
     try:
-        measure(bench, agent, raw, sizes, (reads, lists, events))
+        with TestDriverAgent() as agent:
+            measure(bench, agent, raw, sizes, (reads, lists, events))
     finally:
-        agent.stop()
         raw.close()
 
 

@@ -111,7 +111,11 @@ class TestDriverAgent:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> TestDriverAgent:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # its process (if any) and its folder
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
