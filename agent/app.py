@@ -27,7 +27,6 @@ from agent.adapters.postcopy import PostCopyProbe
 from agent.adapters.probing import SocketProber
 from agent.adapters.qemuimg import QemuImg
 from agent.adapters.registry import HttpxRegistry
-from agent.adapters.x509 import certificate_names
 from agent.api.access import Access
 from agent.api.authzfile import PolicyFile
 from agent.api.migrations import MigrationApi
@@ -230,12 +229,22 @@ def access_control(settings: Settings) -> Access:
                 "for all namespaces",
                 settings.tls_client_ca,
             )
-        return Access(mtls=mtls, names_of=certificate_names)
+        return Access(mtls=mtls, names_of=_certificate_reader(mtls))
     try:
         policy = PolicyFile(settings.authz_config)
     except InvalidSpec as exc:
         raise ConfigError(str(exc)) from None
-    return Access(mtls=mtls, policy=policy, names_of=certificate_names)
+    return Access(mtls=mtls, policy=policy, names_of=_certificate_reader(mtls))
+
+
+def _certificate_reader(mtls: bool) -> Callable[[bytes], tuple[str, ...]]:
+    """The names in a client certificate. Without mTLS there are none, and ``cryptography``
+    (7 MiB of the agent's memory) is not loaded."""
+    if not mtls:
+        return lambda pem: ()
+    from agent.adapters.x509 import certificate_names  # noqa: PLC0415
+
+    return certificate_names
 
 
 def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
