@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.adapters.conntrack import ConntrackCli
 from agent.adapters.download import HttpxDownloader
 from agent.adapters.host import PsutilHostProbe
@@ -45,6 +46,7 @@ from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
 from agent.domain.probes import ProbeRunner
 from agent.domain.pullstatus import PullStatusPublisher
+from agent.domain.resync_loop import PeriodicResync
 from agent.domain.views import VMViews
 from agent.domain.vmcache import VMCache
 from agent.errors import InvalidSpec
@@ -55,6 +57,7 @@ from agent.migration.source import OutgoingMigrations
 from agent.migration.store import MigrationStore
 from agent.migration.target import IncomingMigrations
 from agent.network.dhcpd import DhcpServer
+from agent.network.drift import KINDS
 from agent.network.ipam import parse_pool
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
@@ -83,6 +86,7 @@ class Agent:
     probes: ProbeRunner | None = None
     stop_metrics: Callable[[], None] = lambda: None
     migrations: Migrations | None = None
+    resync: PeriodicResync | None = None
 
     def start(self) -> None:
         """Serve: VM network first (forwarding on), then gRPC, then the libvirt connection,
@@ -107,10 +111,14 @@ class Agent:
         self.service.claim_watch.start()
         if self.probes is not None:
             self.probes.start()
+        if self.resync is not None:
+            self.resync.start()
 
     def stop(self, grace: float | None) -> None:
         """Stop serving (in-flight calls get ``grace`` seconds); VMs and their plumbing stay."""
         self.server.set_serving(False)
+        if self.resync is not None:
+            self.resync.stop()
         if self.probes is not None:
             self.probes.stop()
         self.server.stop(grace)
@@ -172,9 +180,16 @@ def build_agent(settings: Settings) -> Agent:
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())
     service.steps.probe_ready = probes.ready
+    agent_metrics.resync_kinds(KINDS)
+    resync = PeriodicResync(
+        service.sync.repair_network,
+        service.clock,
+        interval=settings.resync_interval,
+        ready=lambda: service.readiness.ready,
+    )
     return Agent(
         settings, hv, cache, service, views, vm_servicer, server, network, dhcp, access,
-        probes, migrations=migrations,
+        probes, migrations=migrations, resync=resync,
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +29,7 @@ __all__ = [
     "HostProbe",
     "ImageInfo",
     "ImageTool",
+    "NetworkRepair",
     "VMNetwork",
     "Hypervisor",
     "HypervisorLink",
@@ -183,6 +185,15 @@ class ImageTool(Protocol):
     def create_blank(self, path: str, size_bytes: int, fmt: str = "qcow2") -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkRepair:
+    """One thing a resync found changed behind the agent's back and put back."""
+
+    kind: str  # nft_table, tap, link, address, route, neighbour, sysctl, dhcp
+    domain: str  # the VM it belongs to; "" for the node's own (the nft table, forwarding)
+    what: str  # the object: a tap's name, a route's address, a sysctl's key
+
+
 class VMNetwork(Protocol):
     """Plugs VMs into the node's network: addresses, taps, NAT, DHCP.
 
@@ -209,7 +220,17 @@ class VMNetwork(Protocol):
     def interfaces(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[InterfaceStatus, ...]: ...
-    def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None: ...
+    def reconcile(
+        self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]
+    ) -> tuple[NetworkRepair, ...]: ...
+    def repair(self, running: Collection[str]) -> tuple[NetworkRepair, ...]:
+        """Measure the plumbing of the ``running`` VMs (and the node's), put back what is
+        off; nothing is written when all is in place."""
+        ...
+
+    def cut_off(self, domain: str) -> str:
+        """Why the running VM's NICs no longer reach the node ("" when they do)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,23 +97,49 @@ class PyRoute2Links:
                 _ignoring(errno.ENODEV, ipr.link, "del", index=index)
 
     def taps(self) -> dict[str, TapInfo]:
-        """The links marked as the agent's (by alias), with the /32 routes through them."""
+        """The links marked as the agent's (by alias), measured with one dump each of links,
+        addresses, routes and neighbours however many there are, plus their sysctls."""
         with _netlink("listing links") as ipr:
-            ours = {}
-            for link in ipr.link("dump"):
-                alias = link.get("ifalias") or ""
-                if alias.startswith(ALIAS_PREFIX):
-                    ours[link["index"]] = (link.get("ifname"), alias)
-            routes: dict[int, list[str]] = {}
-            if ours:
-                for route in ipr.route("dump", family=socket.AF_INET, table=_MAIN_TABLE):
-                    oif = route.get("oif")
-                    if oif in ours and route["dst_len"] == 32 and route.get("dst"):
-                        routes.setdefault(oif, []).append(route.get("dst"))
+            links = list(ipr.link("dump"))
+            names = {link["index"]: link.get("ifname") for link in links}
+            ours = {
+                link["index"]: link
+                for link in links
+                if (link.get("ifalias") or "").startswith(ALIAS_PREFIX)
+            }
+            if not ours:
+                return {}
+            found = _Found(ours)
+            for address in ipr.addr("dump", family=socket.AF_INET):
+                found.add("addresses", address.get("index"), address.get("address"))
+            for route in ipr.route("dump", family=socket.AF_INET, table=_MAIN_TABLE):
+                if route["dst_len"] == 32 and route.get("dst"):
+                    found.add("routes", route.get("oif"), route.get("dst"))
+            for entry in ipr.neigh("dump", family=socket.AF_INET):
+                if entry["state"] & _NUD_PERMANENT and entry.get("lladdr"):
+                    pair = (entry.get("dst"), str(entry.get("lladdr")).lower())
+                    found.add("neighbours", entry["ifindex"], pair)
         return {
-            name: TapInfo(name, alias, tuple(sorted(routes.get(index, []))))
-            for index, (name, alias) in ours.items()
+            str(link.get("ifname")): self._tap_info(link, names, found) for link in ours.values()
         }
+
+    def _tap_info(self, link: Any, names: dict[int, Any], found: _Found) -> TapInfo:
+        name, index = str(link.get("ifname")), link["index"]
+        return TapInfo(
+            name=name,
+            alias=link.get("ifalias") or "",
+            routes=tuple(sorted(found.get("routes", index))),
+            mtu=int(link.get("mtu") or 0),
+            mac=str(link.get("address") or "").lower(),
+            group=int(link.get("group") or 0),
+            bridge=str(names.get(link.get("master"), "") or ""),
+            up=link.get("state") == "up",
+            carrier=bool(link.get("carrier")),
+            addresses=tuple(sorted(found.get("addresses", index))),
+            neighbours=tuple(sorted(found.get("neighbours", index))),
+            proxy_arp=self._read(f"net/ipv4/conf/{name}/proxy_arp") == "1",
+            ipv6_disabled=self._read(f"net/ipv6/conf/{name}/disable_ipv6") in ("1", None),
+        )
 
     # -- facts ----------------------------------------------------------------------------
 
@@ -159,19 +185,44 @@ class PyRoute2Links:
                     return str(value)
             return None
 
-    def enable_forwarding(self) -> None:
-        self._sysctl("net/ipv4/ip_forward", "1")
+    def enable_forwarding(self) -> bool:
+        return self._sysctl("net/ipv4/ip_forward", "1")
 
-    def _sysctl(self, key: str, value: str, *, optional: bool = False) -> None:
+    def _sysctl(self, key: str, value: str, *, optional: bool = False) -> bool:
+        """Set ``key`` unless it has ``value`` already; True if it was written."""
         path = self.proc_sys / key
         try:
             if path.read_text().strip() != value:
                 path.write_text(value)
+                return True
         except FileNotFoundError:
             if not optional:
                 raise NetworkError(f"sysctl {key.replace('/', '.')} does not exist") from None
         except OSError as exc:
             raise NetworkError(f"setting sysctl {key.replace('/', '.')}: {exc}") from exc
+        return False
+
+    def _read(self, key: str) -> str | None:
+        """A sysctl's value; None when it does not exist (a link gone meanwhile, no IPv6)."""
+        try:
+            return (self.proc_sys / key).read_text().strip()
+        except OSError:
+            return None
+
+
+class _Found:
+    """Measurements per link index, for the agent's links only."""
+
+    def __init__(self, ours: dict[int, Any]) -> None:
+        self._values: dict[tuple[str, int], list[Any]] = {}
+        self._ours = ours
+
+    def add(self, what: str, index: Any, value: Any) -> None:
+        if index in self._ours and value:
+            self._values.setdefault((what, index), []).append(value)
+
+    def get(self, what: str, index: int) -> list[Any]:
+        return self._values.get((what, index), [])
 
 
 def _ignoring(code: int, call: Any, *args: Any, **kwargs: Any) -> None:

@@ -94,6 +94,7 @@ class Settings:
     max_watch_streams: int = 16
     max_mutating_calls: int = 32
     max_calls: int = 256
+    resync_interval: float = 60.0  # seconds between periodic resyncs; 0: none
     vm_network: bool = True
     vm_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.250.0.0/16")
     node_vm_pool: str = ""  # empty: the whole --vm-cidr (one node, or no migration)
@@ -179,6 +180,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "max_watch_streams": positive,
     "max_mutating_calls": positive,
     "max_calls": positive,
+    "resync_interval": not_negative,
     "node_vm_pool": optional(lambda value: ipaddress.IPv4Network(value, strict=True)),
     "migration_address": optional(ipv4),
     "max_outbound_migrations": positive,

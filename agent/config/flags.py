@@ -120,6 +120,11 @@ def _api_flags(add: Any) -> None:
 
 def _network_flags(add: Any) -> None:
     add(
+        "--resync-interval",
+        help="seconds between resyncs that put back deleted routes, neighbours, sysctls, "
+        "taps and the nft table (default 60; 0: off)",
+    )
+    add(
         "--no-vm-network",
         dest="vm_network",
         action="store_const",

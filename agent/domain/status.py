@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from agent.models import Condition, Phase, VMStatus
 from agent.ports import DomainInfo, DomainState
 
-__all__ = ["ACTIVE_PHASES", "derive_status"]
+__all__ = ["ACTIVE_PHASES", "NETWORK_BROKEN", "derive_status", "with_network_broken"]
 
 # Phases in which a QEMU process exists for the VM.
 ACTIVE_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.PENDING, Phase.MIGRATING})
+
+# A running VM whose NIC no longer reaches the node (its tap was deleted under QEMU).
+NETWORK_BROKEN = "NetworkBroken"
 
 # libvirt shut-off reasons → (phase, reason shown to users).
 _SHUTOFF = {
@@ -65,6 +70,12 @@ def derive_status(
         generation=generation,
         running_generation=running_generation if running else 0,
     )
+
+
+def with_network_broken(status: VMStatus, why: str) -> VMStatus:
+    """The status with a NetworkBroken condition saying ``why`` and how to recover."""
+    broken = Condition(NETWORK_BROKEN, True, reason="TapDeleted", message=why)
+    return dataclasses.replace(status, conditions=(*status.conditions, broken))
 
 
 def _phase(info: DomainInfo, *, never_started: bool) -> tuple[Phase, str]:

@@ -24,7 +24,7 @@ from agent.domain.metadata import (
     read_metadata,
 )
 from agent.domain.plan import HostPlan
-from agent.domain.status import ACTIVE_PHASES, derive_status
+from agent.domain.status import ACTIVE_PHASES, derive_status, with_network_broken
 from agent.domain.vmcache import VMCache, VMRecord
 from agent.domain.xml import domain_xml
 from agent.errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound
@@ -150,6 +150,8 @@ class DomainSteps:
             )
             interfaces = self.network.interfaces(domain, spec, books.network)
             status = dataclasses.replace(status, interfaces=interfaces)
+            if status.phase in ACTIVE_PHASES and (cut_off := self.network.cut_off(domain)):
+                status = with_network_broken(status, cut_off)
             if spec.readiness_probe is not None and status.phase == Phase.RUNNING:
                 status = _gate_ready(status, self.probe_ready(domain))
             waiting = self.claims.waiting.get(domain)

@@ -2,7 +2,9 @@
 
 The resync rebuilds the VM cache from libvirt at every start and reconnect, adopts the
 domains the agent made, finishes what a killed agent left half-done and repairs the
-plumbing of running VMs. Domain events keep the cache fresh between resyncs and restart
+plumbing of running VMs. Between them, the periodic ``repair_network`` (every
+``--resync-interval``) puts back what changed behind the agent's back: routes, neighbours,
+sysctls, taps, the nft table. Domain events keep the cache fresh between resyncs and restart
 guests whose run strategy asks for it, with a crash-loop backoff.
 """
 
@@ -12,15 +14,18 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection
 
+import agent.metrics.agent_metrics as agent_metrics
 from agent.domain.files import VMFiles
 from agent.domain.metadata import CorruptMetadata, read_metadata
 from agent.domain.readiness import Readiness
 from agent.domain.recovery import Operation, StartRecovery
 from agent.domain.restarts import CrashBackoff, should_restart
+from agent.domain.status import ACTIVE_PHASES, NETWORK_BROKEN
 from agent.domain.steps import DomainSteps
 from agent.domain.vmcache import VMCache
 from agent.models import VMAllocation, VMSpec
-from agent.ports import Clock, DomainEvent, DomainState, Hypervisor, VMNetwork
+from agent.naming import vm_key
+from agent.ports import Clock, DomainEvent, DomainState, Hypervisor, NetworkRepair, VMNetwork
 
 __all__ = ["NodeSync", "Spawn"]
 
@@ -95,9 +100,36 @@ class NodeSync:
         busy = set(self._busy()) | self.steps.migrating  # being made, or arriving
         self.files.remove_orphans({i.name for i in domains} | busy)
         # Repair the plumbing of running VMs; remove what belongs to VMs that are gone.
-        self.network.reconcile(ours)
+        self._report(self.network.reconcile(ours))
         for work in later:  # (started after the reconcile, which would unplug what they plug)
             work()
+
+    def repair_network(self) -> tuple[NetworkRepair, ...]:
+        """The periodic safety net: measure the plumbing of running VMs and the node's, put
+        back what is off (one log line and one count per repair); a VM a verb holds (being
+        made, started, stopped, deleted) or that is migrating is left to that verb."""
+        busy = set(self._busy()) | self.steps.migrating
+        running = {
+            domain
+            for domain in self.cache.names() - busy
+            if (record := self.cache.get(domain)) and record.status.phase in ACTIVE_PHASES
+        }
+        repairs = self.network.repair(running)
+        self._report(repairs)
+        for domain in sorted(running):  # status shows a NIC cut off from the node, or not
+            record = self.cache.get(domain)
+            shown = record is not None and any(
+                c.type == NETWORK_BROKEN for c in record.status.conditions
+            )
+            if shown != bool(self.network.cut_off(domain)):
+                self.steps.refresh(domain)
+        return repairs
+
+    def _report(self, repairs: Collection[NetworkRepair]) -> None:
+        for repair in repairs:
+            owner = f" of vm {vm_key(repair.domain)}" if repair.domain else ""
+            log.warning("repaired: %s %s%s", repair.kind, repair.what, owner)
+            agent_metrics.resync_repaired(repair.kind)
 
     def on_connection(self, connected: bool) -> None:
         """libvirt came (back): read every VM again; libvirt went: not ready until then."""

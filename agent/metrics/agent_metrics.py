@@ -29,6 +29,8 @@ __all__ = [
     "migration_ended",
     "nft_transaction",
     "operation",
+    "resync_kinds",
+    "resync_repaired",
     "scrape_finished",
     "scrape_missed",
     "set_build_info",
@@ -128,6 +130,13 @@ SCRAPE_MISSES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+RESYNC_REPAIRS = Counter(
+    "virt_agent_resync_repairs",
+    "Things the resync found changed behind the agent's back and put back, by kind "
+    "(nft_table, tap, link, address, route, neighbour, sysctl, dhcp).",
+    ["kind"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "virt_agent_build_info",
     "Always 1; the labels tell the agent's version and its Python and libvirt versions.",
@@ -171,6 +180,16 @@ def image_pull(total_bytes: int) -> Iterator[None]:
 
 def nft_transaction(ok: bool) -> None:
     NFT_TRANSACTIONS.labels("success" if ok else "failed").inc()
+
+
+def resync_repaired(kind: str) -> None:
+    RESYNC_REPAIRS.labels(kind).inc()
+
+
+def resync_kinds(kinds: tuple[str, ...]) -> None:
+    """Show every kind from the start, at 0 (a rate or alert needs the series to exist)."""
+    for kind in kinds:
+        RESYNC_REPAIRS.labels(kind)
 
 
 def dhcp_lease() -> None:

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 
 from agent.errors import FailedPrecondition, InvalidSpec
 from agent.models import VMAllocation, VMSpec
 from agent.network.allocation import BRIDGE
 from agent.network.plan import Plumbing
-from agent.network.ports import Links
+from agent.network.ports import ConnTracker, Links, NetworkError
 
-__all__ = ["allowed_bridges", "check_bridges", "describe", "holding", "precondition"]
+__all__ = [
+    "allowed_bridges",
+    "check_bridges",
+    "describe",
+    "forget_connections",
+    "holding",
+    "link_mtus",
+    "precondition",
+    "refuse_conflicts",
+    "require_allocation",
+]
+
+log = logging.getLogger(__name__)
 
 _NETWORKS = "spec.template.spec.networks"
 
@@ -86,3 +99,41 @@ def describe(plan: Plumbing) -> str:
         where = f"bridge {tap.bridge}" if tap.bridge else f"{tap.guest_ip} via {tap.gateway}"
         parts.append(f"{tap.name} ({where}, mtu {tap.mtu})")
     return ", ".join(parts) or "no NICs"
+
+
+def require_allocation(spec: VMSpec, allocation: VMAllocation | None) -> VMAllocation | None:
+    if allocation is None and spec.interfaces:
+        raise FailedPrecondition(
+            f"vm {spec.key} has interfaces but no network allocation; apply it again"
+        )
+    return allocation
+
+
+def link_mtus(links: Links, uplink: str, allocation: VMAllocation) -> dict[str, int]:
+    """The MTU of the uplink and of each bridge the VM's NICs join."""
+    mtus = {}
+    uplink_mtu = links.mtu(uplink)
+    if uplink_mtu is None:
+        raise NetworkError(f"the uplink {uplink!r} does not exist")
+    mtus[uplink] = uplink_mtu
+    for nic in allocation.nics:
+        if nic.binding == BRIDGE:
+            mtus[nic.bridge] = links.mtu(nic.bridge) or 0
+    return mtus
+
+
+def forget_connections(conntrack: ConnTracker, addresses: set[str]) -> None:
+    for address in sorted(addresses):
+        try:
+            conntrack.forget(address)
+        except Exception as exc:  # never fail a delete over it
+            log.warning("forgetting connections of %s: %s", address, exc)
+
+
+def refuse_conflicts(spec: VMSpec, conflicts: list[str]) -> None:
+    if conflicts:
+        log.error("refusing to plug %s: %s", spec.key, "; ".join(conflicts))
+        raise FailedPrecondition(
+            f"vm {spec.key} cannot be plugged: {'; '.join(conflicts)}; its network "
+            "allocation collides with another VM's (damaged bookkeeping?)"
+        )

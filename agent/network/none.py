@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from agent.errors import InvalidSpec
 from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
+from agent.ports import NetworkRepair
 
 __all__ = ["NoNetwork"]
 
@@ -45,5 +48,13 @@ class NoNetwork:
     ) -> tuple[InterfaceStatus, ...]:
         return ()
 
-    def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None:
-        return None
+    def reconcile(
+        self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]
+    ) -> tuple[NetworkRepair, ...]:
+        return ()
+
+    def repair(self, running: Collection[str]) -> tuple[NetworkRepair, ...]:
+        return ()
+
+    def cut_off(self, domain: str) -> str:
+        return ""

@@ -23,11 +23,21 @@ class NetworkError(AgentError):
 
 @dataclass(frozen=True, slots=True)
 class TapInfo:
-    """A link the agent made, as found on the node."""
+    """A link the agent made, as found on the node (measured in one pass for all taps)."""
 
     name: str
     alias: str
     routes: tuple[str, ...] = ()  # destinations of its /32 routes
+    mtu: int = 0
+    mac: str = ""
+    group: int = 0
+    bridge: str = ""  # the name of its master, if any
+    up: bool = True
+    carrier: bool = True  # False: no process holds the tap open (a guest's NIC is cut off)
+    addresses: tuple[str, ...] = ()  # its IPv4 addresses
+    neighbours: tuple[tuple[str, str], ...] = ()  # permanent (ip, mac) entries through it
+    proxy_arp: bool = False
+    ipv6_disabled: bool = True  # (True where the node has no IPv6)
 
 
 class Links(Protocol):
@@ -46,7 +56,7 @@ class Links(Protocol):
     def mtu(self, name: str) -> int | None: ...
     def kind(self, name: str) -> str | None: ...
     def default_route_interface(self) -> str | None: ...
-    def enable_forwarding(self) -> None: ...
+    def enable_forwarding(self) -> bool: ...  # True: it was off and is on now
 
 
 class Firewall(Protocol):

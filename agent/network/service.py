@@ -3,8 +3,10 @@
 Measure, then act: every method can run again with the same arguments and changes nothing
 the second time. The nftables table is a function of the VMs that are plugged: each change is
 the difference between the elements before and after, in one transaction; when that fails,
-or the table looks wrong (deleted or edited by hand, seen by ``check``), the whole table is
-built again from the plugged VMs, atomically.
+or the table looks wrong (deleted or edited by hand, seen by ``repair``), the whole table is
+built again from the plugged VMs, atomically. ``repair`` (the periodic resync) and
+``reconcile`` measure taps, routes, neighbours and sysctls in one pass and rewrite only what
+is off.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from agent.errors import FailedPrecondition, InvalidSpec, Unavailable
+from agent.errors import InvalidSpec, Unavailable
 from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
-from agent.network import guards, names, ruleset
-from agent.network.allocation import BRIDGE, allocate_vm, incoming_allocation
-from agent.network.dhcp import Lease
+from agent.naming import vm_key
+from agent.network import drift, guards, mending, names, ruleset
+from agent.network.allocation import allocate_vm, incoming_allocation
 from agent.network.ipam import Ledger
 from agent.network.plan import (
     NetworkConfig,
@@ -28,8 +30,9 @@ from agent.network.plan import (
     nic_backings,
     plumbing,
 )
-from agent.network.ports import ConnTracker, DhcpService, Firewall, Links, NetworkError
+from agent.network.ports import ConnTracker, DhcpService, Firewall, Links, NetworkError, TapInfo
 from agent.network.ruleset import FirewallState
+from agent.ports import NetworkRepair
 
 __all__ = ["RoutedNetwork"]
 
@@ -46,7 +49,7 @@ class RoutedNetwork:
     Usage::
 
         network = RoutedNetwork(config, links, firewall, conntrack, dhcp)
-        network.start()                      # forwarding on, the checker thread
+        network.start()                      # forwarding on
         network.reconcile(all_domains)       # before the first allocation
         allocation = network.allocate(domain, spec, previous=None)
         network.plug(domain, spec, allocation)    # before the domain starts
@@ -62,7 +65,6 @@ class RoutedNetwork:
         dhcp: DhcpService,
         *,
         clock: Callable[[], float] = time.monotonic,
-        check_interval: float = 5.0,
         ready_timeout: float = 60.0,
     ) -> None:
         self.config = config
@@ -74,34 +76,26 @@ class RoutedNetwork:
         self._bridges = dict(config.bridges)
         self._policy = FirewallState.egress_policy(config.egress_deny, config.egress_allow)
         self._clock = clock
-        self._check_interval = check_interval
         self._ready_timeout = ready_timeout
         self._lock = threading.RLock()
         self._live: dict[str, tuple[VMAllocation, Plumbing]] = {}
         self._applied: FirewallState | None = None  # None: unknown, rebuild next time
         self._touched: dict[str, float] = {}
         self._plugging: set[str] = set()  # domains whose taps plug() is making right now
+        self._cut_off: dict[str, str] = {}  # running VMs whose taps were deleted: why
         self._ready = threading.Event()
-        self._stopping = threading.Event()
-        self._checker: threading.Thread | None = None
 
     # -- running --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Turn forwarding on and start checking the table and taps periodically."""
+        """Turn forwarding on (the periodic resync keeps it on: ``repair``)."""
         if self.links.mtu(self.config.uplink) is None:
             raise NetworkError(f"uplink {self.config.uplink!r} does not exist")
         self.links.enable_forwarding()
-        if self._checker is None and self._check_interval > 0:
-            self._checker = threading.Thread(target=self._check_loop, name="net-check", daemon=True)
-            self._checker.start()
 
     def stop(self) -> None:
-        """Stop checking; the plumbing stays (running VMs keep their network)."""
-        self._stopping.set()
-        if self._checker is not None:
-            self._checker.join(timeout=10)
-            self._checker = None
+        """Nothing runs in the background; the plumbing stays (running VMs keep their
+        network)."""
 
     # -- VMNetwork ------------------------------------------------------------------------
 
@@ -148,16 +142,21 @@ class RoutedNetwork:
     def nics(
         self, domain: str, spec: VMSpec, allocation: VMAllocation | None
     ) -> tuple[NicBacking, ...]:
-        if (allocation := self._require(spec, allocation)) is None:
+        if (allocation := guards.require_allocation(spec, allocation)) is None:
             return ()
-        return nic_backings(spec, allocation, self._mtus(spec, allocation), self.config.uplink)
+        return nic_backings(
+            spec,
+            allocation,
+            self._mtus(allocation),
+            self.config.uplink,
+        )
 
     def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
-        if (allocation := self._require(spec, allocation)) is None:
+        if (allocation := guards.require_allocation(spec, allocation)) is None:
             return
         guards.check_bridges(self.links, spec, allocation, guards.precondition, self._bridges)
         self._refuse_conflicts(domain, spec, allocation)
-        plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
+        plan = self._plan(domain, spec, allocation)
         created: list[str] = []
         served: list[str] = []
         with self._lock:
@@ -170,7 +169,7 @@ class RoutedNetwork:
             for tap_name, lease in plan.leases:
                 if tap_name not in self.dhcp.serving():
                     served.append(tap_name)
-                self._serve(tap_name, lease, fresh=tap_name in created)
+                mending.serve(self.dhcp, tap_name, lease, fresh=tap_name in created)
             with self._lock:
                 live = dict(self._live)
                 old = live.get(domain)
@@ -180,6 +179,7 @@ class RoutedNetwork:
                 self._live = live
                 self.ledger.claim(domain, allocation)
                 self._touched[domain] = self._clock()
+                self._cut_off.pop(domain, None)  # a new QEMU opens the taps
         except Exception:
             for tap_name in served:
                 self.dhcp.stop_serving(tap_name)
@@ -199,6 +199,7 @@ class RoutedNetwork:
             old = self._live.pop(domain, None)
             self.ledger.release(domain)
             self._touched.pop(domain, None)
+            self._cut_off.pop(domain, None)
             try:
                 self._sync_firewall(self._live)
             except NetworkError as exc:  # the VM is gone already: ``check`` converges later
@@ -214,7 +215,7 @@ class RoutedNetwork:
                 taps.add(name)
                 addresses |= set(info.routes)
         self._remove_taps(domain, taps)
-        self._forget(addresses)
+        guards.forget_connections(self.conntrack, addresses)
         log.info("unplugged %s", spec.key, extra={"vm": spec.key})
 
     def interfaces(
@@ -224,13 +225,17 @@ class RoutedNetwork:
             return tuple(InterfaceStatus(name=i.name) for i in spec.interfaces)
         return interface_statuses(spec, allocation)
 
-    def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None:
+    def reconcile(
+        self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]
+    ) -> tuple[NetworkRepair, ...]:
         """Make the node match the VMs: plumbing for the running ones, none for the rest.
 
-        Missing taps of running VMs are made again and the nft table is built again from
-        scratch (so a table deleted by hand comes back); taps the agent made for VMs that
-        are gone or stopped are removed, with their conntrack entries.
+        Taps, routes, neighbours and sysctls of running VMs are measured and put back where
+        they are off, the nft table is built again unless it is as it should be; taps the
+        agent made for VMs that are gone or stopped are removed, with their conntrack
+        entries. Returns what was repaired of running VMs' plumbing.
         """
+        repairs: list[NetworkRepair] = []
         with self._lock:
             now = self._clock()
             busy = {d for d, t in self._touched.items() if now - t < _BUSY_SECONDS}
@@ -241,55 +246,76 @@ class RoutedNetwork:
             for conflict in self.ledger.reset({**allocations, **kept}):
                 log.error("network allocations overlap: %s", conflict)
             live = {d: self._live[d] for d in busy if d in self._live}
+            found = self.links.taps()
             for domain, (spec, _, active) in sorted(vms.items()):
                 if active and domain in allocations and domain not in live:
-                    plan = self._repair(domain, spec, allocations[domain])
+                    plan = self._repair(domain, spec, allocations[domain], found, repairs)
                     if plan is not None:
                         live[domain] = (allocations[domain], plan)
-            self._applied = None
-            self._sync_firewall(live)
             self._live = live
-            stale = self._stale_taps()
+            self._check_table(report=False)
+            stale = self._stale_taps(found)
             self._ready.set()
         for domain, taps, addresses in stale:
             log.info(
                 "repaired: network leftovers of %s removed: %s", domain, ", ".join(sorted(taps))
             )
             self._remove_taps(domain, taps)
-            self._forget(addresses)
+            guards.forget_connections(self.conntrack, addresses)
+        return tuple(repairs)
 
-    # -- checking -------------------------------------------------------------------------
+    # -- the periodic resync ----------------------------------------------------------------
 
-    def check(self) -> None:
-        """Repair what changed behind the agent's back: the nft table and running VMs' taps."""
+    def repair(self, running: Collection[str]) -> tuple[NetworkRepair, ...]:
+        """Put back what changed behind the agent's back: forwarding, the nft table, and the
+        taps, routes, neighbours, sysctls and DHCP of the ``running`` VMs that are plugged
+        (a VM being plugged or unplugged meanwhile is left to its verb). Measured first, in
+        one pass for all taps: nothing is written when all is in place."""
+        started = self._clock()
+        repairs = []
+        if self.links.enable_forwarding():
+            repairs.append(NetworkRepair("sysctl", "", "net.ipv4.ip_forward"))
         with self._lock:
-            desired = self._desired(self._live)
-            listing = self.firewall.list_table(ruleset.FAMILY, self.config.table)
-            found = ruleset.listing_summary(listing) if listing is not None else None
-            if found != ruleset.summary(desired):
-                what = "is missing" if listing is None else "was changed"
-                log.warning("nft table %s %s; building it again", self.config.table, what)
-                self._applied = None
-                self._sync_firewall(self._live)
-            present = self.links.taps()
-            for domain, (_, plan) in sorted(self._live.items()):
-                leases = dict(plan.leases)
-                for tap in plan.taps:
-                    if tap.name not in present:
-                        # The guest's NIC stays detached until it is plugged again (restart).
-                        log.warning("tap %s of %s was deleted; making it again", tap.name, domain)
-                        self.links.ensure_tap(tap, replace=False)
-                        if tap.name in leases:
-                            self._serve(tap.name, leases[tap.name], fresh=True)
+            repairs += self._check_table(report=True)
+            found = self.links.taps()
+            for domain in sorted(set(running) & self._live.keys() - self._plugging):
+                plan = self._live[domain][1]
+                try:
+                    repairs += mending.mend(self.links, self.dhcp, domain, plan, found)
+                except Exception:
+                    log.exception("repairing the network of %s failed", domain)
+                if self._touched.get(domain, 0.0) < started:  # (not plugged meanwhile)
+                    self._note_cut_off(domain, drift.cut_off(plan.taps, found))
+        return tuple(repairs)
 
-    def _check_loop(self) -> None:
-        while not self._stopping.wait(self._check_interval):
-            if not self._ready.is_set():
-                continue
-            try:
-                self.check()
-            except Exception:
-                log.exception("checking the VM network failed")
+    def cut_off(self, domain: str) -> str:
+        with self._lock:
+            return self._cut_off.get(domain, "")
+
+    def _note_cut_off(self, domain: str, why: str) -> None:
+        if why and domain not in self._cut_off:
+            log.error("network of running vm %s is cut off: %s", vm_key(domain), why)
+        if why:
+            self._cut_off[domain] = why
+        else:
+            self._cut_off.pop(domain, None)
+
+    def _check_table(self, *, report: bool) -> list[NetworkRepair]:
+        """Build the table again unless it holds what it should (rules per chain, elements
+        per set)."""
+        desired = self._desired(self._live)
+        table = self.config.table
+        listing = self.firewall.list_table(ruleset.FAMILY, table)
+        found = ruleset.listing_summary(listing) if listing is not None else None
+        if found == ruleset.summary(desired):
+            self._applied = desired
+            return []
+        what = "missing" if listing is None else "changed"
+        if report:
+            log.warning("nft table %s is %s; building it again", table, what)
+        self._applied = None
+        self._sync_firewall(self._live)
+        return [NetworkRepair("nft_table", "", f"{table} ({what})")] if report else []
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -314,25 +340,26 @@ class RoutedNetwork:
     def _desired(self, live: dict[str, tuple[VMAllocation, Plumbing]]) -> FirewallState:
         return FirewallState.union(plan.firewall for _, plan in live.values()) | self._policy
 
-    def _repair(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> Plumbing | None:
+    def _repair(
+        self,
+        domain: str,
+        spec: VMSpec,
+        allocation: VMAllocation,
+        found: dict[str, TapInfo],
+        repairs: list[NetworkRepair],
+    ) -> Plumbing | None:
         try:
-            plan = plumbing(domain, spec, allocation, self.config, self._mtus(spec, allocation))
-            made = set()
-            for tap in plan.taps:
-                if self.links.ensure_tap(tap, replace=False):
-                    log.warning("tap %s of running %s was missing; made it again", tap.name, domain)
-                    made.add(tap.name)
-            for tap_name, lease in plan.leases:
-                self._serve(tap_name, lease, fresh=tap_name in made)
+            plan = self._plan(domain, spec, allocation)
+            repairs += mending.mend(self.links, self.dhcp, domain, plan, found)
         except Exception:
             log.exception("repairing the network of %s failed", domain, extra={"vm": spec.key})
             return None
         return plan
 
-    def _stale_taps(self) -> list[tuple[str, set[str], set[str]]]:
+    def _stale_taps(self, found: dict[str, TapInfo]) -> list[tuple[str, set[str], set[str]]]:
         wanted = {t.name for _, plan in self._live.values() for t in plan.taps}
         stale: dict[str, tuple[set[str], set[str]]] = {}
-        for name, info in self.links.taps().items():
+        for name, info in found.items():
             owner = names.alias_owner(info.alias)
             if owner is not None and name not in wanted and owner[0] not in self._plugging:
                 taps, addresses = stale.setdefault(owner[0], (set(), set()))
@@ -342,53 +369,19 @@ class RoutedNetwork:
             self.dhcp.stop_serving(name)
         return [(d, taps, addresses) for d, (taps, addresses) in sorted(stale.items())]
 
-    def _serve(self, tap: str, lease: Lease, *, fresh: bool) -> None:
-        """Answer DHCP on ``tap``; ``fresh`` (a new link): a new socket, as the old one is
-        bound to the old link's index."""
-        if fresh:
-            self.dhcp.stop_serving(tap)
-        try:
-            self.dhcp.serve(tap, lease)
-        except OSError as exc:  # e.g. another DHCP server holds port 67 for all links
-            raise NetworkError(f"answering DHCP on {tap}: {exc}") from exc
-
     def _remove_taps(self, domain: str, taps: set[str]) -> None:
         for name in sorted(taps):
             self.dhcp.stop_serving(name)
             self.links.delete_tap(name)
 
-    def _forget(self, addresses: set[str]) -> None:
-        for address in sorted(addresses):
-            try:
-                self.conntrack.forget(address)
-            except Exception as exc:  # never fail a delete over it
-                log.warning("forgetting connections of %s: %s", address, exc)
-
     def _refuse_conflicts(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> None:
         """Two taps must never route one address: a claim another VM holds is not plugged."""
         with self._lock:
             conflicts = self.ledger.conflicts(domain, allocation)
-        if conflicts:
-            log.error("refusing to plug %s: %s", spec.key, "; ".join(conflicts))
-            raise FailedPrecondition(
-                f"vm {spec.key} cannot be plugged: {'; '.join(conflicts)}; its network "
-                "allocation collides with another VM's (damaged bookkeeping?)"
-            )
+        guards.refuse_conflicts(spec, conflicts)
 
-    def _require(self, spec: VMSpec, allocation: VMAllocation | None) -> VMAllocation | None:
-        if allocation is None and spec.interfaces:
-            raise FailedPrecondition(
-                f"vm {spec.key} has interfaces but no network allocation; apply it again"
-            )
-        return allocation
+    def _plan(self, domain: str, spec: VMSpec, allocation: VMAllocation) -> Plumbing:
+        return plumbing(domain, spec, allocation, self.config, self._mtus(allocation))
 
-    def _mtus(self, spec: VMSpec, allocation: VMAllocation) -> dict[str, int]:
-        mtus = {}
-        uplink_mtu = self.links.mtu(self.config.uplink)
-        if uplink_mtu is None:
-            raise NetworkError(f"the uplink {self.config.uplink!r} does not exist")
-        mtus[self.config.uplink] = uplink_mtu
-        for nic in allocation.nics:
-            if nic.binding == BRIDGE:
-                mtus[nic.bridge] = self.links.mtu(nic.bridge) or 0
-        return mtus
+    def _mtus(self, allocation: VMAllocation) -> dict[str, int]:
+        return guards.link_mtus(self.links, self.config.uplink, allocation)

@@ -113,7 +113,7 @@ def _serve(root: Path) -> Iterator[FuzzAgent]:
             cidr=ipaddress.IPv4Network("10.250.0.0/24"), node_ports=(30000, 30099), uplink="eth0"
         ),
         links, FakeFirewall(), FakeConntrack(), FakeDhcp(),
-        check_interval=0, ready_timeout=5,
+        ready_timeout=5,
     )  # fmt: skip
     network.start()
     service = VMService(

@@ -8,7 +8,7 @@ that records what it was given and given back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from agent.domain.files import VMFiles
 from agent.domain.lifecycle import Spawn, VMService
 from agent.domain.vmcache import VMCache, VMRecord
 from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
+from agent.ports import NetworkRepair
 from agent.spec import parse_vm
 from tests.unit.disk_fakes import FakeImages
 from tests.unit.fake_clock import FakeClock
@@ -61,6 +62,9 @@ class RecordingNetwork:
     plugged: set[str] = field(default_factory=set)
     reconciled: list[dict[str, bool]] = field(default_factory=list)
     unplug_error: Exception | None = None
+    repaired: list[set[str]] = field(default_factory=list)  # running VMs of each repair pass
+    repairs: tuple[NetworkRepair, ...] = ()  # what the next repair passes report
+    broken: dict[str, str] = field(default_factory=dict)  # cut-off VMs: why
 
     def allocate(
         self, domain: str, spec: VMSpec, previous: VMAllocation | None
@@ -98,8 +102,18 @@ class RecordingNetwork:
     ) -> tuple[InterfaceStatus, ...]:
         return ()
 
-    def reconcile(self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]) -> None:
+    def reconcile(
+        self, vms: dict[str, tuple[VMSpec, VMAllocation | None, bool]]
+    ) -> tuple[NetworkRepair, ...]:
         self.reconciled.append({name: running for name, (_, _, running) in vms.items()})
+        return ()
+
+    def repair(self, running: Collection[str]) -> tuple[NetworkRepair, ...]:
+        self.repaired.append(set(running))
+        return self.repairs
+
+    def cut_off(self, domain: str) -> str:
+        return self.broken.get(domain, "")
 
 
 @dataclass

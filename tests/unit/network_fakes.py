@@ -8,6 +8,7 @@ so tests assert on outcomes. Errors are injected through attributes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,10 @@ class FakeLinks:
     forwarding: bool = False
     ensure_error: Exception | None = None
     default_route: str | None = "eth0"
+    ensured: list[str] = field(default_factory=list)  # every ensure_tap call (writes)
+    # Taps changed behind the agent's back: TapInfo fields that differ from the plan
+    # (routes=(), neighbours=(), carrier=False, ...); ensure_tap puts the tap back.
+    damaged: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def ensure_tap(self, plan: TapPlan, *, replace: bool) -> bool:
         if self.ensure_error is not None:
@@ -41,7 +46,12 @@ class FakeLinks:
         mismatched = old is not None and old.multi_queue != plan.multi_queue
         if mismatched and not replace:
             raise NetworkError(f"link {plan.name} exists but is not a matching tap")
+        self.ensured.append(plan.name)
         self.taps_made[plan.name] = plan
+        carrier_lost = "carrier" in self.damaged.get(plan.name, {})
+        self.damaged.pop(plan.name, None)
+        if carrier_lost or old is None:
+            self.damaged[plan.name] = {"carrier": False}  # a new tap no QEMU holds open
         if old is None or mismatched:
             self.created.append(plan.name)
             return True
@@ -53,10 +63,20 @@ class FakeLinks:
 
     def taps(self) -> dict[str, TapInfo]:
         return {
-            name: TapInfo(name, plan.alias, (plan.guest_ip,) if plan.guest_ip else ())
+            name: dataclasses.replace(_measured(plan), **self.damaged.get(name, {}))
             for name, plan in self.taps_made.items()
             if plan.alias.startswith(ALIAS_PREFIX)
         }
+
+    def plug_in(self, *names: str) -> None:
+        """QEMU opened these taps (carrier on)."""
+        for name in names:
+            self.damaged.pop(name, None)
+
+    def delete_by_hand(self, name: str) -> None:
+        """``ip link del``: the tap, its routes and neighbours are gone."""
+        self.taps_made.pop(name)
+        self.damaged[name] = {"carrier": False}
 
     def mtu(self, name: str) -> int | None:
         if name in self.taps_made:
@@ -71,8 +91,26 @@ class FakeLinks:
     def default_route_interface(self) -> str | None:
         return self.default_route
 
-    def enable_forwarding(self) -> None:
-        self.forwarding = True
+    def enable_forwarding(self) -> bool:
+        was, self.forwarding = self.forwarding, True
+        return not was
+
+
+def _measured(plan: TapPlan) -> TapInfo:
+    """The tap as the kernel would show it when everything in the plan is in place."""
+    routed = bool(plan.gateway)
+    return TapInfo(
+        plan.name,
+        plan.alias,
+        routes=(plan.guest_ip,) if routed else (),
+        mtu=plan.mtu,
+        mac=plan.mac,
+        group=plan.group,
+        bridge=plan.bridge,
+        addresses=(plan.gateway,) if routed else (),
+        neighbours=((plan.guest_ip, plan.guest_mac),) if routed and plan.guest_mac else (),
+        proxy_arp=routed,
+    )
 
 
 @dataclass

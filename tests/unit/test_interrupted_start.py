@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.models import Phase
-from agent.ports import DomainState
+from agent.ports import DomainState, NetworkRepair
 from tests.unit.fake_hypervisor import AgentKilled
 from tests.unit.fake_node import FakeNode, make_node, vm_spec
 
@@ -170,9 +170,9 @@ def test_the_network_is_reconciled_before_recovery_starts_anything(tmp_path: Pat
     queued_at_reconcile: list[list[str]] = []
     reconcile = node.network.reconcile
 
-    def recording(vms: dict[str, Any]) -> None:
+    def recording(vms: dict[str, Any]) -> tuple[NetworkRepair, ...]:
         queued_at_reconcile.append(node.tasks.names())
-        reconcile(vms)
+        return reconcile(vms)
 
     node.network.reconcile = recording  # type: ignore[method-assign]
     node.service.resync()

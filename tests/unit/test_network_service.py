@@ -42,7 +42,7 @@ class Node:
         self.dhcp = FakeDhcp()
         self.network = RoutedNetwork(
             config, self.links, self.firewall, self.conntrack, self.dhcp,
-            check_interval=0, ready_timeout=0.01,
+            ready_timeout=0.01,
         )  # fmt: skip
         self.books: dict[str, tuple[VMSpec, VMAllocation | None]] = {}
 
@@ -291,26 +291,26 @@ def test_reconcile_remakes_missing_taps_of_running_vms(node: Node) -> None:
     assert tap in node.links.taps_made and tap in restarted.dhcp.leases
 
 
-def test_check_restores_a_deleted_table_and_a_deleted_tap(node: Node) -> None:
+def test_repair_restores_a_deleted_table_and_a_deleted_tap(node: Node) -> None:
     books = node.create(vm("web", ports=[{"port": 80}]))
     tap = books.nics[0].tap
     rules = node.firewall.rule_count(*TABLE)
     del node.firewall.tables[TABLE]
     node.links.taps_made.pop(tap)
     node.dhcp.opened.clear()
-    node.network.check()
+    node.network.repair(node.books)
     assert node.firewall.rule_count(*TABLE) == rules and node.elements("taps") == [tap]
     assert tap in node.links.taps_made
     assert node.dhcp.opened == [tap]  # a new socket for the new link
 
 
-def test_check_rebuilds_a_table_edited_by_hand(node: Node) -> None:
+def test_repair_rebuilds_a_table_edited_by_hand(node: Node) -> None:
     node.create(vm("web"))
     node.firewall.tables[TABLE].sets["taps"]["elems"].clear()
-    node.network.check()
+    node.network.repair(node.books)
     assert len(node.elements("taps")) == 1
     transactions = len(node.firewall.transactions)
-    node.network.check()  # healthy: nothing to do
+    node.network.repair(node.books)  # healthy: nothing to do
     assert len(node.firewall.transactions) == transactions
 
 
@@ -349,14 +349,14 @@ def test_interfaces_without_allocation_cannot_start(node: Node) -> None:
         node.network.plug("default_web", spec, None)
 
 
-def test_unplug_survives_nft_failing_and_check_converges(node: Node) -> None:
+def test_unplug_survives_nft_failing_and_repair_converges(node: Node) -> None:
     node.create(vm("web"))
     node.create(vm("db"))
     node.firewall.fail_next = 2  # the update and the rebuild
     node.delete("default_web")  # the VM is gone: its delete must not fail over nft
     assert node.links.taps_made.keys() == {node.books["default_db"][1].nics[0].tap}
     assert len(node.elements("taps")) == 2  # stale for now
-    node.network.check()
+    node.network.repair(node.books)
     assert len(node.elements("taps")) == 1
 
 

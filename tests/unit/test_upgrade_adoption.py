@@ -48,7 +48,7 @@ def test_a_vm_from_before_the_upgrade_keeps_address_mac_tap_and_node_port(
     hv.start("tenant-a_web")  # it was running when the agent was upgraded
     network = RoutedNetwork(
         CONFIG, FakeLinks(), FakeFirewall(), FakeConntrack(), FakeDhcp(),
-        check_interval=0, ready_timeout=1,
+        ready_timeout=1,
     )  # fmt: skip
     service = VMService(
         hv,

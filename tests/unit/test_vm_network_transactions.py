@@ -62,7 +62,7 @@ def node(tmp_path: Path) -> Iterator[tuple[VMService, RoutedNetwork]]:
     hv.open()
     network = RoutedNetwork(
         CONFIG, FakeLinks(), FakeFirewall(), FakeConntrack(), FakeDhcp(),
-        check_interval=0, ready_timeout=1,
+        ready_timeout=1,
     )  # fmt: skip
     service = VMService(
         hv,
