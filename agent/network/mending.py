@@ -12,9 +12,16 @@ __all__ = ["mend", "serve"]
 
 
 def mend(
-    links: Links, dhcp: DhcpService, domain: str, plan: Plumbing, found: dict[str, TapInfo]
+    links: Links,
+    dhcp: DhcpService,
+    domain: str,
+    plan: Plumbing,
+    found: dict[str, TapInfo],
+    *,
+    fresh_process: bool = False,
 ) -> list[NetworkRepair]:
-    """Repair what differs from ``plan`` in ``found`` (``Links.taps``); write nothing else."""
+    """Repair what differs from ``plan`` in ``found`` (``Links.taps``); write nothing else.
+    (``fresh_process``: DHCP not served yet is the agent's start, not a repair.)"""
     repairs = []
     serving = dhcp.serving()
     leases = dict(plan.leases)
@@ -27,7 +34,7 @@ def mend(
             repairs += [NetworkRepair(kind, domain, tap.name) for kind in kinds]
         if tap.name in leases and (made or tap.name not in serving):
             serve(dhcp, tap.name, leases[tap.name], fresh=made)
-            if not made:
+            if not made and not fresh_process:
                 repairs.append(NetworkRepair("dhcp", domain, tap.name))
     return repairs
 

@@ -350,7 +350,7 @@ class RoutedNetwork:
     ) -> Plumbing | None:
         try:
             plan = self._plan(domain, spec, allocation)
-            repairs += mending.mend(self.links, self.dhcp, domain, plan, found)
+            repairs += mending.mend(self.links, self.dhcp, domain, plan, found, fresh_process=True)
         except Exception:
             log.exception("repairing the network of %s failed", domain, extra={"vm": spec.key})
             return None
