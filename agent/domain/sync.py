@@ -116,6 +116,7 @@ class NodeSync:
         }
         repairs = self.network.repair(running)
         self._report(repairs)
+        log.debug("resync pass: %d running vms measured, %d repairs", len(running), len(repairs))
         for domain in sorted(running):  # status shows a NIC cut off from the node, or not
             record = self.cache.get(domain)
             shown = record is not None and any(

@@ -176,6 +176,8 @@ def net(test_guest: GuestImage) -> Iterator[Net]:
                 DNS,
                 "--bridge-network",
                 f"{BRIDGE_NETWORK}={BRIDGE}",
+                "--resync-interval",  # a table deleted by hand comes back within seconds
+                "2",
             ],  # fmt: skip
         )
         net = Net(
