@@ -42,7 +42,6 @@ class PeriodicResync:
         self._wake = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self.passes = 0
 
     def start(self) -> None:
         if self.interval > 0 and self._thread is None:
@@ -66,7 +65,6 @@ class PeriodicResync:
                 self._repair()
             except Exception:
                 log.exception("periodic resync failed; trying again in %.0fs", self.interval)
-            self.passes += 1
 
     def _wait_interval(self) -> bool:
         """False once stopped."""

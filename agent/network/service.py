@@ -144,12 +144,7 @@ class RoutedNetwork:
     ) -> tuple[NicBacking, ...]:
         if (allocation := guards.require_allocation(spec, allocation)) is None:
             return ()
-        return nic_backings(
-            spec,
-            allocation,
-            self._mtus(allocation),
-            self.config.uplink,
-        )
+        return nic_backings(spec, allocation, self._mtus(allocation), self.config.uplink)
 
     def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
         if (allocation := guards.require_allocation(spec, allocation)) is None:
@@ -202,7 +197,7 @@ class RoutedNetwork:
             self._cut_off.pop(domain, None)
             try:
                 self._sync_firewall(self._live)
-            except NetworkError as exc:  # the VM is gone already: ``check`` converges later
+            except NetworkError as exc:  # the VM is gone already: ``repair`` converges later
                 log.error("removing %s from nft failed: %s", spec.key, exc)
         taps = {t.name for t in old[1].taps} if old else set()
         addresses = set(old[1].addresses) if old else set()
