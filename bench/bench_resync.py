@@ -19,6 +19,7 @@ Run: PYTHONPATH=$PWD .venv/bin/python bench/bench_resync.py [--counts 10,100,500
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -57,6 +58,17 @@ def median_ms(action: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
+def measure(links: PyRoute2Links, plans: list[TapPlan]) -> None:
+    found = links.taps()
+    drifted = [t.name for t in plans if tap_drift(t, found.get(t.name))]
+    assert not drifted, f"taps not in place: {drifted[:3]}"
+
+
+def rewrite(links: PyRoute2Links, plans: list[TapPlan]) -> None:
+    for tap in plans:
+        links.ensure_tap(tap, replace=False)
+
+
 def inside(counts: list[int], runs: int) -> None:
     """Runs in the bench's own network namespace."""
     links = PyRoute2Links()
@@ -68,16 +80,8 @@ def inside(counts: list[int], runs: int) -> None:
             links.ensure_tap(tap, replace=True)
         made = count
 
-        def measure() -> None:
-            found = links.taps()
-            drifted = [t.name for t in plans if tap_drift(t, found.get(t.name))]
-            assert not drifted, f"taps not in place: {drifted[:3]}"
-
-        def rewrite() -> None:
-            for tap in plans:
-                links.ensure_tap(tap, replace=False)
-
-        measured, rewritten = median_ms(measure, runs), median_ms(rewrite, runs)
+        measured = median_ms(functools.partial(measure, links, plans), runs)
+        rewritten = median_ms(functools.partial(rewrite, links, plans), runs)
         print(
             f"{count:>6} {measured:>11.1f} {rewritten:>11.1f} "
             f"{measured / count * 1000:>7.0f}us {measured / rewritten:>7.2f}"
