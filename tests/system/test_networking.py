@@ -418,6 +418,20 @@ def test_missing_bridge_is_refused_naming_the_field(net: Net) -> None:
 # -- 6. nftables: repair, size, cleanup ------------------------------------------------------
 
 
+def test_resyncs_of_a_healthy_node_repair_nothing(net: Net) -> None:
+    """Routed, multi-queue and bridge taps measure as planned: no pass rewrites anything."""
+    passes = net.agent.log_path.read_text().count("resync pass:")
+    wait_for(
+        lambda: net.agent.log_path.read_text().count("resync pass:") >= passes + 2,
+        30,
+        0.5,
+        "two resync passes",
+    )
+    log = net.agent.log_path.read_text()
+    assert "resync pass: 3 running vms measured, 0 repairs" in log
+    assert "repaired:" not in log
+
+
 def test_a_table_deleted_by_hand_comes_back_without_restarting_vms(net: Net) -> None:
     run(net.node, "nft", "delete", "table", "inet", TABLE)
     wait_for(lambda: nft_rule_count(net.node) == net.rules["one"], 30, 0.5, "the table to be back")
