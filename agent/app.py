@@ -180,17 +180,21 @@ def build_agent(settings: Settings) -> Agent:
     network, dhcp = networking if networking else (None, None)
     probes = ProbeRunner(service, SocketProber())
     service.steps.probe_ready = probes.ready
+    return Agent(
+        settings, hv, cache, service, views, vm_servicer, server, network, dhcp, access,
+        probes, migrations=migrations, resync=_periodic_resync(settings, service),
+    )  # fmt: skip
+
+
+def _periodic_resync(settings: Settings, service: VMService) -> PeriodicResync:
+    """The safety net that puts back what changed behind the agent's back (sync.py)."""
     agent_metrics.resync_kinds(KINDS)
-    resync = PeriodicResync(
+    return PeriodicResync(
         service.sync.repair_network,
         service.clock,
         interval=settings.resync_interval,
         ready=lambda: service.readiness.ready,
     )
-    return Agent(
-        settings, hv, cache, service, views, vm_servicer, server, network, dhcp, access,
-        probes, migrations=migrations, resync=resync,
-    )  # fmt: skip
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:
