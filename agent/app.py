@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 
-import agent.metrics.agent_metrics as agent_metrics
 from agent.adapters.conntrack import ConntrackCli
 from agent.adapters.download import HttpxDownloader
 from agent.adapters.host import PsutilHostProbe
@@ -57,7 +56,6 @@ from agent.migration.source import OutgoingMigrations
 from agent.migration.store import MigrationStore
 from agent.migration.target import IncomingMigrations
 from agent.network.dhcpd import DhcpServer
-from agent.network.drift import KINDS
 from agent.network.ipam import parse_pool
 from agent.network.plan import NetworkConfig, resolv_conf_nameservers
 from agent.network.ports import NetworkError
@@ -182,19 +180,9 @@ def build_agent(settings: Settings) -> Agent:
     service.steps.probe_ready = probes.ready
     return Agent(
         settings, hv, cache, service, views, vm_servicer, server, network, dhcp, access,
-        probes, migrations=migrations, resync=_periodic_resync(settings, service),
+        probes, migrations=migrations,
+        resync=PeriodicResync.of(service.sync, settings.resync_interval),
     )  # fmt: skip
-
-
-def _periodic_resync(settings: Settings, service: VMService) -> PeriodicResync:
-    """The safety net that puts back what changed behind the agent's back (sync.py)."""
-    agent_metrics.resync_kinds(KINDS)
-    return PeriodicResync(
-        service.sync.repair_network,
-        service.clock,
-        interval=settings.resync_interval,
-        ready=lambda: service.readiness.ready,
-    )
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:

@@ -10,8 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import agent.metrics.agent_metrics as agent_metrics
+from agent.network.drift import KINDS
 from agent.ports import Clock, NetworkRepair
+
+if TYPE_CHECKING:
+    from agent.domain.sync import NodeSync
 
 __all__ = ["PeriodicResync"]
 
@@ -21,8 +27,7 @@ log = logging.getLogger(__name__)
 class PeriodicResync:
     """Usage::
 
-    resync = PeriodicResync(service.sync.repair_network, clock, interval=60.0,
-                            ready=lambda: service.readiness.ready)
+    resync = PeriodicResync.of(service.sync, interval=60.0)   # or PeriodicResync(...)
     resync.start()   # a daemon thread; interval 0: nothing runs
     resync.stop()
     """
@@ -42,6 +47,15 @@ class PeriodicResync:
         self._wake = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        agent_metrics.resync_kinds(KINDS)  # every kind shows, at 0, from the start
+
+    @classmethod
+    def of(cls, sync: NodeSync, interval: float) -> PeriodicResync:
+        """The node's safety net: ``sync.repair_network`` on its clock, while it is ready."""
+        readiness = sync.readiness
+        return cls(
+            sync.repair_network, sync.clock, interval=interval, ready=lambda: readiness.ready
+        )
 
     def start(self) -> None:
         if self.interval > 0 and self._thread is None:
