@@ -4,9 +4,9 @@ In a network namespace of its own (made and removed here; needs root), it makes 
 500 routed taps as the agent does (gateway address, /32 route, permanent neighbour entry,
 proxy_arp) and, for each count, times (median of --runs):
 
-  measure   what a resync pass does when all is in place: one ``Links.taps()`` (one dump each
-            of links, addresses, routes and neighbours, plus each tap's two sysctls) and the
-            drift check of every tap; nothing is written
+  measure   what a resync pass does when all is in place: ``Links.taps(measure=True)``
+            (one dump each of links, addresses, routes and neighbours, plus each tap's two
+            sysctls) and the drift check of every tap; nothing is written
   rewrite   the baseline: ``ensure_tap`` on every tap (what a pass that does not measure
             first, or the reconcile before it measured, does)
 
@@ -59,7 +59,7 @@ def median_ms(action: Callable[[], object], runs: int) -> float:
 
 
 def measure(links: PyRoute2Links, plans: list[TapPlan]) -> None:
-    found = links.taps()
+    found = links.taps(measure=True)
     drifted = [t.name for t in plans if tap_drift(t, found.get(t.name))]
     assert not drifted, f"taps not in place: {drifted[:3]}"
 

@@ -96,9 +96,10 @@ class PyRoute2Links:
             if index is not None:
                 _ignoring(errno.ENODEV, ipr.link, "del", index=index)
 
-    def taps(self) -> dict[str, TapInfo]:
-        """The links marked as the agent's (by alias), measured with one dump each of links,
-        addresses, routes and neighbours however many there are, plus their sysctls."""
+    def taps(self, *, measure: bool = False) -> dict[str, TapInfo]:
+        """The links marked as the agent's (by alias) with their /32 routes; ``measure``: also
+        all the resync compares (addresses, neighbours, link attributes, sysctls). One dump
+        each, however many taps there are."""
         with _netlink("listing links") as ipr:
             links = list(ipr.link("dump"))
             names = {link["index"]: link.get("ifname") for link in links}
@@ -110,15 +111,20 @@ class PyRoute2Links:
             if not ours:
                 return {}
             found = _Found(ours)
-            for address in ipr.addr("dump", family=socket.AF_INET):
-                found.add("addresses", address.get("index"), address.get("address"))
             for route in ipr.route("dump", family=socket.AF_INET, table=_MAIN_TABLE):
                 if route["dst_len"] == 32 and route.get("dst"):
                     found.add("routes", route.get("oif"), route.get("dst"))
-            for entry in ipr.neigh("dump", family=socket.AF_INET):
-                if entry["state"] & _NUD_PERMANENT and entry.get("lladdr"):
-                    pair = (entry.get("dst"), str(entry.get("lladdr")).lower())
-                    found.add("neighbours", entry["ifindex"], pair)
+            if measure:
+                _measure(ipr, found)
+        if not measure:
+            return {
+                str(link.get("ifname")): TapInfo(
+                    str(link.get("ifname")),
+                    link.get("ifalias") or "",
+                    tuple(sorted(found.get("routes", index))),
+                )
+                for index, link in ours.items()
+            }
         return {
             str(link.get("ifname")): self._tap_info(link, names, found) for link in ours.values()
         }
@@ -223,6 +229,16 @@ class _Found:
 
     def get(self, what: str, index: int) -> list[Any]:
         return self._values.get((what, index), [])
+
+
+def _measure(ipr: Any, found: _Found) -> None:
+    """The IPv4 addresses and permanent neighbour entries of the agent's links."""
+    for address in ipr.addr("dump", family=socket.AF_INET):
+        found.add("addresses", address.get("index"), address.get("address"))
+    for entry in ipr.neigh("dump", family=socket.AF_INET):
+        if entry["state"] & _NUD_PERMANENT and entry.get("lladdr"):
+            pair = (entry.get("dst"), str(entry.get("lladdr")).lower())
+            found.add("neighbours", entry["ifindex"], pair)
 
 
 def _ignoring(code: int, call: Any, *args: Any, **kwargs: Any) -> None:

@@ -241,7 +241,7 @@ class RoutedNetwork:
             for conflict in self.ledger.reset({**allocations, **kept}):
                 log.error("network allocations overlap: %s", conflict)
             live = {d: self._live[d] for d in busy if d in self._live}
-            found = self.links.taps()
+            found = self.links.taps(measure=True)
             for domain, (spec, _, active) in sorted(vms.items()):
                 if active and domain in allocations and domain not in live:
                     plan = self._repair(domain, spec, allocations[domain], found, repairs)
@@ -272,7 +272,7 @@ class RoutedNetwork:
             repairs.append(NetworkRepair("sysctl", "", "net.ipv4.ip_forward"))
         with self._lock:
             repairs += self._check_table(report=True)
-            found = self.links.taps()
+            found = self.links.taps(measure=True)
             for domain in sorted(set(running) & self._live.keys() - self._plugging):
                 plan = self._live[domain][1]
                 try:

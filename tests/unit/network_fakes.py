@@ -61,7 +61,7 @@ class FakeLinks:
         if self.taps_made.pop(name, None) is not None:
             self.deleted.append(name)
 
-    def taps(self) -> dict[str, TapInfo]:
+    def taps(self, *, measure: bool = False) -> dict[str, TapInfo]:
         return {
             name: dataclasses.replace(_measured(plan), **self.damaged.get(name, {}))
             for name, plan in self.taps_made.items()
