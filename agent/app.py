@@ -45,7 +45,6 @@ from agent.domain.files import VMFiles, VolumeSupport, vm_folder_exists
 from agent.domain.lifecycle import VMService
 from agent.domain.probes import ProbeRunner
 from agent.domain.pullstatus import PullStatusPublisher
-from agent.domain.resync_loop import PeriodicResync
 from agent.domain.views import VMViews
 from agent.domain.vmcache import VMCache
 from agent.errors import InvalidSpec
@@ -84,7 +83,6 @@ class Agent:
     probes: ProbeRunner | None = None
     stop_metrics: Callable[[], None] = lambda: None
     migrations: Migrations | None = None
-    resync: PeriodicResync | None = None
 
     def start(self) -> None:
         """Serve: VM network first (forwarding on), then gRPC, then the libvirt connection,
@@ -106,21 +104,17 @@ class Agent:
             self.migrations.recover()  # (before the first resync: it keeps what they hold)
         self.server.grpc_server.start()
         self.hv.open(wait=False)
-        self.service.claim_watch.start()
+        self.service.start_background(self.settings.resync_interval)
         if self.probes is not None:
             self.probes.start()
-        if self.resync is not None:
-            self.resync.start()
 
     def stop(self, grace: float | None) -> None:
         """Stop serving (in-flight calls get ``grace`` seconds); VMs and their plumbing stay."""
         self.server.set_serving(False)
-        if self.resync is not None:
-            self.resync.stop()
         if self.probes is not None:
             self.probes.stop()
         self.server.stop(grace)
-        self.service.claim_watch.stop()
+        self.service.stop_background()
         self.stop_metrics()
         self.hv.close()
         if self.network is not None and self.dhcp is not None:
@@ -181,7 +175,6 @@ def build_agent(settings: Settings) -> Agent:
     return Agent(
         settings, hv, cache, service, views, vm_servicer, server, network, dhcp, access,
         probes, migrations=migrations,
-        resync=PeriodicResync.of(service.sync, settings.resync_interval),
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from agent.domain.oplocks import VMLocks
 from agent.domain.readiness import Readiness
 from agent.domain.requests import RequestLog
 from agent.domain.restarts import STARTED_ON_CREATE, should_restart
+from agent.domain.resync_loop import PeriodicResync
 from agent.domain.steps import Current, DomainSteps, never
 from agent.domain.sync import NodeSync, Spawn
 from agent.domain.vmcache import VMCache, VMRecord
@@ -106,6 +107,20 @@ class VMService:
         )
         # Started by the agent (Agent.start): VMs waiting for claims start when they appear.
         self.claim_watch = ClaimWatch(self.sync.check_claims)
+
+    periodic_resync: PeriodicResync | None = None  # (start_background makes it)
+
+    def start_background(self, resync_interval: float) -> None:
+        """The agent's periodic work: claim checks, and every ``resync_interval`` seconds
+        (0: never) the resync that puts back what changed on the node (repair_network)."""
+        self.claim_watch.start()
+        self.periodic_resync = PeriodicResync.of(self.sync, resync_interval)
+        self.periodic_resync.start()
+
+    def stop_background(self) -> None:
+        if self.periodic_resync is not None:
+            self.periodic_resync.stop()
+        self.claim_watch.stop()
 
     # -- reading ------------------------------------------------------------------------
 
