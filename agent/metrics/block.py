@@ -6,12 +6,12 @@ for a disk without a user alias; the agent gives disks none.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
-from agent.metrics.families import Families, Spec, number
-from agent.metrics.ports import StatValue, VMView
+from agent.metrics.families import Series, Spec, number
+from agent.metrics.ports import StatValue
 
-__all__ = ["SPECS", "collect"]
+__all__ = ["SPECS", "drives", "series"]
 
 _NS = 1e-9
 
@@ -37,13 +37,17 @@ _TABLE = (
 SPECS = tuple(spec for spec, _, _ in _TABLE)
 
 
-def collect(families: Families, vm: VMView, stats: Mapping[str, StatValue]) -> None:
-    for index in range(int(number(stats, "block.count") or 0)):
-        prefix = f"block.{index}."
-        drive = str(stats.get(prefix + "name", ""))
-        if not drive:
-            continue
+def drives(stats: Mapping[str, StatValue]) -> tuple[tuple[int, str], ...]:
+    """(index in the record, ``drive`` label) of each disk that has a target name."""
+    found = ((index, str(stats.get(f"block.{index}.name", ""))) for index in _count(stats))
+    return tuple((index, drive) for index, drive in found if drive)
+
+
+def _count(stats: Mapping[str, StatValue]) -> range:
+    return range(int(number(stats, "block.count") or 0))
+
+
+def series(disks: tuple[tuple[int, str], ...]) -> Iterator[Series]:
+    for index, drive in disks:
         for spec, key, scale in _TABLE:
-            value = number(stats, prefix + key)
-            if value is not None:
-                families.vm(spec, vm, value * scale, drive)
+            yield spec, (drive,), f"block.{index}.{key}", scale, ""

@@ -21,6 +21,7 @@ from agent.domain.vmcache import VMRecord
 from agent.metrics import agent_metrics, block, cpu, info, memory, migration, network, node
 from agent.metrics.bounded import BoundedStats
 from agent.metrics.families import Families, Spec
+from agent.metrics.plan import Plans
 from agent.metrics.ports import NodeFacts, VMView
 from agent.naming import domain_name
 from agent.ports import JobSample
@@ -36,7 +37,6 @@ VM_SPECS: tuple[Spec, ...] = (
     *node.SPECS,
     *migration.SPECS,
 )
-_PER_DOMAIN = (cpu.collect, memory.collect, network.collect, block.collect)
 
 
 def vm_view(record: VMRecord) -> VMView:
@@ -53,7 +53,8 @@ def vm_view(record: VMRecord) -> VMView:
 
 
 class VMCollector:
-    """VM and node metric families, built from scratch on every collect()."""
+    """VM and node metric families, built afresh on every collect() from per-domain plans
+    kept between scrapes (see plan.py)."""
 
     def __init__(
         self,
@@ -66,6 +67,7 @@ class VMCollector:
         self.vms = vms
         self.node_facts = node_facts
         self.migrating = migrating  # (domain, latest job stats) of outgoing migrations
+        self.plans = Plans()
 
     def collect(self) -> Families:
         started = time.monotonic()
@@ -75,12 +77,12 @@ class VMCollector:
         for view in views.values():
             info.collect(families, view)
         node.collect(families, facts, views.values())
+        plans = self.plans.begin()
         for record in self.stats.fetch():
             vm = views.get(record.name)
-            if vm is None:
-                continue
-            for collect in _PER_DOMAIN:
-                collect(families, vm, record.stats)
+            if vm is not None:
+                plans.record(families, vm, record.stats)
+        plans.end()
         for domain, job in self.migrating():
             if (vm := views.get(domain)) is not None:
                 migration.collect(families, vm, job)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
-from agent.metrics.families import Families, Spec, number
-from agent.metrics.ports import StatValue, VMView
+from agent.metrics.families import Series, Spec, number
+from agent.metrics.ports import StatValue
 
-__all__ = ["SPECS", "collect"]
+__all__ = ["SPECS", "series", "vcpu_states"]
 
 _NS = 1e-9
 # libvirt's virVcpuState.
@@ -45,18 +45,20 @@ VCPU_DELAY = Spec(
 SPECS = (USAGE, USER, SYSTEM, VCPU_SECONDS, VCPU_WAIT, VCPU_DELAY)
 
 
-def collect(families: Families, vm: VMView, stats: Mapping[str, StatValue]) -> None:
+def vcpu_states(stats: Mapping[str, StatValue]) -> tuple[str, ...]:
+    """The ``state`` label of each vCPU the record has, by index."""
+    count = int(number(stats, "vcpu.maximum") or number(stats, "vcpu.current") or 0)
+    return tuple(
+        _VCPU_STATES.get(int(number(stats, f"vcpu.{index}.state") or 0), "offline")
+        for index in range(count)
+    )
+
+
+def series(states: tuple[str, ...]) -> Iterator[Series]:
     for spec, key in ((USAGE, "cpu.time"), (USER, "cpu.user"), (SYSTEM, "cpu.system")):
-        value = number(stats, key)
-        if value is not None:
-            families.vm(spec, vm, value * _NS)
-    for index in range(int(number(stats, "vcpu.maximum") or number(stats, "vcpu.current") or 0)):
+        yield spec, (), key, _NS, ""
+    for index, state in enumerate(states):
         prefix = f"vcpu.{index}."
-        state = _VCPU_STATES.get(int(number(stats, prefix + "state") or 0), "offline")
-        seconds = number(stats, prefix + "time")
-        if seconds is not None:
-            families.vm(VCPU_SECONDS, vm, seconds * _NS, str(index), state)
+        yield VCPU_SECONDS, (str(index), state), prefix + "time", _NS, ""
         for spec, key in ((VCPU_WAIT, "wait"), (VCPU_DELAY, "delay")):
-            value = number(stats, prefix + key)
-            if value is not None:
-                families.vm(spec, vm, value * _NS, str(index))
+            yield spec, (str(index),), prefix + key, _NS, ""

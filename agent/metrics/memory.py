@@ -7,14 +7,13 @@ exported: an absent stat is an absent series, not a zero.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator
 
-from agent.metrics.families import Families, Spec, number
-from agent.metrics.ports import StatValue, VMView
+from agent.metrics.families import Series, Spec
 
-__all__ = ["SPECS", "collect"]
+__all__ = ["SPECS", "series"]
 
-_KIB = 1024
+_KIB = 1024.0
 
 
 def _gauge(name: str, help: str) -> Spec:
@@ -86,15 +85,9 @@ _FROM_KIB = (
 SPECS = (*(spec for spec, _ in _FROM_KIB), USED, MAJOR_FAULTS, MINOR_FAULTS)
 
 
-def collect(families: Families, vm: VMView, stats: Mapping[str, StatValue]) -> None:
+def series() -> Iterator[Series]:
     for spec, key in _FROM_KIB:
-        value = number(stats, key)
-        if value is not None:
-            families.vm(spec, vm, value * _KIB)
-    available, unused = number(stats, "balloon.available"), number(stats, "balloon.unused")
-    if available is not None and unused is not None:
-        families.vm(USED, vm, (available - unused) * _KIB)
-    for spec, key in ((MAJOR_FAULTS, "balloon.major_fault"), (MINOR_FAULTS, "balloon.minor_fault")):
-        value = number(stats, key)
-        if value is not None:
-            families.vm(spec, vm, value)
+        yield spec, (), key, _KIB, ""
+    yield USED, (), "balloon.available", _KIB, "balloon.unused"  # available minus unused
+    yield MAJOR_FAULTS, (), "balloon.major_fault", 1.0, ""
+    yield MINOR_FAULTS, (), "balloon.minor_fault", 1.0, ""

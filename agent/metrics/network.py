@@ -4,12 +4,12 @@ NIC the agent does not know)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
-from agent.metrics.families import Families, Spec, number
+from agent.metrics.families import Series, Spec, number
 from agent.metrics.ports import StatValue, VMView
 
-__all__ = ["SPECS", "collect"]
+__all__ = ["SPECS", "interfaces", "series"]
 
 _WHAT = (
     ("bytes", "bytes", "Total network traffic {} bytes."),
@@ -44,18 +44,20 @@ TRAFFIC = Spec(
 SPECS = (*(spec for pairs in _BY_KEY.values() for spec, _ in pairs), TRAFFIC)
 
 
-def collect(families: Families, vm: VMView, stats: Mapping[str, StatValue]) -> None:
+def interfaces(vm: VMView, stats: Mapping[str, StatValue]) -> tuple[tuple[int, str], ...]:
+    """(index in the record, ``interface`` label) of each NIC that has a tap name."""
+    found = []
     for index in range(int(number(stats, "net.count") or 0)):
-        prefix = f"net.{index}."
-        tap = str(stats.get(prefix + "name", ""))
-        if not tap:
-            continue
-        interface = vm.nic_names.get(tap, tap)
+        tap = str(stats.get(f"net.{index}.name", ""))
+        if tap:
+            found.append((index, vm.nic_names.get(tap, tap)))
+    return tuple(found)
+
+
+def series(nics: tuple[tuple[int, str], ...]) -> Iterator[Series]:
+    for index, interface in nics:
         for direction, pairs in _BY_KEY.items():
+            prefix = f"net.{index}.{direction}."
             for spec, key in pairs:
-                value = number(stats, f"{prefix}{direction}.{key}")
-                if value is not None:
-                    families.vm(spec, vm, value, interface)
-            traffic = number(stats, f"{prefix}{direction}.bytes")
-            if traffic is not None:
-                families.vm(TRAFFIC, vm, traffic, interface, direction)
+                yield spec, (interface,), prefix + key, 1.0, ""
+            yield TRAFFIC, (interface, direction), prefix + "bytes", 1.0, ""
