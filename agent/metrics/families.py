@@ -20,7 +20,17 @@ from prometheus_client.utils import floatToGoString
 
 from agent.metrics.ports import StatValue, VMView
 
-__all__ = ["NODE_LABELS", "VMI_LABELS", "Families", "Series", "Spec", "Step", "go_float", "number"]
+__all__ = [
+    "NODE_LABELS",
+    "VMI_LABELS",
+    "Families",
+    "Memo",
+    "Series",
+    "Spec",
+    "Step",
+    "go_float",
+    "number",
+]
 
 VMI_LABELS = ("node", "namespace", "name")
 NODE_LABELS = ("node",)
@@ -53,6 +63,8 @@ class Spec:
 Series = tuple[Spec, tuple[str, ...], str, float, str]
 # The same with its exposition prefix ("name{labels} ") rendered for one VM.
 Step = tuple[Spec, str, str, float, str]
+# Per step: the last integer stat rendered and its line ((None, "") before the first).
+Memo = tuple[int | None, str]
 
 
 def go_float(value: float) -> str:
@@ -112,28 +124,31 @@ class Families:
             steps.append((spec, f"{spec.name}{{{text}}} ", key, scale, minus))
         return tuple(steps)
 
-    def record(self, steps: tuple[Step, ...], stats: Mapping[str, StatValue]) -> None:
-        """One sample per step whose stat is a number (absent, text or bool: no sample)."""
+    def record(
+        self, steps: tuple[Step, ...], stats: Mapping[str, StatValue], memo: list[Memo]
+    ) -> None:
+        """One sample per step whose stat is a number (absent, text or bool: no sample).
+        ``memo`` holds, per step, the last integer stat seen and its line: a counter that has
+        not moved since the previous scrape (most of an idle guest's) is not spelled again."""
         lines_of, get = self._lines, stats.get
-        for spec, prefix, key, scale, minus in steps:
+        for index, (spec, prefix, key, scale, minus) in enumerate(steps):
             value = get(key)
-            if value.__class__ is not int and value.__class__ is not float:
-                value = number(stats, key)  # the exact rules, off the common path
-                if value is None:
+            if value.__class__ is int and not minus:
+                seen = memo[index]  # one tuple: concurrent scrapes never see half an update
+                if value == seen[0]:
+                    line = seen[1]
+                else:
+                    line = f"{prefix}{go_float(value * scale)}\n"
+                    memo[index] = (value, line)
+            else:
+                found = _value(value, stats, key, minus)
+                if found is None:
                     continue
-            if minus:
-                other = number(stats, minus)
-                if other is None:
-                    continue
-                value = float(value) - other
+                line = f"{prefix}{go_float(found * scale)}\n"
             lines = lines_of.get(spec)
             if lines is None:
                 lines = lines_of[spec] = []
-            value *= scale
-            text = repr(value)  # go_float's common case, inline: this runs once per sample
-            if not 0 < text.find(".") <= 6:
-                text = go_float(value)
-            lines.append(prefix + text + "\n")
+            lines.append(line)
 
     def node_sample(self, spec: Spec, value: float, *extra: str) -> None:
         self._add(spec, self._node_labels, extra, value)
@@ -149,6 +164,19 @@ class Families:
             parts.append(spec.header(openmetrics))
             parts.extend(lines)
         return "".join(parts)
+
+
+def _value(
+    value: StatValue | None, stats: Mapping[str, StatValue], key: str, minus: str
+) -> float | None:
+    """A step's value off the common path: a float stat, a derived one, or none at all."""
+    if value is None:  # absent: normal (no balloon driver, a skipped group)
+        return None
+    found = value if value.__class__ is float else number(stats, key)
+    if found is None or not minus:
+        return found
+    other = number(stats, minus)
+    return None if other is None else float(found) - other
 
 
 def number(stats: Mapping[str, StatValue], key: str) -> float | None:

@@ -106,3 +106,37 @@ def test_a_second_scrape_with_new_values_renders_them() -> None:
     assert first != second
     assert 'name="web"} 13.0\n' in second
     assert second == first.replace('name="web"} 12.5\n', 'name="web"} 13.0\n')
+
+
+def test_a_collector_that_scraped_before_renders_what_a_fresh_one_does() -> None:
+    """Plans and their memos are kept between scrapes: whatever came before (other values,
+    a stat turning into text or bool, NICs and disks coming and going), the text is the one
+    a collector scraping for the first time writes."""
+    rounds = [records()]
+    for shift in (0, 1, 2):
+        changed = []
+        for index, record in enumerate(records()):
+            stats = dict(record.stats)
+            for key, value in stats.items():
+                if type(value) is int and not key.endswith(("count", "maximum", "state")):
+                    stats[key] = value + shift * index
+            if shift == 1:
+                stats.update({"cpu.time": True, "balloon.rss": "x", "net.count": 0})
+            if shift == 2:
+                stats.update({"cpu.time": 1.5, "block.count": 0, "vcpu.maximum": 1})
+            changed.append(DomainStats(record.name, stats))
+        rounds.append(changed)
+    rounds.append(records())
+    scraper = collector()
+    for batch in rounds:
+        fresh = collector()
+        scraper.stats.source = fresh.stats.source = Batch(batch)
+        assert scraper.collect().render() == fresh.collect().render()
+
+
+class Batch:
+    def __init__(self, batch: list[DomainStats]) -> None:
+        self.batch = batch
+
+    def all_domain_stats(self) -> list[DomainStats]:
+        return self.batch
