@@ -2,13 +2,14 @@
 
 Every VM series carries KubeVirt's ``node``, ``namespace`` and ``name`` labels, taken from
 the VM's identity; a spec adds the few extra labels KubeVirt has (``interface``, ``drive``,
-``id``). Families are built afresh on every scrape (concurrent scrapes share nothing), so a
-deleted VM's series are simply absent from the next one.
+``id``). Families are built afresh on every scrape, so a deleted VM's series are simply
+absent from the next one.
 
 Samples are rendered to exposition lines as they arrive, with each VM's label set escaped
 once. A domain's stats-record series come as ``Step``s (built once per domain identity and
-layout by ``agent/metrics/plan.py``) whose ``name{labels} `` prefix is ready: a sample then
-costs one stat lookup, one float spelling and one append (bench/bench_metrics.py).
+layout by ``agent/metrics/plan.py``, and shared by scrapes) whose ``name{labels} `` prefix
+is ready: a sample then costs one stat lookup, one float spelling (none for a counter that
+has not moved: the step's ``Memo``) and one append (bench/bench_metrics.py).
 """
 
 from __future__ import annotations
