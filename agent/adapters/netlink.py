@@ -34,9 +34,15 @@ _NUD_PERMANENT = 0x80
 @contextlib.contextmanager
 def _netlink(action: str) -> Iterator[Any]:
     """An IPRoute for one operation; NetlinkError becomes NetworkError naming ``action``."""
+    with _naming(action), IPRoute() as ipr:
+        yield ipr
+
+
+@contextlib.contextmanager
+def _naming(action: str) -> Iterator[None]:
+    """NetlinkError becomes NetworkError naming ``action``."""
     try:
-        with IPRoute() as ipr:
-            yield ipr
+        yield
     except NetlinkError as exc:
         raise NetworkError(f"{action}: {exc.args[-1] if exc.args else exc}") from exc
 
@@ -55,37 +61,40 @@ class PyRoute2Links:
         """Create the tap or bring an existing one in line; True if it was created.
 
         An existing link of that name that is not a tap of the right queue mode is replaced
-        when ``replace`` (its VM is not running), else reported.
+        when ``replace`` (its VM is not running), else reported. One netlink socket; for a
+        new tap, three link requests before the routes: add, get, one set (attributes, up).
         """
         created = False
         with _netlink(f"creating tap {plan.name}") as ipr:
-            index = _index(ipr, plan.name)
-            if index is not None and not _matches(ipr, index, plan):
+            link = _get(ipr, plan.name)
+            if link is not None and not _matches(link, plan):
                 if not replace:
                     raise NetworkError(f"link {plan.name} exists but is not a matching tap")
-                ipr.link("del", index=index)
-                index = None
-            if index is None:
+                ipr.link("del", index=link["index"])
+                link = None
+            if link is None:
                 flags = {"no_pi": 1, "vnet_hdr": 1, "multi_queue": int(plan.multi_queue)}
                 ipr.link("add", ifname=plan.name, kind="tuntap", mode="tap", ifr=flags)
-                index = _index(ipr, plan.name)
-                if index is None:
+                link = _get(ipr, plan.name)
+                if link is None:
                     raise NetworkError(f"tap {plan.name} did not appear after creation")
                 created = True
-        with _netlink(f"configuring tap {plan.name}") as ipr:
-            self._configure(ipr, index, plan)
+            with _naming(f"configuring tap {plan.name}"):
+                self._configure(ipr, link, plan)
         return created
 
-    def _configure(self, ipr: Any, index: int, plan: TapPlan) -> None:
-        link = ipr.link("get", index=index)[0]
-        changes = _link_changes(ipr, link, plan)
-        if changes:
-            ipr.link("set", index=index, **changes)
+    def _configure(self, ipr: Any, link: Any, plan: TapPlan) -> None:
+        index = link["index"]
+        # Sysctls first: the link is up (and the guest's traffic flows) only once proxy
+        # ARP is on and IPv6 is off.
         self._sysctl(f"net/ipv6/conf/{plan.name}/disable_ipv6", "1", optional=True)
         if plan.gateway:
             self._sysctl(f"net/ipv4/conf/{plan.name}/proxy_arp", "1")
+        changes = _link_changes(ipr, link, plan)
         if link.get("state") != "up":
-            ipr.link("set", index=index, state="up")
+            changes["state"] = "up"  # the kernel applies the address and MTU before the flags
+        if changes:
+            ipr.link("set", index=index, **changes)
         if plan.gateway:
             _route_guest(ipr, index, plan)
 
@@ -151,20 +160,18 @@ class PyRoute2Links:
 
     def mtu(self, name: str) -> int | None:
         with _netlink(f"reading link {name}") as ipr:
-            index = _index(ipr, name)
-            if index is None:
-                return None
-            value = ipr.link("get", index=index)[0].get("mtu")
-            return int(value) if value else None
+            link = _get(ipr, name)
+        value = link.get("mtu") if link is not None else None
+        return int(value) if value else None
 
     def kind(self, name: str) -> str | None:
         """ "bridge", "tun", "veth", ... ; "device" for links without a kind; None if absent."""
         with _netlink(f"reading link {name}") as ipr:
-            index = _index(ipr, name)
-            if index is None:
-                return None
-            kind = ipr.link("get", index=index)[0].get(("linkinfo", "kind"))
-            return str(kind) if kind else "device"
+            link = _get(ipr, name)
+        if link is None:
+            return None
+        kind = link.get(("linkinfo", "kind"))
+        return str(kind) if kind else "device"
 
     def default_route_interface(self) -> str | None:
         """The link of the IPv4 default route with the lowest metric."""
@@ -294,9 +301,18 @@ def _index(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def _matches(ipr: Any, index: int, plan: TapPlan) -> bool:
+def _get(ipr: Any, name: str) -> Any:
+    """The link called ``name`` (one request), or None if there is none."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
+def _matches(link: Any, plan: TapPlan) -> bool:
     """True if the link is a tap in the queue mode the plan asks for."""
-    link = ipr.link("get", index=index)[0]
     if link.get(("linkinfo", "kind")) != "tun":
         return False
     data = link.get(("linkinfo", "data"))
