@@ -22,7 +22,7 @@ from agent.adapters.iso import PycdlibIso
 from agent.adapters.libvirt import LibvirtHypervisor
 from agent.adapters.libvirt_migration import LibvirtMigration
 from agent.adapters.netlink import PyRoute2Links
-from agent.adapters.nft import NftCli
+from agent.adapters.nft import Nftables
 from agent.adapters.postcopy import PostCopyProbe
 from agent.adapters.probing import SocketProber
 from agent.adapters.qemuimg import QemuImg
@@ -282,7 +282,7 @@ def _network(settings: Settings) -> tuple[RoutedNetwork, DhcpServer] | None:
         egress_allow=tuple(settings.egress_allow),
     )
     dhcp = DhcpServer()
-    network = RoutedNetwork(config, links, NftCli(), ConntrackCli(), dhcp)
+    network = RoutedNetwork(config, links, Nftables(), ConntrackCli(), dhcp)
     low, high = config.node_ports
     log.info(
         "VM network %s (pool %s) via %s (gateway %s, node ports %s-%s, dns %s)",

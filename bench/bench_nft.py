@@ -43,7 +43,7 @@ def inner(quick: bool) -> dict[str, Any]:
     """Runs inside the namespace: plumbs VMs and times one more VM's change at each size."""
     from agent.adapters.conntrack import ConntrackCli
     from agent.adapters.netlink import PyRoute2Links
-    from agent.adapters.nft import NftCli
+    from agent.adapters.nft import Nftables, NftCli
     from agent.network import ruleset
     from agent.network.dhcpd import DhcpServer
     from agent.network.plan import NetworkConfig
@@ -59,7 +59,8 @@ def inner(quick: bool) -> dict[str, Any]:
     )
     dhcp = DhcpServer()
     dhcp.start()
-    nft = NftCli()
+    nft = Nftables()  # the agent's: libnftables in process
+    cli = Nftables(NftCli())  # the baseline's: the nft binary
     net = RoutedNetwork(config, PyRoute2Links(), nft, ConntrackCli(), dhcp, check_interval=0)
     net.start()
     net.reconcile({})
@@ -100,9 +101,9 @@ def inner(quick: bool) -> dict[str, Any]:
             net.unplug(domain, spec, allocation)
             add = ruleset.element_commands(config.table, FirewallState(), state)
             began = time.perf_counter()
-            nft.apply(add)
+            cli.apply(add)
             result["raw"].append(time.perf_counter() - began)
-            nft.apply(ruleset.element_commands(config.table, state, FirewallState()))
+            cli.apply(ruleset.element_commands(config.table, state, FirewallState()))
         listing = nft.list_table("inet", config.table) or []
         counts = ruleset.listing_summary(listing)
         result["rules"] = sum(v for k, v in counts.items() if not k.startswith("set:"))
