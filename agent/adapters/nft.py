@@ -21,7 +21,7 @@ from typing import Any
 import agent.metrics.agent_metrics as agent_metrics
 from agent.network.ports import NetworkError
 
-__all__ = ["NftCli", "NftLib", "Nftables"]
+__all__ = ["NftCli", "NftLib", "Nftables", "default_runner"]
 
 _TIMEOUT = 30.0
 _LIBRARY = "libnftables.so.1"
@@ -94,7 +94,7 @@ class Nftables:
     (default: libnftables when it loads, else the ``nft`` binary)."""
 
     def __init__(self, runner: NftLib | NftCli | None = None) -> None:
-        self._runner = runner if runner is not None else _default_runner()
+        self._runner = runner if runner is not None else default_runner()
 
     def apply(self, commands: list[dict[str, Any]]) -> None:
         if not commands:
@@ -119,9 +119,10 @@ class Nftables:
         return [item for item in items if "metainfo" not in item]
 
 
-def _default_runner() -> NftLib | NftCli:
+def default_runner(library: str = _LIBRARY) -> NftLib | NftCli:
+    """libnftables when it loads, else the ``nft`` binary."""
     try:
-        return NftLib()
+        return NftLib(library)
     except OSError:
         return NftCli()
 
