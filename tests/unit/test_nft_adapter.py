@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.adapters.nft import NftCli, NftLib, Nftables, default_runner
+from agent.adapters.nft import Nftables, NftCli, NftLib, default_runner
 from agent.network.ports import NetworkError
 
 BAD_ELEMENT = [{"add": {"element": {"family": "inet", "table": "t", "name": "s", "elem": 5}}}]
