@@ -61,7 +61,7 @@ def inner(quick: bool) -> dict[str, Any]:
     dhcp.start()
     nft = Nftables()  # the agent's: libnftables in process
     cli = Nftables(NftCli())  # the baseline's: the nft binary
-    net = RoutedNetwork(config, PyRoute2Links(), nft, ConntrackCli(), dhcp, check_interval=0)
+    net = RoutedNetwork(config, PyRoute2Links(), nft, ConntrackCli(), dhcp)
     net.start()
     net.reconcile({})
     syncs: list[float] = []
