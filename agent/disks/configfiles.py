@@ -25,7 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from agent.errors import InvalidSpec
-from agent.models import ConfigKind, Propagation, VMSpec
+from agent.models import (
+    CloudInitConfigDrive,
+    CloudInitNoCloud,
+    ConfigKind,
+    ConfigVolume,
+    Propagation,
+    VMSpec,
+)
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -172,3 +179,19 @@ def ssh_public_keys(vm: VMSpec, secrets_dir: str, propagation: Propagation) -> d
             if text:
                 found[str(len(found))] = text
     return found
+
+
+def reads_node_objects(vm: VMSpec) -> bool:
+    """Whether the VM's disks are made from node files a control plane may change between
+    starts: config volumes, SSH keys, cloud-init secret references."""
+    if vm.access_credentials:
+        return True
+    for volume in vm.volumes:
+        source = volume.source
+        if isinstance(source, ConfigVolume):
+            return True
+        if isinstance(source, (CloudInitNoCloud, CloudInitConfigDrive)) and (
+            source.user_data_secret or source.network_data_secret
+        ):
+            return True
+    return False

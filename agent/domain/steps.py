@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from agent.disks.claimdisks import claim_uses
+from agent.disks.configfiles import reads_node_objects
 from agent.domain.capabilities import ASSUMED_SUPPORT, NodeSupport, require_node_support
 from agent.domain.claimgate import ClaimGate, waiting_status
 from agent.domain.files import VMFiles
@@ -214,7 +215,9 @@ class DomainSteps:
                 self.save_books(domain, spec, waiting)
             return
         with self.claims.starting(domain, spec):
-            if claim_uses(spec):  # what the claims are now: a file or a device, raw or qcow2
+            if claim_uses(spec) or reads_node_objects(spec):
+                # What the claims are now (a file or a device, raw or qcow2), and the node
+                # objects (secrets, config maps, SSH keys) as they are now.
                 self.hv.define(self.definition(domain, spec, books))
             self._boot(domain, spec, books)
 

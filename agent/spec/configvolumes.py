@@ -35,8 +35,9 @@ __all__ = [
 MAX_ACCESS_CREDENTIALS = 16
 # Kubernetes object names (secrets, config maps, service accounts): DNS-1123 subdomains.
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-# An ISO 9660 volume identifier as KubeVirt's examples use them (cidata, config-2, OEMDRV).
-_VOLUME_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+# An ISO 9660 volume identifier as KubeVirt's examples use them (cidata, config-2, OEMDRV);
+# 16 characters at most, the longest the ISO writer takes.
+_VOLUME_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,16}")
 
 
 def object_name(node: Node, key: str, what: str) -> str:
@@ -107,7 +108,8 @@ def _config(node: Node, kind: ConfigKind, key: str, what: str) -> ConfigVolume:
     label = node.get("volumeLabel", str, "")
     if label and not _VOLUME_LABEL.fullmatch(label):
         raise InvalidSpec(
-            node.at("volumeLabel"), f"{label!r} must be 1-32 letters, digits or '_.-'"
+            node.at("volumeLabel"),
+            f"{label!r} must be 1-16 letters, digits or '_.-' (an ISO volume label)",
         )
     return ConfigVolume(kind, name, volume_label=label, optional=optional)
 

@@ -17,7 +17,9 @@ from agent.cli.kubevirt import load_manifests
 from agent.disks.cloudinit import config_drive_seed, nocloud_seed
 from agent.disks.configfiles import object_folder, read_object, require_object
 from agent.domain.files import VMFiles, VolumeSupport
+from agent.domain.lifecycle import VMService
 from agent.domain.plan import HostPlan
+from agent.domain.vmcache import VMCache
 from agent.domain.xml import build_domain
 from agent.errors import InvalidSpec
 from agent.models import (
@@ -33,6 +35,8 @@ from agent.models import (
 )
 from agent.spec import parse_vm, render_vm
 from tests.unit.disk_fakes import FakeImages, FakeIso
+from tests.unit.fake_clock import FakeClock
+from tests.unit.fake_hypervisor import FakeHypervisor
 
 UID = "0d6f4c1e-8f0a-4b7e-9a57-3d1b3c2e8f90"
 FIELD = "spec.template.spec.volumes[0].secret"
@@ -308,7 +312,9 @@ INSTANCE = "spec.template.spec"
         ([{"name": "s", "secret": {"secretName": "../etc"}}], [],
          f"{INSTANCE}.volumes[0].secret.secretName", "not a valid secret name"),
         ([{"name": "s", "secret": {"secretName": "a", "volumeLabel": "a b"}}], [],
-         f"{INSTANCE}.volumes[0].secret.volumeLabel", "must be 1-32"),
+         f"{INSTANCE}.volumes[0].secret.volumeLabel", "must be 1-16"),
+        ([{"name": "s", "secret": {"secretName": "a", "volumeLabel": "A" * 17}}], [],
+         f"{INSTANCE}.volumes[0].secret.volumeLabel", "must be 1-16"),
         ([{"name": "c", "configMap": {"name": "a", "items": []}}], [],
          f"{INSTANCE}.volumes[0].configMap.items", "not supported"),
         ([{"name": "a", "serviceAccount": {"serviceAccountName": "x"}},
@@ -329,7 +335,7 @@ INSTANCE = "spec.template.spec"
         (CONFIG_VOLUMES[:1], [{"sshPublicKey": {"propagationMethod": {"noCloud": {}}}}],
          f"{INSTANCE}.accessCredentials[0].sshPublicKey.source.secret", "is required"),
     ],
-    ids=["no-name", "dotdot", "label", "items", "two-accounts", "empty-drive", "guest-agent",
+    ids=["no-name", "dotdot", "label", "long-label", "items", "two-accounts", "empty-drive", "guest-agent",
          "no-nocloud-volume", "no-source"],
 )  # fmt: skip
 def test_bad_config_volumes_are_named(
@@ -381,3 +387,26 @@ def test_vmctl_maps_kubevirt_config_volumes_to_the_agent_spec() -> None:
         "app", ConfigVolume(ConfigKind.CONFIG_MAP, "app-config", volume_label="APP")
     )
     assert spec.access_credentials == (SSHKeyCredential("my-pub-key", Propagation.CONFIG_DRIVE),)
+
+
+def test_a_vm_sees_a_changed_secret_at_its_next_start(tmp_path: Path) -> None:
+    # The docs promise it: a rotated token or a revoked key is not served again after a start.
+    secrets = tmp_path / "secrets"
+    write(secrets, "team-a/token/token", b"first")
+    iso = FakeIso()
+    files = VMFiles(str(tmp_path / "state"), [], FakeImages(),
+                    VolumeSupport(iso=iso, secrets_dir=str(secrets)))  # fmt: skip
+    hv = FakeHypervisor(FakeClock())
+    service = VMService(hv, files, VMCache(), node_name="n", virt_type="qemu", clock=hv.clock)
+    hv.subscribe(service)
+    spec = vm(Volume("token", ConfigVolume(ConfigKind.SECRET, "token")))
+    service.apply(spec)
+    service.start("team-a", "web")
+    service.stop("team-a", "web", grace_period=0)
+    write(secrets, "team-a/token/token", b"rotated")
+
+    service.start("team-a", "web")
+
+    [domain] = hv.list_domains()
+    served = [iso.written[path] for path in iso.written if path in domain.config_xml]
+    assert served == [{"token": b"rotated"}]
