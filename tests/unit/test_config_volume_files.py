@@ -335,8 +335,8 @@ INSTANCE = "spec.template.spec"
         (CONFIG_VOLUMES[:1], [{"sshPublicKey": {"propagationMethod": {"noCloud": {}}}}],
          f"{INSTANCE}.accessCredentials[0].sshPublicKey.source.secret", "is required"),
     ],
-    ids=["no-name", "dotdot", "label", "long-label", "items", "two-accounts", "empty-drive", "guest-agent",
-         "no-nocloud-volume", "no-source"],
+    ids=["no-name", "dotdot", "label", "long-label", "items", "two-accounts", "empty-drive",
+         "guest-agent", "no-nocloud-volume", "no-source"],
 )  # fmt: skip
 def test_bad_config_volumes_are_named(
     volumes: list[dict[str, Any]], credentials: list[Any], field: str, problem: str
