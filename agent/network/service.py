@@ -22,6 +22,7 @@ from agent.models import InterfaceStatus, NicBacking, VMAllocation, VMSpec
 from agent.naming import vm_key
 from agent.network import drift, guards, mending, names, ruleset
 from agent.network.allocation import allocate_vm, incoming_allocation
+from agent.network.firewallunion import FirewallUnion
 from agent.network.ipam import Ledger
 from agent.network.plan import (
     NetworkConfig,
@@ -74,7 +75,9 @@ class RoutedNetwork:
         self.dhcp = dhcp
         self.ledger = Ledger(config.cidr, config.node_ports, pool=config.pool)
         self._bridges = dict(config.bridges)
-        self._policy = FirewallState.egress_policy(config.egress_deny, config.egress_allow)
+        self._union = FirewallUnion(
+            FirewallState.egress_policy(config.egress_deny, config.egress_allow)
+        )
         self._clock = clock
         self._ready_timeout = ready_timeout
         self._lock = threading.RLock()
@@ -333,7 +336,7 @@ class RoutedNetwork:
         self._applied = desired
 
     def _desired(self, live: dict[str, tuple[VMAllocation, Plumbing]]) -> FirewallState:
-        return FirewallState.union(plan.firewall for _, plan in live.values()) | self._policy
+        return self._union.of({vm: plan.firewall for vm, (_, plan) in live.items()})
 
     def _repair(
         self,
