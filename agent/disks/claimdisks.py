@@ -15,6 +15,7 @@ qcow2 metadata. A provisioner that knows the format may write the pin itself.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from agent.ports import ImageTool
 __all__ = [
     "FORMAT_PIN",
     "ClaimUse",
+    "pin_format",
+    "pinned_format",
     "claim_backing",
     "claim_uses",
     "check_sharing",
@@ -96,12 +99,12 @@ def claim_backing(roots: Sequence[str], images: ImageTool, use: ClaimUse) -> Dis
     if found.block:
         return DiskBacking(use.volume, found.path, "raw", block=True, readonly=use.read_only)
     what = f"claim {use.key} ({found.path})"
-    fmt = _pinned_format(found.folder, what, use.field)
+    fmt = pinned_format(found.folder, what, use.field)
     if fmt != "raw":  # a qcow2 (or not yet known): its header is the agent's to check
         detected = usable_format(images.inspect(found.path), what, use.field)
         if fmt and detected != fmt:
             raise InvalidSpec(use.field, f"{what} was {fmt} when first used, now {detected}")
-        fmt = fmt or _pin_format(found.folder, detected)
+        fmt = fmt or pin_format(found.folder, detected)
     if fmt != "raw" and use.shareable:
         # QEMU cannot share a qcow2 between writers (libvirt refuses it too).
         raise InvalidSpec(use.field, f"{what} is a {fmt} image; a shareable disk needs raw")
@@ -135,7 +138,7 @@ def check_sharing(vm: VMSpec, others: Iterable[VMSpec]) -> None:
                 )
 
 
-def _pinned_format(folder: str, what: str, field: str) -> str:
+def pinned_format(folder: str, what: str, field: str) -> str:
     """The claim's pinned format; "" when it has none yet."""
     try:
         fd = os.open(os.path.join(folder, FORMAT_PIN), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -150,10 +153,11 @@ def _pinned_format(folder: str, what: str, field: str) -> str:
     return fmt
 
 
-def _pin_format(folder: str, fmt: str) -> str:
-    """Record ``fmt`` as the claim's format (written whole, then renamed into place)."""
-    temporary = os.path.join(folder, f"{FORMAT_PIN}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+def pin_format(folder: str, fmt: str) -> str:
+    """Record ``fmt`` as the claim's format (written whole, then renamed into place; the
+    temporary name is unique so two writers never share one)."""
+    temporary = os.path.join(folder, f"{FORMAT_PIN}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     with os.fdopen(os.open(temporary, flags, 0o644), "w") as pin:
         pin.write(fmt + "\n")
     os.replace(temporary, os.path.join(folder, FORMAT_PIN))

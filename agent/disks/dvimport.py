@@ -1,10 +1,11 @@
 """DataVolume imports: fill each ``dataVolumeTemplates`` claim before its VM starts.
 
 Runs the steps ``agent.disks.dvplan`` decides on, in the claim's own folder under the first
-claim root: ``<root>/<namespace>/<name>/disk.img`` appears (by rename) only once it is
-complete, so a second Apply finds it and imports nothing, and an import cut short (an
-agent killed, a full disk, a bad checksum) leaves only temporary files, which are removed
-at once or, after a restart, by ``sweep`` and by the next import of that claim.
+claim root: ``<root>/<namespace>/<name>/disk.img`` appears (linked, never replacing one)
+once it is complete, pinned raw and marked with the importing VM, so a second Apply finds
+it and imports nothing, and an import cut short (an agent killed, a full disk, a bad
+checksum) leaves only temporary files, which are removed at once or, after a restart, by
+``sweep`` and by the next import of that claim.
 """
 
 from __future__ import annotations
@@ -14,20 +15,31 @@ import errno
 import logging
 import os
 import shutil
-import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.datavolume import DataVolumeTemplate, HttpImport, PvcClone, RegistryImport
+from agent.disks.claimdisks import claim_uses, pin_format, pinned_format
 from agent.disks.claims import CLAIM_IMAGE, claim_folder, find_claim
 from agent.disks.configfiles import require_object
 from agent.disks.containerdisk import ContainerDisks
 from agent.disks.dvfetch import LimitedWriter, read_header, unpack
+from agent.disks.dvfiles import (
+    FILE_MODE,
+    claim_folders,
+    grow,
+    leftovers,
+    make_folders,
+    owner_of,
+    publish,
+    remove_temporaries,
+    sparse,
+)
 from agent.disks.dvplan import (
+    COMPRESSED,
     DOWNLOAD,
     IMPORTING,
-    TEMP_PREFIX,
     UNPACKED,
     ImportState,
     Stage,
@@ -48,9 +60,6 @@ from agent.ports import ImageTool
 __all__ = ["DataVolumeImporter", "ImportServices", "download_limit"]
 
 log = logging.getLogger(__name__)
-
-_FOLDER_MODE = 0o711
-_FILE_MODE = 0o600
 
 
 def download_limit(size_bytes: int) -> int:
@@ -106,8 +115,9 @@ class DataVolumeImporter:
         with self._guard:
             return self._locks.setdefault(folder, threading.Lock())
 
-    def import_all(self, vm: VMSpec, domain: str) -> None:
-        """Make every template's claim exist; a complete claim is left as it is."""
+    def import_all(self, vm: VMSpec, domain: str, imported: list[str] | None = None) -> None:
+        """Make every template's claim exist; a complete claim is left as it is. The names
+        of the templates imported now are appended to ``imported`` (also when one fails)."""
         for index, template in enumerate(vm.data_volume_templates):
             field = f"spec.dataVolumeTemplates[{index}]"
             if not self.roots:
@@ -115,15 +125,17 @@ class DataVolumeImporter:
             folder = claim_folder(self.roots[0], vm.namespace, template.name, field)
             job = _Job(vm, domain, template, field, folder)
             with self._lock(folder):
-                self._import(job)
+                if self._import(job) and imported is not None:
+                    imported.append(template.name)
 
-    def _import(self, job: _Job) -> None:
+    def _import(self, job: _Job) -> bool:
+        """Whether the claim was imported now (not found complete)."""
         name = job.template.name
         found = find_claim(self.roots, job.vm.namespace, name, job.field)
         if found is None:
-            _make_folders(job.folder, job.field)
-        leftovers = () if found is not None else _leftovers(job.folder)
-        state = begin(job.template, complete=found is not None, leftovers=leftovers)
+            make_folders(job.folder, job.field)
+        found_temps = () if found is not None else leftovers(job.folder)
+        state = begin(job.template, complete=found is not None, leftovers=found_temps)
         if found is not None:
             log.info("claim %s/%s is there already: nothing to import", job.vm.namespace, name)
         try:
@@ -131,13 +143,14 @@ class DataVolumeImporter:
                 state = self._run(job, state, step)
         except Exception as exc:
             state = fail(state, str(exc))
-            _remove_temporaries(job.folder)
+            remove_temporaries(job.folder)
             if found is None:
                 with contextlib.suppress(OSError):
                     os.rmdir(job.folder)  # made for this import and empty: not a claim
             raise _named(exc, job) from exc
         finally:
             self._finished(job, state)
+        return state.published
 
     def _finished(self, job: _Job, state: ImportState) -> None:
         claim = f"{job.vm.namespace}/{job.template.name}"
@@ -151,23 +164,20 @@ class DataVolumeImporter:
         stage = step.stage
         if stage == Stage.CLEAN:
             log.warning("claim %s: removing an interrupted import %s", job.folder, step.leftovers)
-            _remove_temporaries(job.folder)
+            remove_temporaries(job.folder)
         elif stage == Stage.CREATE_BLANK:
-            _sparse(job.temp(IMPORTING), job.template.size_bytes)
+            sparse(job.temp(IMPORTING), job.template.size_bytes)
         elif stage == Stage.FETCH:
             path, fmt = self._fetch(job)
             return advance(state, step, path=path, fmt=fmt)
         elif stage == Stage.UNPACK:
-            target = job.temp(UNPACKED)
-            unpack(step.path, step.format, target, download_limit(job.template.size_bytes))
-            os.unlink(step.path)
-            return advance(state, step, path=target, fmt=sniff_format(read_header(target)))
+            return advance(state, step, path=job.temp(UNPACKED), fmt=self._unpack(job, step))
         elif stage == Stage.CONVERT:
             self._convert(job, step.path, step.format)
         elif stage == Stage.GROW:
-            _grow(job.temp(IMPORTING), job.template.size_bytes)
+            grow(job.temp(IMPORTING), job.template.size_bytes)
         elif stage == Stage.PUBLISH:
-            _publish(job.temp(IMPORTING), os.path.join(job.folder, CLAIM_IMAGE))
+            publish(job.temp(IMPORTING), os.path.join(job.folder, CLAIM_IMAGE), _owner(job.vm))
         else:
             raise FailedPrecondition(f"import stopped at {stage}")  # FAILED: never planned
         return advance(state, step)
@@ -185,9 +195,36 @@ class DataVolumeImporter:
                 raise FailedPrecondition(
                     f"the claim to clone, {source.namespace}/{source.name}, is not on this node"
                 )
-            fmt = "raw" if found.block else sniff_format(read_header(found.path))
-            return found.path, fmt
+            return found.path, self._clone_format(job, found.folder, found.path, found.block)
         raise FailedPrecondition(f"{job.template.source_kind} has nothing to fetch")
+
+    def _clone_format(self, job: _Job, folder: str, path: str, block: bool) -> str:
+        """The clone source's format as pinned (a guest may have written any first bytes
+        into it, so they are never guessed from); an unpinned file is probed and pinned."""
+        if block:
+            return "raw"
+        field = f"{job.field}.spec.source.pvc"
+        what = f"the claim to clone ({path})"
+        fmt = pinned_format(folder, what, field)
+        if not fmt:
+            fmt = pin_format(folder, usable_format(self.services.images.inspect(path), what, field))
+        return fmt
+
+    @staticmethod
+    def _unpack(job: _Job, step: Step) -> str:
+        """Decompress our own download into UNPACKED; its format (never compressed again)."""
+        if os.path.dirname(step.path) != job.folder:
+            raise FailedPrecondition(f"{step.path} is not this import's to decompress")
+        target = job.temp(UNPACKED)
+        unpack(step.path, step.format, target, download_limit(job.template.size_bytes))
+        os.unlink(step.path)
+        fmt = sniff_format(read_header(target))
+        if fmt in COMPRESSED:
+            raise FailedPrecondition(
+                f"the {step.format} download holds {fmt} data again; nested compression is "
+                "not supported: compress the image once"
+            )
+        return fmt
 
     def _download(self, job: _Job, source: HttpImport) -> tuple[str, str]:
         downloader = self.services.downloader
@@ -199,7 +236,7 @@ class DataVolumeImporter:
         target = job.temp(DOWNLOAD)
         limit = download_limit(job.template.size_bytes)
         with self._progress(job, source.url) as progress, open(target, "xb") as handle:
-            os.fchmod(handle.fileno(), _FILE_MODE)
+            os.fchmod(handle.fileno(), FILE_MODE)
             writer = LimitedWriter(handle, limit, source.checksum)
             downloader.download(source.url, writer.write, auth=auth, progress=progress)
             writer.check()
@@ -245,34 +282,47 @@ class DataVolumeImporter:
             os.replace(path, target)
             return
         services.converter.convert_to_raw(path, fmt, target)
-        os.chmod(target, _FILE_MODE)
+        os.chmod(target, FILE_MODE)
         if os.path.dirname(path) == job.folder:
             os.unlink(path)
 
-    def remove_claims(self, vm: VMSpec) -> list[str]:
-        """Remove the claims of templates marked delete-with-vm (the VM is gone); the rest
-        stay. Returns the folders removed."""
+    def remove_claims(
+        self, vm: VMSpec, others: Iterable[VMSpec] = (), only: Collection[str] | None = None
+    ) -> list[str]:
+        """Remove the claims of templates marked delete-with-vm (the VM is gone) that this
+        VM's own import made (their owner mark names it) and no other VM of ``others``
+        (the node's other defined VMs) names; the rest stay. ``only``: just these templates.
+        Returns the folders removed."""
         removed = []
+        named = _claims_named(others, vm)
         for index, template in enumerate(vm.data_volume_templates):
             if not template.delete_with_vm or not self.roots:
                 continue
-            field = f"spec.dataVolumeTemplates[{index}]"
-            try:
-                found = find_claim(self.roots, vm.namespace, template.name, field)
-            except InvalidSpec:
-                log.exception("not removing claim %s/%s", vm.namespace, template.name)
+            if only is not None and template.name not in only:
                 continue
-            if found is not None and not found.block:
-                shutil.rmtree(found.folder, ignore_errors=True)
-                removed.append(found.folder)
+            field = f"spec.dataVolumeTemplates[{index}]"
+            claim = f"{vm.namespace}/{template.name}"
+            try:
+                with self._lock(claim_folder(self.roots[0], vm.namespace, template.name, field)):
+                    found = find_claim(self.roots, vm.namespace, template.name, field)
+                    if found is None or found.block:
+                        continue
+                    if owner_of(found.folder) != _owner(vm) or claim in named:
+                        log.info("vm %s: keeping claim %s (not its import, or in use by "
+                                 "another VM)", vm.key, claim)  # fmt: skip
+                        continue
+                    shutil.rmtree(found.folder, ignore_errors=True)
+                    removed.append(found.folder)
+            except InvalidSpec:
+                log.exception("not removing claim %s", claim)
         return removed
 
     def sweep(self) -> list[str]:
         """Remove the temporary files of imports an agent restart cut short."""
         removed = []
         for root in self.roots:
-            for folder in _claim_folders(root):
-                removed.extend(_remove_temporaries(folder))
+            for folder in claim_folders(root):
+                removed.extend(remove_temporaries(folder))
         for path in removed:
             log.warning("removed %s: an import interrupted by an agent restart", path)
         return removed
@@ -303,6 +353,22 @@ class _Progress:
             self.observer.finished(self.job.domain, _named(failure, self.job) if failure else None)
 
 
+def _owner(vm: VMSpec) -> str:
+    """What the owner mark of a claim this VM imported says: its uid (its key without)."""
+    return vm.uid or f"key:{vm.key}"
+
+
+def _claims_named(vms: Iterable[VMSpec], but: VMSpec) -> set[str]:
+    """``namespace/claim`` of every claim the VMs (other than ``but``) use or template."""
+    keys: set[str] = set()
+    for other in vms:
+        if other.key == but.key:
+            continue
+        keys.update(use.key for use in claim_uses(other))
+        keys.update(f"{other.namespace}/{t.name}" for t in other.data_volume_templates)
+    return keys
+
+
 def _named(exc: Exception, job: _Job) -> Exception:
     """The error of an import, naming the template; a full disk is ResourceExhausted."""
     what = f"{job.field} (DataVolume {job.template.name})"
@@ -318,77 +384,3 @@ def _named(exc: Exception, job: _Job) -> Exception:
     if isinstance(exc, AgentError):
         return type(exc)(f"{what}: {exc}")
     return FailedPrecondition(f"{what}: import failed: {exc}")
-
-
-def _make_folders(folder: str, field: str) -> None:
-    """Create ``<root>/<namespace>/<name>``; a symlink on the way is refused."""
-    namespace_dir = os.path.dirname(folder)
-    for path in (os.path.dirname(namespace_dir), namespace_dir, folder):
-        try:
-            os.mkdir(path, _FOLDER_MODE)
-        except FileExistsError:
-            pass
-        info = os.lstat(path)
-        if not stat.S_ISDIR(info.st_mode):
-            raise InvalidSpec(field, f"{path} is not a folder (a symlink is not allowed)")
-
-
-def _leftovers(folder: str) -> tuple[str, ...]:
-    try:
-        return tuple(sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)))
-    except FileNotFoundError:
-        return ()
-
-
-def _remove_temporaries(folder: str) -> list[str]:
-    removed = []
-    for name in _leftovers(folder):
-        path = os.path.join(folder, name)
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def _claim_folders(root: str) -> list[str]:
-    """``<root>/<namespace>/<claim>`` folders (symlinks are not followed)."""
-    return [claim.path for namespace in _subfolders(root) for claim in _subfolders(namespace.path)]
-
-
-def _subfolders(folder: str) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(folder) as entries:
-            return [e for e in entries if e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
-
-
-def _sparse(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-    try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _grow(path: str, size: int) -> None:
-    """A raw image smaller than the claim's size is grown to it (sparse), as CDI does."""
-    if os.stat(path).st_size < size:
-        os.truncate(path, size)
-
-
-def _publish(temporary: str, final: str) -> None:
-    fd = os.open(temporary, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, final)
-    folder = os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)

@@ -1,7 +1,7 @@
 """The import of one DataVolume template as a pure state machine: which step comes next.
 
 No I/O here: ``agent.disks.dvimport`` runs the steps and feeds their outcomes back. A claim
-is filled under temporary names in its own folder and renamed to ``disk.img`` by the last
+is filled under temporary names in its own folder and linked to ``disk.img`` by the last
 step, so a claim holding ``disk.img`` is always complete:
 
     complete claim ─────────────────────────────────────────────────────────────▶ DONE
@@ -41,7 +41,7 @@ __all__ = [
 TEMP_PREFIX = ".disk.img."  # every temporary file of an import starts so
 DOWNLOAD = ".disk.img.download"  # the bytes as downloaded
 UNPACKED = ".disk.img.unpacked"  # a compressed download, decompressed
-IMPORTING = ".disk.img.importing"  # the raw disk being made; renamed to disk.img at the end
+IMPORTING = ".disk.img.importing"  # the raw disk being made; linked to disk.img at the end
 COMPRESSED = ("gzip", "xz")
 
 

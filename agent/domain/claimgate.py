@@ -102,9 +102,13 @@ class ClaimGate:
 
     def _running(self, domain: str) -> list[VMSpec]:
         """The specs the node's other guests run with (their live definitions)."""
+        return self.others(domain, running_only=True)
+
+    def others(self, domain: str, *, running_only: bool = False) -> list[VMSpec]:
+        """The specs of the node's other defined VMs (live definitions when running)."""
         specs = []
         for info in self.hv.list_domains():
-            if info.name == domain or info.state == DomainState.SHUTOFF:
+            if info.name == domain or (running_only and info.state == DomainState.SHUTOFF):
                 continue
             try:
                 parsed = read_metadata(info.live_xml or info.config_xml)

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from agent.disks.claimdisks import ClaimUse, claim_backing, claim_uses, placeholder_backing
@@ -164,12 +164,13 @@ class VMFiles:
         created_dir = not os.path.isdir(self.vm_dir(domain))
         claims = {use.volume: use for use in claim_uses(vm)}
         missing: list[ClaimUse] = []
+        imported: list[str] = []  # claims of dataVolumeTemplates this call imported
         try:
             os.makedirs(self.vm_dir(domain), mode=_FOLDER_MODE, exist_ok=True)
             for folder in (os.path.dirname(self.vm_dir(domain)), self.vm_dir(domain)):
                 os.chmod(folder, _FOLDER_MODE)  # (the umask may have taken the x bits)
             if vm.data_volume_templates:
-                self._import_data_volumes(vm, domain)
+                self._import_data_volumes(vm, domain, imported)
             disks = tuple(
                 self._claim(claims[v.name], missing)
                 if v.name in claims
@@ -181,8 +182,10 @@ class VMFiles:
                 ignition = os.path.join(self.vm_dir(domain), "ignition.json")
                 _write_if_changed(ignition, vm.ignition_data.encode())
         except Exception as exc:
-            if created_dir:
+            if created_dir:  # a new VM: what its import made for it goes too
                 self.remove(domain)
+                if imported and self.support.data_volumes is not None:
+                    self.support.data_volumes.remove_claims(vm, only=imported)
             if disk_full(exc):
                 raise ResourceExhausted(
                     f"vm {vm_key(domain)}: no space left in the state directory "
@@ -209,11 +212,11 @@ class VMFiles:
             return placeholder_backing(roots, use)
         return backing
 
-    def _import_data_volumes(self, vm: VMSpec, domain: str) -> None:
+    def _import_data_volumes(self, vm: VMSpec, domain: str, imported: list[str]) -> None:
         """Fill the claims of ``dataVolumeTemplates`` (kept, unless marked, when the VM goes)."""
         if self.support.data_volumes is None:
             raise InvalidSpec("spec.dataVolumeTemplates", "claims are not enabled on this node")
-        self.support.data_volumes.import_all(vm, domain)
+        self.support.data_volumes.import_all(vm, domain, imported)
 
     def _disk(self, vm: VMSpec, domain: str, index: int, pins: Mapping[str, str]) -> DiskBacking:
         volume = vm.volumes[index]
@@ -356,12 +359,15 @@ class VMFiles:
                     found[volume.name] = digest
         return found
 
-    def remove(self, domain: str, spec: VMSpec | None = None) -> None:
+    def remove(
+        self, domain: str, spec: VMSpec | None = None, others: Iterable[VMSpec] = ()
+    ) -> None:
         """Delete everything the agent made for the VM; a missing folder is fine. With the
-        VM's ``spec`` (it is deleted), its claims marked delete-with-vm go too."""
+        VM's ``spec`` (it is deleted), the delete-with-vm claims its import made go too,
+        unless one of ``others`` (the node's other defined VMs) names them."""
         shutil.rmtree(self.vm_dir(domain), ignore_errors=True)
         if spec is not None and self.support.data_volumes is not None:
-            self.support.data_volumes.remove_claims(spec)
+            self.support.data_volumes.remove_claims(spec, others)
         if self.support.pulls is not None:
             self.support.pulls.forget(domain)
         disks = self.support.container_disks

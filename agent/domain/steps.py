@@ -179,8 +179,8 @@ class DomainSteps:
         try:
             self.hv.define(self.definition(domain, spec, books))
         except Exception:
-            if new:
-                self.files.remove(domain)
+            if new:  # nothing half-made: the delete-with-vm claims it imported go too
+                self._remove_files(domain, spec)
             raise
 
     def definition(
@@ -336,8 +336,19 @@ class DomainSteps:
             )
         finally:
             self.claims.forget(domain)
-            self.files.remove(domain, spec)
+            self._remove_files(domain, spec)
             self.cache.remove(domain)
+
+    def _remove_files(self, domain: str, spec: VMSpec) -> None:
+        """The VM's files, and the delete-with-vm claims its import made that no other
+        defined VM names (kept when the other VMs cannot be listed)."""
+        try:
+            others = self.claims.others(domain)
+        except Exception:
+            log.exception("listing VMs failed: keeping the delete-with-vm claims of %s", domain)
+            self.files.remove(domain)
+            return
+        self.files.remove(domain, spec, others)
 
     def save_books(
         self, domain: str, spec: VMSpec, books: Bookkeeping, *, live: bool = False

@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.adapters.qemuimg import QemuImg
+from agent.claimsources import DataVolume, PersistentVolumeClaim
 from agent.datavolume import BlankImport, DataVolumeTemplate, HttpImport, PvcClone, RegistryImport
 from agent.disks.cache import CacheEntry
+from agent.disks.claimdisks import ClaimUse, claim_backing
 from agent.disks.dvimport import DataVolumeImporter, ImportServices
 from agent.disks.ports import PullProgress
 from agent.domain.files import VMFiles, VolumeSupport
 from agent.errors import FailedPrecondition, InvalidSpec, ResourceExhausted
-from agent.models import VMSpec
+from agent.models import VMSpec, Volume
 
 MiB = 1024 * 1024
 PAGE = b"<html>hello from the claim</html>".ljust(4096, b"\0")
+PUBLISHED = [".virt-agent-format", ".virt-agent-owner", "disk.img"]  # pinned raw, marked
 
 
 class Killed(BaseException):
@@ -131,7 +134,7 @@ def test_blank_is_a_sparse_raw_file_of_the_requested_size(node):  # type: ignore
     image = root / "team" / "data" / "disk.img"
     assert image.stat().st_size == 64 * MiB
     assert image.stat().st_blocks * 512 < MiB  # sparse: nothing written
-    assert claim_files(root, "data") == ["disk.img"]
+    assert claim_files(root, "data") == PUBLISHED
 
 
 def test_http_raw_download_is_grown_to_the_claim_size_and_shows_progress(node):  # type: ignore[no-untyped-def]
@@ -141,7 +144,7 @@ def test_http_raw_download_is_grown_to_the_claim_size_and_shows_progress(node): 
     image = root / "team" / "root" / "disk.img"
     assert image.read_bytes()[: len(PAGE) * 40] == PAGE * 40
     assert image.stat().st_size == 16 * MiB
-    assert claim_files(root) == ["disk.img"]
+    assert claim_files(root) == PUBLISHED
     progress = [e[1] for e in observer.events if e[0] == "pulling"]
     assert progress[-1] == PullProgress(
         "root", "http://files/disk.img", len(PAGE) * 40, len(PAGE) * 40
@@ -165,7 +168,7 @@ def test_http_compressed_qcow2_is_unpacked_and_converted_to_raw(node, tmp_path, 
     image = root / "team" / "root" / "disk.img"
     assert image.read_bytes()[: len(PAGE) * 8] == PAGE * 8
     assert tool.inspect(str(image)).format == "raw"
-    assert claim_files(root) == ["disk.img"]
+    assert claim_files(root) == PUBLISHED
 
 
 def test_a_second_apply_never_imports_again(node):  # type: ignore[no-untyped-def]
@@ -190,7 +193,7 @@ def test_bad_checksum_names_the_template_and_leaves_nothing(node):  # type: igno
     assert claim_files(root) == []
     right = "sha256:" + hashlib.sha256(PAGE).hexdigest()
     importer.import_all(vm(http(checksum=right)), "team_web")
-    assert claim_files(root) == ["disk.img"]
+    assert claim_files(root) == PUBLISHED
 
 
 def test_disk_full_is_resource_exhausted_and_leaves_nothing(node):  # type: ignore[no-untyped-def]
@@ -248,7 +251,7 @@ def test_leftovers_are_removed_by_the_next_import_too(node):  # type: ignore[no-
     (folder / ".disk.img.importing").write_bytes(b"half")
     downloader.files["http://files/disk.img"] = PAGE
     importer.import_all(vm(http()), "team_web")
-    assert claim_files(root) == ["disk.img"]
+    assert claim_files(root) == PUBLISHED
 
 
 def test_registry_source_copies_the_pulled_image(node):  # type: ignore[no-untyped-def]
@@ -303,11 +306,11 @@ def test_vm_files_import_before_the_disks_and_delete_with_the_vm(node, tmp_path)
     dropped = DataVolumeTemplate("scratch", 2 * MiB, BlankImport(), delete_with_vm=True)
     spec = vm(DataVolumeTemplate("root", 2 * MiB, BlankImport()), dropped)
     files.prepare(spec, "team_web")
-    assert claim_files(root, "root") == claim_files(root, "scratch") == ["disk.img"]
+    assert claim_files(root, "root") == claim_files(root, "scratch") == PUBLISHED
     files.remove("team_web")  # a migration away or a leftover sweep: claims stay
-    assert claim_files(root, "scratch") == ["disk.img"]
+    assert claim_files(root, "scratch") == PUBLISHED
     files.remove("team_web", spec)  # the VM is deleted
-    assert claim_files(root, "root") == ["disk.img"] and claim_files(root, "scratch") == []
+    assert claim_files(root, "root") == PUBLISHED and claim_files(root, "scratch") == []
 
 
 def test_vm_files_without_claim_roots_refuse_templates(tmp_path):  # type: ignore[no-untyped-def]
@@ -337,3 +340,107 @@ def test_http_secret_ref_is_basic_authentication_from_the_node_secret(node, tmp_
             "team_web",
         )
     assert claim_files(root, "other") == []
+
+
+def test_delete_with_vm_removes_only_claims_this_vm_imported(node):  # type: ignore[no-untyped-def]
+    importer, root, *_ = node
+    first = dataclasses.replace(vm(DataVolumeTemplate("data", 2 * MiB, BlankImport())), uid="u1")
+    importer.import_all(first, "team_first")  # VM first runs on claim data
+    (root / "team" / "data" / "disk.img").write_bytes(b"first's live disk")
+    dropped = DataVolumeTemplate("data", 2 * MiB, BlankImport(), delete_with_vm=True)
+    second = VMSpec(namespace="team", name="second", uid="u2", data_volume_templates=(dropped,))
+    importer.import_all(second, "team_second")  # complete already: nothing imported
+    assert importer.remove_claims(second) == []  # e.g. its refused start rolled back
+    assert (root / "team" / "data" / "disk.img").read_bytes() == b"first's live disk"
+    provisioned = root / "team" / "prov"
+    provisioned.mkdir()
+    (provisioned / "disk.img").write_bytes(PAGE)  # no owner mark: a provisioner's
+    mine = DataVolumeTemplate("prov", 2 * MiB, BlankImport(), delete_with_vm=True)
+    assert importer.remove_claims(dataclasses.replace(second, data_volume_templates=(mine,))) == []
+    assert (provisioned / "disk.img").exists()
+
+
+def test_delete_with_vm_keeps_a_claim_another_defined_vm_names(node):  # type: ignore[no-untyped-def]
+    importer, root, *_ = node
+    dropped = DataVolumeTemplate("scratch", 2 * MiB, BlankImport(), delete_with_vm=True)
+    owner = dataclasses.replace(vm(dropped), uid="u1")
+    importer.import_all(owner, "team_web")
+    other = VMSpec(namespace="team", name="reader", uid="u2", data_volume_templates=(dropped,))
+    assert importer.remove_claims(owner, [other]) == []
+    assert claim_files(root, "scratch") == PUBLISHED
+    assert importer.remove_claims(owner, [owner]) == [str(root / "team" / "scratch")]
+    assert claim_files(root, "scratch") == []
+
+
+def test_publish_pins_the_claim_raw_so_guest_bytes_are_never_probed(node):  # type: ignore[no-untyped-def]
+    importer, root, downloader, *_ = node
+    downloader.files["http://files/disk.img"] = PAGE
+    importer.import_all(vm(http()), "team_web")
+    assert (root / "team" / "root" / ".virt-agent-format").read_text() == "raw\n"
+    (root / "team" / "root" / "disk.img").write_bytes(b"QFI\xfb" + PAGE)  # the guest's bytes
+    backing = claim_backing(
+        [str(root)], QemuImg(), ClaimUse("d", "team", "root", "f", False, False)
+    )
+    assert backing is not None and backing.format == "raw"
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "unpinned"])
+def test_pvc_clone_never_unpacks_or_removes_the_source(node, pinned):  # type: ignore[no-untyped-def]
+    importer, root, *_ = node
+    golden = root / "team" / "golden"
+    golden.mkdir(parents=True)
+    guest_bytes = gzip.compress(PAGE)  # a guest wrote a gzip stream into its raw claim
+    (golden / "disk.img").write_bytes(guest_bytes)
+    if pinned:
+        (golden / ".virt-agent-format").write_text("raw\n")
+    template = DataVolumeTemplate("root", 4 * MiB, PvcClone("team", "golden"))
+    importer.import_all(vm(template), "team_web")
+    assert (golden / "disk.img").read_bytes() == guest_bytes
+    assert (golden / ".virt-agent-format").read_text() == "raw\n"  # probed once, then pinned
+    clone = (root / "team" / "root" / "disk.img").read_bytes()
+    assert clone[: len(guest_bytes)] == guest_bytes  # copied as the raw bytes they are
+
+
+def test_an_image_a_provisioner_puts_there_during_the_import_is_kept(node):  # type: ignore[no-untyped-def]
+    importer, root, downloader, *_ = node
+    downloader.files["http://files/disk.img"] = PAGE * 64
+
+    def provisioner_writes() -> None:
+        image = root / "team" / "root" / "disk.img"
+        if not image.exists():
+            image.write_bytes(b"the provisioner's")
+
+    downloader.fault = provisioner_writes
+    with pytest.raises(FailedPrecondition, match="disk.img appeared while the import ran"):
+        importer.import_all(vm(http()), "team_web")
+    assert (root / "team" / "root" / "disk.img").read_bytes() == b"the provisioner's"
+    assert claim_files(root) == ["disk.img"]
+
+
+def test_nested_compression_is_refused_naming_the_template(node):  # type: ignore[no-untyped-def]
+    importer, root, downloader, *_ = node
+    downloader.files["http://files/disk.img.gz"] = gzip.compress(gzip.compress(PAGE))
+    with pytest.raises(FailedPrecondition, match=r"DataVolume root\): .*nested compression"):
+        importer.import_all(vm(http("http://files/disk.img.gz")), "team_web")
+    assert claim_files(root) == []
+
+
+def test_a_failed_create_removes_the_delete_with_vm_claims_it_imported(node, tmp_path):  # type: ignore[no-untyped-def]
+    importer, root, *_ = node
+    files = VMFiles(
+        str(tmp_path / "state"),
+        [],
+        QemuImg(),
+        VolumeSupport(claim_roots=(str(root),), data_volumes=importer),
+    )
+    (root / "team").mkdir()
+    (root / "team" / "broken").write_bytes(b"")  # a claim folder that is a file
+    dropped = DataVolumeTemplate("scratch", 2 * MiB, BlankImport(), delete_with_vm=True)
+    volumes = (
+        Volume("scratch", DataVolume("scratch")),
+        Volume("bad", PersistentVolumeClaim("broken")),
+    )
+    spec = dataclasses.replace(vm(dropped), uid="u1", volumes=volumes)
+    with pytest.raises(InvalidSpec, match="broken"):
+        files.prepare(spec, "team_web")
+    assert claim_files(root, "scratch") == []
