@@ -3,12 +3,15 @@ after an agent restart), claims outliving VMs, and two VMs on one claim."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.datavolume import BlankImport, DataVolumeTemplate
+from agent.disks.dvimport import DataVolumeImporter, ImportServices
 from agent.domain.claimgate import ClaimWatch
 from agent.domain.files import VolumeSupport
 from agent.errors import FailedPrecondition, NotFound
@@ -123,6 +126,41 @@ def test_a_second_writer_of_a_claim_is_refused_and_not_left_behind(tmp_path: Pat
     # Once the first VM is stopped, the claim is free.
     node.service.stop("default", "first", grace_period=0)
     assert node.service.apply(claim_vm("second"))[0].status.phase == Phase.RUNNING
+
+
+def test_a_refused_delete_with_vm_template_never_deletes_another_vms_claim(
+    tmp_path: Path,
+) -> None:
+    """The second VM's template finds the claim complete (no import): undoing its refused
+    start must not remove the first VM's live disk."""
+    node = with_claims(make_node(tmp_path), tmp_path / "claims")
+    importer = DataVolumeImporter([str(tmp_path / "claims")], ImportServices(FakeImages(), None))  # type: ignore[arg-type]
+    node.service.files.support = dataclasses.replace(
+        node.service.files.support, data_volumes=importer
+    )
+    image = make_claim(tmp_path / "claims")
+    node.service.apply(claim_vm("first"))
+    template = DataVolumeTemplate("data", 1024 * 1024, BlankImport(), delete_with_vm=True)
+    second = dataclasses.replace(claim_vm("second"), data_volume_templates=(template,))
+    with pytest.raises(FailedPrecondition, match="claim default/data is in use by vm"):
+        node.service.apply(second)
+    assert image.read_bytes() == b"\0" * 4096
+    assert state(node, "first") == DomainState.RUNNING
+
+
+def test_a_failed_create_removes_the_delete_with_vm_claim_it_imported(tmp_path: Path) -> None:
+    node = with_claims(make_node(tmp_path), tmp_path / "claims")
+    importer = DataVolumeImporter([str(tmp_path / "claims")], ImportServices(FakeImages(), None))  # type: ignore[arg-type]
+    node.service.files.support = dataclasses.replace(
+        node.service.files.support, data_volumes=importer
+    )
+    template = DataVolumeTemplate("data", 1024 * 1024, BlankImport(), delete_with_vm=True)
+    spec = dataclasses.replace(claim_vm("web"), data_volume_templates=(template,))
+    node.hv.fail_next("define", FailedPrecondition("libvirt refused the domain"))
+    with pytest.raises(FailedPrecondition, match="libvirt refused the domain"):
+        node.service.apply(spec)
+    assert not (tmp_path / "claims" / "default" / "data").exists()
+    assert node.service.apply(spec)[0].status.phase == Phase.RUNNING  # imported afresh
 
 
 def test_shareable_disks_share_a_raw_claim(tmp_path: Path) -> None:
