@@ -208,8 +208,12 @@ def test_registry_and_blank_data_volumes_boot_and_the_blank_one_has_its_size(
     root_claim = dvbed.claims / "default" / "reg-root" / "disk.img"
     scratch = dvbed.claims / "default" / "scratch" / "disk.img"
     assert root_claim.stat().st_size == 1024 * MiB  # grown to the requested size
-    # The image and the format pinned at its first use (agent/disks/claimdisks.py): no temporaries.
-    assert sorted(p.name for p in root_claim.parent.iterdir()) == [".virt-agent-format", "disk.img"]
+    # The image, its format pinned raw at publish and the importing VM's mark: no temporaries.
+    assert sorted(p.name for p in root_claim.parent.iterdir()) == [
+        ".virt-agent-format",
+        ".virt-agent-owner",
+        "disk.img",
+    ]
     assert scratch.stat().st_size == 96 * MiB and scratch.stat().st_blocks * 512 < MiB
 
     text = dvagent.wait_console("dv-reg", "VIRT-AGENT-USERDATA rc=0", timeout=240)
@@ -288,7 +292,11 @@ def test_an_import_cut_by_an_agent_kill_restarts_cleanly(
     assert "an import interrupted by an agent restart" in dvagent.log_path.read_text()
     doc["spec"]["dataVolumeTemplates"][0]["spec"]["source"]["http"]["url"] = dvbed.http_url
     dvagent.apply(doc, timeout=300)  # imports again, from scratch, and boots
-    assert sorted(p.name for p in folder.iterdir()) == [".virt-agent-format", "disk.img"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".virt-agent-format",
+        ".virt-agent-owner",
+        "disk.img",
+    ]
     assert "hostname=dv-cut" in page_of(dvagent, world, "dv-cut")
 
 
