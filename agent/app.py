@@ -295,11 +295,11 @@ def _data_volumes(
     settings: Settings, disks: ContainerDisks, publisher: PullStatusPublisher, secrets_dir: str
 ) -> DataVolumeImporter:
     """The importer of dataVolumeTemplates claims (under the first --claim-root)."""
-    qemu = QemuImg()
+    qemu, deadline = QemuImg(convert_timeout=settings.pull_timeout), settings.pull_timeout
     services = ImportServices(
         images=qemu,
         converter=qemu,
-        downloader=HttpxDownloader(),
+        downloader=HttpxDownloader(deadline=deadline, allow=settings.import_allow_cidr),
         container_disks=disks,
         secrets_dir=secrets_dir,
         observer=publisher,

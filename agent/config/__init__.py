@@ -29,6 +29,7 @@ from agent.config.networks import (
     bridge_pairs,
     check_bridge_networks,
     check_interface_name,
+    check_ip_network,
     check_ipv4_network,
 )
 from agent.config.statedir import check_state_dir
@@ -111,7 +112,9 @@ class Settings:
     # <root>/<namespace>/<claim>/disk.img (agent.disks.claims); empty: no claim volumes.
     claim_root: list[str] = field(default_factory=list)
     image_cache_dir: str = ""  # empty: <state-dir>/containerdisks
-    pull_timeout: float = PULL_TIMEOUT_SECONDS  # a whole container disk pull, all layers
+    pull_timeout: float = PULL_TIMEOUT_SECONDS  # a whole container disk pull or HTTP download
+    # Non-public networks DataVolume HTTP imports may download from (agent.adapters.download).
+    import_allow_cidr: list[str] = field(default_factory=list)
     max_image_size: int = 64 * 1024**3  # bytes: a container disk's disk file, expanded
     max_image_ratio: int = 1100  # expanded over compressed; 0: off (see LayerLimits)
     secrets_dir: str = ""  # empty: <state-dir>/secrets
@@ -190,6 +193,7 @@ _CHECKS: dict[str, Callable[[Any], object]] = {
     "bridge_network": check_bridge_networks,
     "egress_deny": each(check_ipv4_network),
     "egress_allow": each(check_ipv4_network),
+    "import_allow_cidr": each(check_ip_network),
     "listen": each(host_port),
     "metrics_listen": lambda value: host_port(value) if value else None,
     "insecure_registry": each(registry),

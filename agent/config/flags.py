@@ -207,7 +207,17 @@ def _disk_flags(add: Any) -> None:
         "or a block device (repeatable; none: persistentVolumeClaim and dataVolume are refused)",
     )
     add("--image-cache-dir", help="container disk cache (default <state-dir>/containerdisks)")
-    add("--pull-timeout", help="seconds a container disk pull may take in all (default 1800)")
+    add(
+        "--pull-timeout",
+        help="seconds a container disk pull or a DataVolume download may take in all "
+        "(default 1800)",
+    )
+    add(
+        "--import-allow-cidr",
+        action="append",
+        help="non-public network DataVolume http imports may download from (repeatable; "
+        "default: public addresses only; the node's own addresses are always refused)",
+    )
     add("--max-image-size", help="largest disk file a container disk may hold (default 64Gi)")
     add(
         "--max-image-ratio",

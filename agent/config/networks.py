@@ -5,7 +5,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-__all__ = ["bridge_pairs", "check_bridge_networks", "check_interface_name", "check_ipv4_network"]
+__all__ = [
+    "bridge_pairs",
+    "check_bridge_networks",
+    "check_interface_name",
+    "check_ip_network",
+    "check_ipv4_network",
+]
 
 
 def check_interface_name(value: str) -> None:
@@ -40,3 +46,10 @@ def check_ipv4_network(value: str) -> None:
         ipaddress.IPv4Network(value, strict=True)
     except ValueError:
         raise ValueError(f"{value!r} is not an IPv4 network such as 10.96.0.0/12") from None
+
+
+def check_ip_network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network such as 192.168.10.0/24") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.datavolume import (
     DELETE_WITH_VM_ANNOTATION,
@@ -144,6 +145,12 @@ def _http(node: Node) -> ImportSource:
     url = node.get("url", str, "")
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
         raise InvalidSpec(node.at("url"), "must be an http:// or https:// URL")
+    if "@" in urlsplit(url).netloc:
+        raise InvalidSpec(
+            node.at("url"),
+            "credentials in the URL are refused (they would show in status and logs): "
+            "put them in a node secret named by secretRef",
+        )
     checksum = node.get("checksum", str, "")
     match = _CHECKSUM.fullmatch(checksum)
     if checksum and (match is None or len(match.group(2)) != _DIGEST_LENGTHS[match.group(1)]):

@@ -122,6 +122,8 @@ def dvbed(
         agent_process.stop()
         agent_process.extra_args = [
             *saved, "--insecure-registry", registry.address, "--claim-root", str(claims),
+            # The world's file server has a non-public (test) address: allowed by name.
+            "--import-allow-cidr", f"{world.ip}/32",
         ]  # fmt: skip
         agent_process.start()
         yield DVBed(

@@ -116,6 +116,8 @@ def test_templates_round_trip_through_the_api() -> None:
         ({"source": {"blank": {}}}, "spec.dataVolumeTemplates[0].spec", "storage size"),
         ({**SIZE, "source": {"http": {"url": "ftp://h/x"}}},
          "spec.dataVolumeTemplates[0].spec.source.http.url", "http:// or https://"),
+        ({**SIZE, "source": {"http": {"url": "https://me:hunter2@h/x"}}},
+         "spec.dataVolumeTemplates[0].spec.source.http.url", "secretRef"),
         ({**SIZE, "source": {"http": {"url": "http://h/x", "checksum": "sha256:12"}}},
          "spec.dataVolumeTemplates[0].spec.source.http.checksum", "64 hex"),
         ({**SIZE, "source": {"registry": {"url": "quay.io/x:1"}}},
@@ -128,3 +130,4 @@ def test_bad_templates_name_the_field(spec: dict, field: str, words: str) -> Non
         spec_from_proto(document(spec))
     assert caught.value.field == field
     assert words in caught.value.problem
+    assert "hunter2" not in str(caught.value)  # a password is not repeated in the error
