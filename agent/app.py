@@ -295,7 +295,7 @@ def _data_volumes(
     settings: Settings, disks: ContainerDisks, publisher: PullStatusPublisher, secrets_dir: str
 ) -> DataVolumeImporter:
     """The importer of dataVolumeTemplates claims (under the first --claim-root)."""
-    qemu, deadline = QemuImg(convert_timeout=settings.pull_timeout), settings.pull_timeout
+    qemu, deadline = QemuImg(), settings.pull_timeout  # a copy (convert) is bounded: an hour
     services = ImportServices(
         images=qemu,
         converter=qemu,
