@@ -2,10 +2,13 @@
 follow libvirt's job while it runs, then read the outcome from the domain's state.
 
 libvirtd carries a peer-to-peer migration on without the agent. When its job has ended:
-no domain here (or one shut off) → the guest moved: remove what the node keeps of it,
-Succeeded; the domain paused by a failed post-copy → Failed, the VM too; the guest still
-running here → Failed, and the target removes its preparations. Never a second copy: the
-agent only ever removes what libvirt no longer runs here.
+no domain here (libvirt undefines the source only on success) or one shut off with reason
+"migrated" → the guest moved: remove what the node keeps of it, Succeeded; a domain still
+defined and shut off for any other reason (crashed, powered off) never left → Failed, the
+VM kept as it is; the domain paused by a failed post-copy → Failed, the VM too; the guest
+still running here → Failed, and the target removes its preparations. A record that never
+reached libvirt (Pending, Preparing) ends Failed without touching the VM. Nothing is
+undefined on a guess: only what libvirt itself says has left.
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ def resume_outgoing(
     except Exception as exc:
         book.update(record.id, state=State.FAILED, message=f"agent restarted; record: {exc}")
         return
+    if record.state in (State.PENDING, State.PREPARING):
+        _never_started(outgoing, record)
+        return
     while not service.hv.connected():
         time.sleep(_RETRY_SECONDS)
     with _held(outgoing, domain):
         service.steps.migrating.add(domain)
         try:
             info = _follow_job(outgoing, record, control)
-            if info is None or info.state == DomainState.SHUTOFF:
+            if _moved(info):
                 clean_source(service, domain, spec, books)
                 downtime, final = _tell_target(outgoing, record, succeeded=True, message="")
                 changes: dict[str, object] = {"downtime_ms": downtime}
@@ -67,6 +73,23 @@ def resume_outgoing(
             service.steps.migrating.discard(domain)
             with contextlib.suppress(Exception):
                 service.steps.refresh(domain)
+
+
+def _moved(info: DomainInfo | None) -> bool:
+    """Whether libvirt says the guest left: with UNDEFINE_SOURCE a migrated domain is gone
+    (or, if that undefine failed, shut off with reason "migrated")."""
+    return info is None or (info.state == DomainState.SHUTOFF and info.reason == "migrated")
+
+
+def _never_started(outgoing: OutgoingMigrations, record: MigrationRecord) -> None:
+    """The agent stopped before libvirt's job started: the VM never left; it stays as it is
+    (running or stopped meanwhile) and the target removes its preparations."""
+    message = (
+        f"the agent restarted before the migration started ({record.state}); the vm stays "
+        f"on {record.source_node} as it is"
+    )
+    _tell_target(outgoing, record, succeeded=False, message=message)
+    outgoing.book.update(record.id, state=State.FAILED, message=message)
 
 
 def _follow_job(
@@ -97,6 +120,11 @@ def _failure(record: MigrationRecord, info: DomainInfo, control: Control) -> str
         )
     if control.cancelled.is_set():
         return "cancelled"
+    if info.state == DomainState.SHUTOFF:
+        return (
+            f"the guest shut off on {record.source_node} ({info.reason}) during the migration "
+            "while the agent restarted; it did not move: the vm is kept there, stopped"
+        )
     return (
         "the agent restarted during the migration and libvirt's job ended without it: the "
         f"guest still runs on {record.source_node}"

@@ -287,3 +287,44 @@ def test_a_restarted_target_removes_preparations_no_guest_came_for(
     assert final.state == State.FAILED and "never came" in final.message
     assert not target.node.vm_dir("web").exists()
     assert WEB not in target.node.hv.names()
+
+
+def test_a_restarted_source_keeps_a_guest_that_crashed_during_the_migration(
+    source: Source,
+) -> None:
+    started = running_migration(source)
+    source.node.hv.crash(WEB)  # libvirt's job ends with it; the domain stays defined, shut off
+    source.migrator.job(WEB, None)
+    restarted = source.restarted()
+    restarted.migrations.recover()
+    restarted.node.service.resync()
+    final = restarted.ended(started.id)
+    assert final.state == State.FAILED
+    assert "shut off on node-fake (crashed)" in final.message and "did not move" in final.message
+    assert restarted.targets.finished == [(started.id, False, final.message)]
+    assert WEB in restarted.node.hv.names()  # not undefined: the only copy
+    assert restarted.node.vm_dir("web").exists()
+    assert restarted.node.service.get("default", "web").status.phase != Phase.RUNNING
+    source.migrator.fail(WEB, "the old process is gone")
+
+
+def test_a_restarted_source_keeps_a_vm_stopped_while_its_migration_was_pending(
+    source: Source,
+) -> None:
+    for _ in range(2):  # every outbound slot is taken: the migration waits, Pending
+        assert source.outgoing._slots.acquire(blocking=False)
+    started = source.migrate()
+    assert source.book.get(started.id).state == State.PENDING
+    source.node.service.stop("default", "web")  # the VM lock is free while Pending
+    source.node.tasks.run_all()
+    assert source.node.hv.lookup(WEB) is not None
+    restarted = source.restarted()
+    restarted.migrations.recover()
+    restarted.node.service.resync()
+    final = restarted.ended(started.id)
+    assert final.state == State.FAILED and "before the migration started" in final.message
+    assert restarted.targets.finished == [(started.id, False, final.message)]
+    assert WEB in restarted.node.hv.names()
+    assert restarted.node.vm_dir("web").exists()
+    assert restarted.node.service.get("default", "web").status.phase != Phase.MIGRATING
+    assert not restarted.migrator.started
