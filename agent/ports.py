@@ -283,7 +283,8 @@ class Migrator(Protocol):
         ...
 
     def job_stats(self, name: str) -> JobSample | None:
-        """The running job's statistics; None when there is no job (yet, or any more)."""
+        """The running job's statistics; None when there is no job (yet, or any more: the
+        domain is gone or not running). A transient failure to read it raises."""
         ...
 
     def completed(self, name: str) -> tuple[int, JobSample]:

@@ -56,7 +56,12 @@ class LibvirtMigration:
 
     def job_stats(self, name: str) -> JobSample | None:
         def read(dom: Any) -> JobSample | None:
-            stats = dom.jobStats(0)
+            try:
+                stats = dom.jobStats(0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                    return None  # "domain is not running": shut off at the end of its job
+                raise  # transient (a state-change lock timeout, internal error): callers retry
             if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
                 return None
             state, reason = dom.state()
@@ -68,8 +73,8 @@ class LibvirtMigration:
 
         try:
             return self.hv.with_domain(name, "reading the migration job of", read)
-        except (NotFound, FailedPrecondition):
-            return None  # undefined, or shut off ("not running"), at the end of a migration
+        except NotFound:
+            return None  # undefined at the end of a migration (UNDEFINE_SOURCE)
 
     def completed(self, name: str) -> tuple[int, JobSample]:
         def read(dom: Any) -> tuple[int, JobSample]:

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agent.domain.metadata import parse_metadata
-from agent.errors import Conflict, Unavailable
+from agent.errors import AgentError, Conflict, Unavailable
 from agent.migration.monitor import Control, clean_source
 from agent.migration.records import MigrationRecord, State
 from agent.naming import vm_key
@@ -33,6 +33,7 @@ __all__ = ["resume_outgoing"]
 log = logging.getLogger(__name__)
 
 _RETRY_SECONDS = 0.5
+_JOB_ERROR_PATIENCE = 30.0  # seconds of errors reading libvirt's job before giving up
 
 
 def resume_outgoing(
@@ -54,7 +55,7 @@ def resume_outgoing(
         service.steps.migrating.add(domain)
         try:
             info = _follow_job(outgoing, record, control)
-            if _moved(info):
+            if info is None or _moved(info):
                 clean_source(service, domain, spec, books)
                 downtime, final = _tell_target(outgoing, record, succeeded=True, message="")
                 changes: dict[str, object] = {"downtime_ms": downtime}
@@ -75,10 +76,11 @@ def resume_outgoing(
                 service.steps.refresh(domain)
 
 
-def _moved(info: DomainInfo | None) -> bool:
-    """Whether libvirt says the guest left: with UNDEFINE_SOURCE a migrated domain is gone
-    (or, if that undefine failed, shut off with reason "migrated")."""
-    return info is None or (info.state == DomainState.SHUTOFF and info.reason == "migrated")
+def _moved(info: DomainInfo) -> bool:
+    """Whether libvirt says the guest left though its domain is still here: with
+    UNDEFINE_SOURCE a migrated domain is gone, unless that undefine failed (shut off with
+    reason "migrated")."""
+    return info.state == DomainState.SHUTOFF and info.reason == "migrated"
 
 
 def _never_started(outgoing: OutgoingMigrations, record: MigrationRecord) -> None:
@@ -95,7 +97,10 @@ def _never_started(outgoing: OutgoingMigrations, record: MigrationRecord) -> Non
 def _follow_job(
     outgoing: OutgoingMigrations, record: MigrationRecord, control: Control
 ) -> DomainInfo | None:
-    """Publish libvirt's job stats until the job is gone; the domain as it is then."""
+    """Publish libvirt's job stats until the job is gone; the domain as it is then. Errors
+    reading the job (other than libvirtd away) are retried for ``_JOB_ERROR_PATIENCE``
+    seconds of the injected clock, then raised: the job's end is never guessed from one."""
+    failing_since: float | None = None
     while True:
         try:
             if control.cancelled.is_set():
@@ -106,6 +111,15 @@ def _follow_job(
         except Unavailable:
             time.sleep(_RETRY_SECONDS)  # libvirtd is away; its job state is read once back
             continue
+        except AgentError as exc:  # a state-change lock timeout, an internal error, ...
+            now = outgoing.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since > _JOB_ERROR_PATIENCE:
+                raise AgentError(f"reading libvirt's migration job kept failing: {exc}") from exc
+            log.warning("reading the job of migration %s failed (retried): %s", record.id, exc)
+            time.sleep(outgoing.poll_interval)
+            continue
+        failing_since = None
         control.post_copy = control.post_copy or sample.post_copy
         state = State.POST_COPY if control.post_copy else State.RUNNING
         outgoing.book.update(record.id, progress=sample, state=state)

@@ -68,7 +68,7 @@ class OutgoingMigrations:
         self._slots = threading.Semaphore(max_outbound)
         self.poll_interval = poll_interval
         self._clock = clock
-        self._monotonic = monotonic
+        self.monotonic = monotonic
         self._lock = threading.Lock()
         self._controls: dict[str, Control] = {}
         self._requests: dict[str, str] = {}  # request id → migration id
@@ -288,7 +288,7 @@ class OutgoingMigrations:
         domain = self.book.get(migration_id).domain
         if control.cancelled.is_set():
             return "cancelled before it started"
-        control.policy = Policy(self.book.get(migration_id).options, size, self._monotonic)
+        control.policy = Policy(self.book.get(migration_id).options, size, self.monotonic)
         self.book.update(migration_id, state=State.RUNNING)
         done = threading.Event()
         monitor = threading.Thread(

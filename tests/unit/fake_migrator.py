@@ -4,7 +4,8 @@ agents a source talks to, recording what they were asked.
 ``migrate`` blocks until the test ends the job: ``succeed`` (the domain leaves the fake
 hypervisor, as libvirt's UNDEFINE_SOURCE does), ``fail`` (it keeps running) or
 ``fail_in_post_copy`` (paused with reason postcopy_failed, as libvirt leaves a source whose
-post-copy broke). ``job`` sets the stats ``job_stats`` answers meanwhile.
+post-copy broke). ``job`` sets the stats ``job_stats`` answers meanwhile; ``stats_errors``
+makes it fail first (libvirt's transient errors).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FakeMigrator:
         self.jobs: dict[str, JobSample] = {}
         self.started: list[MigrationJob] = []
         self.aborted: list[str] = []
+        self.stats_errors: list[AgentError] = []  # raised, one per call, by job_stats first
         self.running = threading.Event()
         self._ended = threading.Event()
         self._outcome: AgentError | None = None
@@ -81,6 +83,8 @@ class FakeMigrator:
             raise self._outcome
 
     def job_stats(self, name: str) -> JobSample | None:
+        if self.stats_errors:
+            raise self.stats_errors.pop(0)
         return self.jobs.get(name)
 
     def completed(self, name: str) -> tuple[int, JobSample]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from agent.adapters.libvirt_migration import migration_call
+from agent.adapters.libvirt import LibvirtHypervisor
+from agent.adapters.libvirt_migration import LibvirtMigration, migration_call
 from agent.adapters.postcopy import PostCopyProbe
 from agent.errors import FailedPrecondition
 from agent.migration.admission import check_post_copy
@@ -109,3 +110,42 @@ def test_post_copy_is_refused_up_front_naming_the_field() -> None:
     check_post_copy("node-b", lambda: "no userfaultfd", wanted=False)
     with pytest.raises(FailedPrecondition, match=r"options.post_copy: node node-b cannot run"):
         check_post_copy("node-b", lambda: "no userfaultfd", wanted=True)
+
+
+class _StubDomain:
+    """A libvirt domain whose jobStats raises libvirt's error ``code`` (a fault injected)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def jobStats(self, flags: int) -> dict[str, int]:  # noqa: N802 (libvirt's name)
+        error = libvirt.libvirtError("injected")
+        error.err = (self.code, 0, "injected error", 2, "", "", "", 0, 0)
+        raise error
+
+
+class _StubConnection:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def lookupByName(self, name: str) -> _StubDomain:  # noqa: N802 (libvirt's name)
+        return _StubDomain(self.code)
+
+
+@pytest.mark.parametrize(
+    ("code", "ended"),
+    [
+        (libvirt.VIR_ERR_OPERATION_INVALID, True),  # "domain is not running": the job ended
+        (libvirt.VIR_ERR_OPERATION_TIMEOUT, False),  # state change lock: libvirt migrates on
+        (libvirt.VIR_ERR_INTERNAL_ERROR, False),
+    ],
+)
+def test_only_a_domain_not_running_means_the_migration_job_ended(code: int, ended: bool) -> None:
+    hv = LibvirtHypervisor("test:///default")
+    hv._conn = _StubConnection(code)
+    migration = LibvirtMigration(hv)
+    if ended:
+        assert migration.job_stats("default_web") is None
+    else:
+        with pytest.raises(FailedPrecondition, match="injected error"):
+            migration.job_stats("default_web")

@@ -328,3 +328,42 @@ def test_a_restarted_source_keeps_a_vm_stopped_while_its_migration_was_pending(
     assert restarted.node.vm_dir("web").exists()
     assert restarted.node.service.get("default", "web").status.phase != Phase.MIGRATING
     assert not restarted.migrator.started
+
+
+def test_a_restarted_source_rides_out_transient_errors_reading_libvirts_job(
+    source: Source,
+) -> None:
+    started = running_migration(source)
+    restarted = source.restarted()
+    restarted.migrator.job(WEB, JobSample(data_total=4 << 20, data_processed=1 << 20))
+    lock_timeout = FailedPrecondition(
+        "reading the migration job of domain default_web: Timed out during operation: "
+        "cannot acquire state change lock"
+    )
+    restarted.migrator.stats_errors = [lock_timeout] * 3
+    restarted.migrations.recover()
+    wait_for(lambda: not restarted.migrator.stats_errors, 10, 0.01, "the errors read")
+    wait_for(
+        lambda: restarted.book.get(started.id).progress.data_processed == 1 << 20,
+        10, 0.01, "the followed job's progress",
+    )  # fmt: skip
+    assert not restarted.book.get(started.id).ended  # still following libvirt's job
+    restarted.migrator.succeed(WEB)
+    assert restarted.ended(started.id).state == State.SUCCEEDED
+    source.migrator.fail(WEB, "the old process is gone")
+
+
+def test_a_restarted_source_gives_up_on_lasting_errors_without_touching_the_vm(
+    source: Source,
+) -> None:
+    started = running_migration(source)
+    restarted = source.restarted()
+    ticks = iter(range(0, 10_000, 10))  # the injected clock: 10 s per read
+    restarted.outgoing.monotonic = lambda: float(next(ticks))
+    restarted.migrator.stats_errors = [FailedPrecondition("internal error: bad job")] * 100
+    restarted.migrations.recover()
+    final = restarted.ended(started.id)
+    assert final.state == State.FAILED and "kept failing" in final.message
+    assert "internal error: bad job" in final.message
+    assert WEB in restarted.node.hv.names() and restarted.node.vm_dir("web").exists()
+    source.migrator.fail(WEB, "the old process is gone")
