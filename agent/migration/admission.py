@@ -4,7 +4,7 @@ claims and post-copy. Nothing here changes the node, so the source can ask it be
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from agent.disks.claimdisks import claim_backing, claim_uses
 from agent.disks.hostdisk import host_disk_path
@@ -47,15 +47,25 @@ def check_request(
     return spec, books
 
 
-def check_memory(service: VMService, host: HostProbe | None, reserved: int, spec: VMSpec) -> None:
+def check_memory(
+    service: VMService,
+    host: HostProbe | None,
+    reserved: int,
+    spec: VMSpec,
+    incoming: Iterable[tuple[str, int]] = (),
+) -> None:
     """FailedPrecondition unless the node's allocatable memory holds the VM besides the
-    VMs it runs (the same allocatable NodeService reports)."""
+    VMs it runs (the same allocatable NodeService reports) and those ``incoming``
+    ((domain, memory) of migrations prepared here that have not arrived yet)."""
     if host is None:
         return
     allocatable = host.facts().memory_bytes - reserved
-    used = sum(
-        r.spec.memory_bytes for r in service.cache.records() if r.status.phase in ACTIVE_PHASES
-    )
+    running = {
+        domain_name(r.spec.namespace, r.spec.name): r.spec.memory_bytes
+        for r in service.cache.records()
+        if r.status.phase in ACTIVE_PHASES
+    }
+    used = sum(running.values()) + sum(m for d, m in incoming if d not in running)
     if used + spec.memory_bytes > allocatable:
         mib = 1 << 20
         raise FailedPrecondition(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from agent.domain.lifecycle import VMService
 from agent.domain.metadata import metadata_payload, parse_metadata
-from agent.errors import FailedPrecondition, InvalidSpec, ResourceExhausted, Unavailable
+from agent.errors import Conflict, FailedPrecondition, InvalidSpec, ResourceExhausted, Unavailable
 from agent.migration import admission
 from agent.migration.ports import PreparedTarget
 from agent.migration.records import TARGET, MigrationBook, MigrationRecord, State
@@ -42,6 +42,7 @@ _ARRIVAL_PATIENCE_SECONDS = 600.0
 # After a restart, an incoming migration whose domain is not here: the source either has not
 # started libvirt's job (it fails on the missing tap and the guest stays there) or it ended.
 _RECOVERED_PATIENCE_SECONDS = 60.0
+_PREPARING_WAIT_SECONDS = 600.0  # a repeated prepare (or a finish) waits this long for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,15 @@ class _Incoming:
     books: Bookkeeping
     answer: PreparedTarget
     patience: float = field(default=_ARRIVAL_PATIENCE_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Preparing:
+    """A prepare under way (its slot taken): a repeated call with its id waits for it."""
+
+    domain: str
+    spec: VMSpec
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class IncomingMigrations:
@@ -84,7 +94,7 @@ class IncomingMigrations:
         self._max_inbound = max_inbound
         self._clock = clock
         self._lock = threading.Lock()
-        self._incoming: dict[str, _Incoming] = {}
+        self._incoming: dict[str, _Incoming | _Preparing] = {}
         self.follow_interval = _FOLLOW_SECONDS
         self.arrival_patience = _ARRIVAL_PATIENCE_SECONDS
 
@@ -107,19 +117,15 @@ class IncomingMigrations:
         """Ready this node for the VM (a repeated call answers again). ``vm``: what the
         caller was authorised for (metadata of another VM is refused); ``validate_only``:
         check, make nothing; ``digests``: containerDisk volume → the source's manifest."""
-        with self._lock:
-            known = self._incoming.get(migration_id)
-        if known is not None:
-            return known.answer
+        if migration_id in self._incoming:
+            return self._answer(migration_id)
         spec, books = self._check(migration_id, metadata_xml, source_node, vm, post_copy)
         if validate_only:
             return PreparedTarget("", "", self.node_name, "")
         domain = domain_name(spec.namespace, spec.name)
-        if not self._slots.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"node {self.node_name} takes {self._max_inbound} incoming migrations at once; "
-                "retry later"
-            )
+        placeholder = _Preparing(domain, spec)
+        if not self._take_slot(migration_id, placeholder):
+            return self._answer(migration_id)  # a repeated call: the first one's answer
         self.book.add(
             MigrationRecord(
                 id=migration_id, namespace=spec.namespace, name=spec.name, uid=spec.uid,
@@ -130,13 +136,47 @@ class IncomingMigrations:
         try:
             incoming = self._make_ready(migration_id, domain, spec, books, digests or {})
         except Exception as exc:
+            with self._lock:
+                del self._incoming[migration_id]
             self._slots.release()
             self.book.update(migration_id, state=State.FAILED, message=f"prepare: {exc}")
+            placeholder.done.set()
             raise
         metadata = metadata_payload(incoming.spec, incoming.books)  # (kept for a restart)
         self.book.update(migration_id, state=State.RUNNING, metadata_xml=metadata)
         self._track(migration_id, incoming)
+        placeholder.done.set()
         return incoming.answer
+
+    def _take_slot(self, migration_id: str, placeholder: _Preparing) -> bool:
+        """Take a slot and hold ``migration_id``'s place; False when a call with that id
+        holds it already (one slot and one follower per id, however often it is asked)."""
+        with self._lock:
+            if migration_id in self._incoming:
+                return False
+            if not self._slots.acquire(blocking=False):
+                raise ResourceExhausted(
+                    f"node {self.node_name} takes {self._max_inbound} incoming migrations at "
+                    "once; retry later"
+                )
+            self._incoming[migration_id] = placeholder
+            return True
+
+    def _answer(self, migration_id: str) -> PreparedTarget:
+        """The answer of a prepare made or under way (a repeated call waits for it)."""
+        with self._lock:
+            known = self._incoming.get(migration_id)
+        if isinstance(known, _Preparing):
+            known.done.wait(_PREPARING_WAIT_SECONDS)
+            known = self._ready(migration_id)
+        if known is None:
+            raise Conflict(f"migration {migration_id}: the target's preparation failed; retry")
+        return known.answer
+
+    def _ready(self, migration_id: str) -> _Incoming | None:
+        with self._lock:
+            known = self._incoming.get(migration_id)
+        return known if isinstance(known, _Incoming) else None
 
     def recover(self, record: MigrationRecord) -> None:
         """Follow an incoming migration a previous agent process left (from its stored
@@ -179,7 +219,13 @@ class IncomingMigrations:
                 "migration_id", "must be 1-64 letters, digits, '.', '_' or '-' (a UUID)"
             )
         spec, books = admission.check_request(self.service, metadata_xml, source_node, vm)
-        admission.check_memory(self.service, self.host, self.reserved_memory, spec)
+        with self._lock:  # prepared (or being prepared) here, not arrived yet
+            incoming = [
+                (i.domain, i.spec.memory_bytes)
+                for key, i in self._incoming.items()
+                if key != migration_id
+            ]
+        admission.check_memory(self.service, self.host, self.reserved_memory, spec, incoming)
         admission.check_host_disks(self.service, spec)
         admission.check_claims(self.service, spec)
         admission.check_post_copy(self.node_name, self.post_copy_unsupported, post_copy)
@@ -189,7 +235,14 @@ class IncomingMigrations:
         """Adopt the VM (it arrived) or remove what prepare made; returns the downtime (ms)
         and libvirt's final statistics."""
         with self._lock:
-            incoming = self._incoming.pop(migration_id, None)
+            preparing = self._incoming.get(migration_id)
+        if isinstance(preparing, _Preparing):  # (the source gave up waiting for prepare)
+            preparing.done.wait(_PREPARING_WAIT_SECONDS)
+        with self._lock:
+            incoming = self._incoming.get(migration_id)
+            if isinstance(incoming, _Preparing):
+                raise Unavailable(f"migration {migration_id} is still being prepared; retry")
+            self._incoming.pop(migration_id, None)
         if incoming is None:  # finished before (a retried call, or it followed on its own)
             done = self.book.get(migration_id)  # NotFound for an id never seen
             return done.downtime_ms, done.progress
@@ -205,14 +258,12 @@ class IncomingMigrations:
         guest once it runs here, clean up once its half-received domain is gone, or when no
         domain came at all within the patience."""
         seen = False
-        with self._lock:
-            first = self._incoming.get(migration_id)
+        first = self._ready(migration_id)
         patience = min(self.arrival_patience, first.patience if first else 0.0)
         deadline = time.monotonic() + patience
         while True:
             time.sleep(self.follow_interval)
-            with self._lock:
-                incoming = self._incoming.get(migration_id)
+            incoming = self._ready(migration_id)
             if incoming is None:
                 return  # the source told us
             try:

@@ -21,7 +21,7 @@ from agent.ports import NetworkRepair
 from agent.spec import parse_vm
 from tests.unit.disk_fakes import FakeImages
 from tests.unit.fake_clock import FakeClock
-from tests.unit.fake_hypervisor import FakeHypervisor
+from tests.unit.fake_hypervisor import FakeHypervisor, Hold
 
 __all__ = ["FakeNode", "RecordingNetwork", "Tasks", "make_node", "vm_spec"]
 
@@ -65,6 +65,8 @@ class RecordingNetwork:
     repaired: list[set[str]] = field(default_factory=list)  # running VMs of each repair pass
     repairs: tuple[NetworkRepair, ...] = ()  # what the next repair passes report
     broken: dict[str, str] = field(default_factory=dict)  # cut-off VMs: why
+    plug_hold: Hold | None = None  # the next plug blocks until released (a slow prepare)
+    plug_error: Exception | None = None  # the next plug raises it (after its hold)
 
     def allocate(
         self, domain: str, spec: VMSpec, previous: VMAllocation | None
@@ -89,6 +91,14 @@ class RecordingNetwork:
         return ()
 
     def plug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
+        hold, self.plug_hold = self.plug_hold, None
+        if hold is not None:
+            hold.reached.set()
+            if not hold.released.wait(10):
+                raise RuntimeError("the test never released the held plug")
+        error, self.plug_error = self.plug_error, None
+        if error is not None:
+            raise error
         self.plugged.add(domain)
 
     def unplug(self, domain: str, spec: VMSpec, allocation: VMAllocation | None) -> None:
