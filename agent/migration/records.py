@@ -92,6 +92,8 @@ class MigrationBook:
         self._retention = retention
         self._clock = clock
         self._store = store
+        self._writing = threading.Lock()  # disk writes, outside ``_changed`` (fsync is slow)
+        self._written: dict[str, int] = {}  # id → version last stored (never older over newer)
 
     def load(self) -> builtins.list[MigrationRecord]:
         """Read the stored records (after a restart); returns those that had not ended."""
@@ -107,9 +109,9 @@ class MigrationBook:
         with self._changed:
             self._prune()
             self._records[record.id] = record
-            self._save(record)
             self._changed.notify_all()
-            return record
+        self._save(record)
+        return record
 
     def update(self, migration_id: str, **changes: object) -> MigrationRecord:
         """Change fields of a record; an ended one gets its end time."""
@@ -124,10 +126,11 @@ class MigrationBook:
                     new.role, new.state.lower(), new.ended_at - new.started_at
                 )
             self._records[migration_id] = new
-            if new.state != record.state or set(changes) - _MONITORED:
-                self._save(new)
+            store = new.state != record.state or bool(set(changes) - _MONITORED)
             self._changed.notify_all()
-            return new
+        if store:
+            self._save(new)
+        return new
 
     def get(self, migration_id: str) -> MigrationRecord:
         with self._changed:
@@ -182,12 +185,20 @@ class MigrationBook:
         return record
 
     def _save(self, record: MigrationRecord) -> None:
-        if self._store is not None:
+        """Store ``record`` unless a newer version of it is stored already (two changes
+        racing to the disk)."""
+        if self._store is None:
+            return
+        with self._writing:
+            if self._written.get(record.id, -1) >= record.version:
+                return
             self._store.save(record)
+            self._written[record.id] = record.version
 
     def _prune(self) -> None:
         cutoff = self._clock() - self._retention
         for key in [k for k, r in self._records.items() if r.ended and r.ended_at < cutoff]:
             del self._records[key]
+            self._written.pop(key, None)
             if self._store is not None:
                 self._store.delete(key)

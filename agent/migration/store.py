@@ -1,8 +1,9 @@
 """Migration records on disk (``<state dir>/migrations/<id>.json``): a restarted agent finds
 the migrations it was running and keeps ended ones queryable for their retention.
 
-One small JSON file per migration, written atomically (temporary file, then rename) when
-the record's state or outcome changes, never for each progress sample.
+One small JSON file per migration, written atomically and durably (temporary file, fsync,
+rename, fsync of the folder) when the record's state or outcome changes, never for each
+progress sample: a record a restarted agent acts on must be the one last written.
 """
 
 from __future__ import annotations
@@ -44,10 +45,20 @@ class MigrationStore:
             # Owner-only: the spec may carry cloud-init user data.
             with open(partial, "w", opener=lambda p, f: os.open(p, f, 0o600)) as handle:
                 json.dump(data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(partial, path)
+            self._sync_folder()  # (the rename itself, through a power cut)
         except OSError:
             # The record stays in memory; only a restart would lose it.
             log.exception("storing migration %s", record.id)
+
+    def _sync_folder(self) -> None:
+        folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def delete(self, migration_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -239,3 +239,48 @@ def test_a_migration_id_that_cannot_name_a_file_is_refused(tmp_path: Path) -> No
     for bad in ("", "../../etc/x", ".hidden", "a" * 65):
         with pytest.raises(InvalidSpec, match="migration_id"):
             incoming.prepare(bad, "<vm/>", "node-a", 1, vm=("default", "web"))
+
+
+def test_a_stored_record_is_synced_to_disk_file_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    from agent.migration.store import MigrationStore
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # (a spy: what was made durable)
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    store = MigrationStore(str(tmp_path / "migrations"))
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.save(record())
+    assert synced == ["file", "folder"]
+
+
+def test_a_slow_disk_does_not_hold_up_readers_of_the_records(tmp_path: Path) -> None:
+    from agent.migration.store import MigrationStore
+
+    class SlowStore(MigrationStore):
+        def __init__(self, folder: str) -> None:
+            super().__init__(folder)
+            self.writing, self.go_on = threading.Event(), threading.Event()
+
+        def save(self, record: MigrationRecord) -> None:
+            self.writing.set()
+            assert self.go_on.wait(10)
+            super().save(record)
+
+    store = SlowStore(str(tmp_path / "migrations"))
+    book = MigrationBook(store=store)
+    writer = threading.Thread(target=book.add, args=(record(),))
+    writer.start()
+    assert store.writing.wait(10)
+    assert [r.id for r in book.list()] == ["m1"]  # answered while the write is under way
+    store.go_on.set()
+    writer.join(10)
+    assert [r.id for r in MigrationBook(store=MigrationStore(store.folder)).load()] == ["m1"]
