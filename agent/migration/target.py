@@ -170,7 +170,9 @@ class IncomingMigrations:
             known.done.wait(_PREPARING_WAIT_SECONDS)
             known = self._ready(migration_id)
         if known is None:
-            raise Conflict(f"migration {migration_id}: the target's preparation failed; retry")
+            raise Conflict(
+                f"migration {migration_id}: the target's preparation failed or ended meanwhile"
+            )
         return known.answer
 
     def _ready(self, migration_id: str) -> _Incoming | None:
