@@ -7,6 +7,9 @@ cannot resume from it (OUT_OF_RANGE: too old for its history, or from before it 
 the watch re-lists by itself and hands on only the difference from what the caller already
 saw: ADDED or MODIFIED for what changed, DELETED for what went away. The caller sees one
 SYNCED, after the first snapshot (or the first replay, when it gave a resource version).
+A caller that gave its own resource version listed the VMs itself: the watch never saw the
+ones that did not change, so it cannot tell which of those went away. For it, OUT_OF_RANGE
+(at the start or on any later resume) ends the watch: the caller lists again.
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ def resuming_watch(
     """Watch events from ``open_call``, resuming and re-listing as the module says.
 
     Raises ``error(exc)`` for any other status, when the agent stays unreachable for
-    ``resume_for`` seconds, when ``timeout`` ends the watch, or when the caller's own
-    ``since`` is out of range (the caller holds the state: it must list again).
+    ``resume_for`` seconds, when ``timeout`` ends the watch, or on OUT_OF_RANGE when the
+    caller gave its own ``since`` (the caller holds the state: it must list again).
     """
     follower = _Follower(version=since)
     deadline = None if timeout is None else monotonic() + timeout
@@ -120,7 +123,8 @@ def resuming_watch(
             return
         except grpc.RpcError as exc:
             code = exc.code()
-            if code == grpc.StatusCode.OUT_OF_RANGE and follower.synced:
+            # Only a watch that delivered the whole snapshot itself can re-list and diff.
+            if code == grpc.StatusCode.OUT_OF_RANGE and follower.synced and since == 0:
                 follower.version = 0  # list again: a snapshot, compared with what was seen
                 continue
             if attempt == 0:

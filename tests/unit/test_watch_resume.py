@@ -266,6 +266,36 @@ def test_the_callers_own_version_out_of_range_is_raised_for_it_to_list() -> None
         _watch([_Call([], grpc.StatusCode.OUT_OF_RANGE)], [], since=7)
 
 
+def test_a_callers_own_version_out_of_range_later_is_raised_too_never_a_partial_relist() -> None:
+    # The caller listed a and b at 100 and watches from there: the watch only ever saw a, so
+    # a re-list could not tell it that b went away. The caller must list again itself.
+    calls = [
+        _Call([_ev(SYNCED, "", 100), _ev(MODIFIED, "a", 101)], grpc.StatusCode.UNAVAILABLE),
+        _Call([], grpc.StatusCode.OUT_OF_RANGE),  # the agent restarted; b was deleted
+        _Call([_ev(ADDED, "a", 5), _ev(SYNCED, "", 5)], None),
+    ]
+    seen: list[tuple[int, str, int]] = []
+    opened: list[int] = []
+
+    def open_call(version: int, timeout: float | None) -> _Call:
+        opened.append(version)
+        return calls.pop(0)
+
+    events = resuming_watch(
+        open_call,
+        since=100,
+        timeout=None,
+        backoff=lambda attempt: 0.0,
+        sleep=lambda seconds: None,
+        error=lambda exc: RuntimeError(exc.code().name),
+    )
+    with pytest.raises(RuntimeError, match="OUT_OF_RANGE"):
+        for event in events:
+            seen.append((event.type, event.vm.metadata.name, event.resource_version))
+    assert seen == [(SYNCED, "", 100), (MODIFIED, "a", 101)]
+    assert opened == [100, 101]
+
+
 def test_other_errors_and_an_agent_away_too_long_end_the_watch() -> None:
     with pytest.raises(RuntimeError, match="PERMISSION_DENIED"):
         _watch([_Call([], grpc.StatusCode.PERMISSION_DENIED)], [])
