@@ -29,7 +29,7 @@ from agent.adapters.qemuimg import QemuImg
 from agent.adapters.registry import HttpxRegistry
 from agent.api.access import Access
 from agent.api.authzfile import PolicyFile
-from agent.api.migrations import MigrationApi
+from agent.api.migrations import MIGRATION_CALLS, MigrationApi
 from agent.api.server import QUICK_CALL_THREADS, Server, create_server
 from agent.api.servicer import NodeServicer, VirtualMachineServicer
 from agent.api.tls import TlsFiles, reloading_credentials
@@ -166,7 +166,7 @@ def build_agent(settings: Settings) -> Agent:
         migrations=MigrationApi(migrations, vm_servicer.streams),
         max_call_seconds=settings.max_call_seconds,
         # Long calls take at most their slots: the rest of the threads answer quick calls.
-        max_workers=max_streams + max_slow + QUICK_CALL_THREADS,
+        max_workers=max_streams + max_slow + MIGRATION_CALLS + QUICK_CALL_THREADS,
         max_calls=settings.max_calls,
     )
     network, dhcp = networking if networking else (None, None)

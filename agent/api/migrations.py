@@ -19,7 +19,12 @@ from agent.migration.service import Migrations
 from agent.ports import JobSample
 from agent.spec import validate_name
 
-__all__ = ["MigrationApi", "migration_to_proto", "options_from_proto"]
+__all__ = ["MIGRATION_CALLS", "MigrationApi", "migration_to_proto", "options_from_proto"]
+
+# Migration calls that may block (Migrate waits on the target agent, up to ~30 s if it does
+# not answer; Prepare, Finish, Cancel and Update on libvirt) at once; their threads are added
+# to the server's pool (agent.app), apart from the VM verbs' so neither starves the other.
+MIGRATION_CALLS = 16
 
 _STATES = {
     State.PENDING: mpb.MIGRATION_STATE_PENDING,
@@ -125,6 +130,9 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
         self.migrations = migrations
         # Watches hold a server thread each: they count against the VM watches' limit.
         self.streams = streams or CallSlots(16, "watch streams (VMs, consoles, migrations)")
+        self.calls = CallSlots(
+            MIGRATION_CALLS, "migration calls (migrate/prepare/finish/cancel/update)"
+        )
 
     @grpc_errors
     def MigrateVirtualMachine(
@@ -132,13 +140,11 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
     ) -> mpb.MigrateVirtualMachineResponse:
         namespace = validate_name("namespace", request.namespace)
         name = validate_name("name", request.name)
-        record = self.migrations.migrate(
-            namespace,
-            name,
-            request.target_agent,
-            options_from_proto(request.options),
-            request.request_id,
-        )
+        options = options_from_proto(request.options)
+        with self.calls.take():
+            record = self.migrations.migrate(
+                namespace, name, request.target_agent, options, request.request_id
+            )
         return mpb.MigrateVirtualMachineResponse(migration=migration_to_proto(record))
 
     @grpc_errors
@@ -168,7 +174,9 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
     def CancelMigration(
         self, request: mpb.CancelMigrationRequest, context: grpc.ServicerContext
     ) -> mpb.CancelMigrationResponse:
-        record = self.migrations.cancel(_id(request))
+        migration_id = _id(request)
+        with self.calls.take():
+            record = self.migrations.cancel(migration_id)
         return mpb.CancelMigrationResponse(migration=migration_to_proto(record))
 
     @grpc_errors
@@ -181,25 +189,29 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
             else None
         )
         downtime = request.max_downtime_ms if request.HasField("max_downtime_ms") else None
-        record = self.migrations.update(
-            _id(request), bandwidth_mib=bandwidth, max_downtime_ms=downtime
-        )
+        migration_id = _id(request)
+        with self.calls.take():
+            record = self.migrations.update(
+                migration_id, bandwidth_mib=bandwidth, max_downtime_ms=downtime
+            )
         return mpb.UpdateMigrationResponse(migration=migration_to_proto(record))
 
     @grpc_errors
     def PrepareMigrationTarget(
         self, request: mpb.PrepareMigrationTargetRequest, context: grpc.ServicerContext
     ) -> mpb.PrepareMigrationTargetResponse:
-        answer = self.migrations.prepare(
-            _id(request),
-            request.metadata_xml,
-            request.source_node,
-            request.memory_bytes,
-            vm=(request.namespace, request.name),
-            validate_only=request.validate_only,
-            post_copy=request.post_copy,
-            digests=dict(request.container_disk_digests),
-        )
+        migration_id = _id(request)
+        with self.calls.take():
+            answer = self.migrations.prepare(
+                migration_id,
+                request.metadata_xml,
+                request.source_node,
+                request.memory_bytes,
+                vm=(request.namespace, request.name),
+                validate_only=request.validate_only,
+                post_copy=request.post_copy,
+                digests=dict(request.container_disk_digests),
+            )
         return mpb.PrepareMigrationTargetResponse(
             libvirt_uri=answer.libvirt_uri,
             migration_uri=answer.migration_uri,
@@ -211,9 +223,11 @@ class MigrationApi(mgrpc.MigrationServiceServicer):
     def FinishMigrationTarget(
         self, request: mpb.FinishMigrationTargetRequest, context: grpc.ServicerContext
     ) -> mpb.FinishMigrationTargetResponse:
-        downtime, final = self.migrations.finish(
-            _id(request), succeeded=request.succeeded, message=request.message
-        )
+        migration_id = _id(request)
+        with self.calls.take():
+            downtime, final = self.migrations.finish(
+                migration_id, succeeded=request.succeeded, message=request.message
+            )
         return mpb.FinishMigrationTargetResponse(
             downtime_ms=downtime, progress=progress_to_proto(final)
         )

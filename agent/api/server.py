@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,10 @@ from agent.api._gen.virtagent.v1 import (
 from agent.api.access import Access, AccessInterceptor
 from agent.api.admission import AdmissionInterceptor, CallPool
 from agent.api.deadline import DeadlineInterceptor
+from agent.api.errors import grpc_stream_errors
 from agent.api.interceptor import MetricsInterceptor
 from agent.api.servicer import MigrationServicer, NodeServicer, VirtualMachineServicer
+from agent.api.slots import CallSlots
 
 # The longest a unary call may run: the longest graceful stop (3600 s) and then some.
 DEFAULT_MAX_CALL_SECONDS = 3900.0
@@ -56,6 +59,20 @@ HEALTH_SERVICES = (
     "virtagent.v1.VirtualMachineService",
     "virtagent.v1.NodeService",
 )
+
+
+class _Health(health.HealthServicer):  # type: ignore[misc]
+    """grpc's health service, whose Watch (a stream that holds a server thread while it is
+    open, behind the interceptors) takes one of the stream slots like any other watch."""
+
+    def __init__(self, streams: CallSlots) -> None:
+        super().__init__(experimental_non_blocking=False)
+        self.streams = streams
+
+    @grpc_stream_errors
+    def Watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        with self.streams.take():
+            yield from super().Watch(request, context)
 
 
 @dataclass
@@ -121,7 +138,7 @@ def create_server(
     migration_service_pb2_grpc.add_MigrationServiceServicer_to_server(
         migrations or MigrationServicer(), server
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = _Health(vm.streams)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:
         _enable_reflection(server)

@@ -19,6 +19,7 @@ from agent.api.servicer import VirtualMachineServicer
 from agent.app import build_agent
 from agent.config import Settings
 from agent.domain.lifecycle import VMService
+from agent.migration.service import Migrations
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Agent:
     server: Server
     image_root: Path
     state_dir: Path
+    migrations: Migrations | None = None
 
 
 @pytest.fixture
@@ -94,6 +96,7 @@ def running_agent(
             server=built.server,
             image_root=image_root,
             state_dir=state_dir,
+            migrations=built.migrations,
         )
     finally:
         channel.close()

@@ -17,8 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent.api._gen.virtagent.v1 import migration_service_pb2 as mpb
 from agent.api._gen.virtagent.v1 import migration_service_pb2_grpc as mgrpc
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
+from agent.api.migrations import MIGRATION_CALLS
+from agent.errors import Unavailable
 from tests.api.conftest import Agent, running_agent
 from tests.api.test_vm_api import apply, code_of, vm_doc
+from tests.testbed.wait import wait_for
 
 WEB = {"namespace": "default", "name": "web"}
 
@@ -134,3 +137,88 @@ def test_past_the_limit_of_calls_in_progress_only_health_checks_are_let_in(
         assert details == "8 calls are in progress or waiting on this agent, its limit; retry later"
         assert all(_healthy(agent) for _ in range(20))
     # (Once the calls ended, Gets are let in again: see the other tests of this file.)
+
+
+def _answering(agent: Agent) -> None:
+    """Health checks and reads answer at once (they found a thread)."""
+    assert _healthy(agent)
+    get = pb.GetVirtualMachineRequest(**WEB)
+    assert agent.vms.GetVirtualMachine(get, timeout=10).vm.metadata.name == "web"
+
+
+def test_health_watches_count_as_streams_and_leave_threads_for_checks(agent: Agent) -> None:
+    apply(agent, vm_doc(run_strategy="Halted"))
+    health = health_pb2_grpc.HealthStub(agent.channel)
+    many = agent.service_servicer.streams.limit + 40  # more than the whole thread pool
+    watches = [
+        health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20) for _ in range(many)
+    ]
+    try:
+        answers = []
+        for watch in watches:
+            try:
+                answers.append(next(watch).status == health_pb2.HealthCheckResponse.SERVING)
+            except grpc.RpcError as exc:
+                answers.append(exc.code().name)
+        assert answers.count(True) == agent.service_servicer.streams.limit
+        assert set(answers) == {True, "RESOURCE_EXHAUSTED"}
+        _answering(agent)
+    finally:
+        for watch in watches:
+            watch.cancel()
+
+
+def _held_migrations(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch, many: int
+) -> tuple[list[grpc.Future], threading.Event, list[int]]:
+    """``many`` MigrateVirtualMachine calls, each that gets a thread held there (as if the
+    target agent did not answer) until the event is set; the list counts those that began."""
+    assert agent.migrations is not None
+    release, began = threading.Event(), [0]
+    lock = threading.Lock()
+
+    def unreachable_target(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            began[0] += 1
+        release.wait(30)
+        raise Unavailable("target agent unreachable")  # (injected)
+
+    monkeypatch.setattr(agent.migrations, "migrate", unreachable_target)
+    migrations = mgrpc.MigrationServiceStub(agent.channel)
+    request = mpb.MigrateVirtualMachineRequest(**WEB, target_agent="127.0.0.1:1")
+    calls = [migrations.MigrateVirtualMachine.future(request) for _ in range(many)]
+    return calls, release, began
+
+
+def test_blocking_migration_calls_take_slots_and_leave_threads_for_reads(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply(agent, vm_doc(run_strategy="Halted"))
+    many = 60  # more than the whole thread pool
+    calls, release, began = _held_migrations(agent, monkeypatch, many)
+    try:
+        # Each call either runs (held) or was refused at once; none waits for a thread.
+        wait_for(
+            lambda: began[0] + sum(c.done() for c in calls) == many,
+            15,
+            message=lambda: f"each call running or refused: {began[0]} running, the rest queued",
+        )
+        refused = {c.exception().code() for c in calls if c.done()}  # type: ignore[union-attr]
+        assert refused == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert began[0] == MIGRATION_CALLS
+        _answering(agent)
+        migrations = mgrpc.MigrationServiceStub(agent.channel)
+        for verb, request in (
+            ("CancelMigration", mpb.CancelMigrationRequest(migration_id="m-1")),
+            ("UpdateMigration", mpb.UpdateMigrationRequest(migration_id="m-1")),
+            ("FinishMigrationTarget", mpb.FinishMigrationTargetRequest(migration_id="m-1")),
+            ("PrepareMigrationTarget", mpb.PrepareMigrationTargetRequest(migration_id="m-1")),
+        ):
+            rpc = getattr(migrations, verb)
+            code, details = code_of(lambda: rpc(request, timeout=10))  # noqa: B023 (called at once)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, verb
+            assert "migration calls" in details
+    finally:
+        release.set()
+        for call in calls:
+            call.exception(timeout=30)
