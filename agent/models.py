@@ -308,6 +308,7 @@ class VMStatus:
     interfaces: tuple[InterfaceStatus, ...] = ()
     node_name: str = ""
     qemu_pid: int = 0
+    guest: bool = False  # a QEMU process exists (the domain is not shut off); not shown
     created_at: float = 0.0
     started_at: float = 0.0
     stopped_at: float = 0.0
@@ -343,11 +344,9 @@ class VMAllocation:
 
 @dataclass(frozen=True, slots=True)
 class Bookkeeping:
-    """What the agent remembers about a VM besides its spec; times are Unix seconds.
-
-    Stored with the spec in the domain's metadata (``agent.domain.metadata`` is the codec),
-    so a restarted agent reads it back from libvirt.
-    """
+    """What the agent remembers about a VM besides its spec; times are Unix seconds. Stored
+    with the spec in the domain's metadata (``agent.domain.metadata`` is the codec), so a
+    restarted agent reads it back from libvirt."""
 
     generation: int
     created_at: float

@@ -9,7 +9,8 @@ from agent.ports import DomainInfo, DomainState
 
 __all__ = ["ACTIVE_PHASES", "NETWORK_BROKEN", "derive_status", "with_network_broken"]
 
-# Phases in which a QEMU process exists for the VM.
+# Phases in which a QEMU process may exist for the VM (Pending also while it waits to start,
+# its domain shut off: ``VMStatus.guest`` tells).
 ACTIVE_PHASES = frozenset({Phase.RUNNING, Phase.PAUSED, Phase.PENDING, Phase.MIGRATING})
 
 # A running VM whose NIC no longer reaches the node (its tap was deleted under QEMU).
@@ -65,6 +66,7 @@ def derive_status(
         conditions=tuple(conditions),
         node_name=node_name,
         qemu_pid=info.pid if running else 0,
+        guest=info.state != DomainState.SHUTOFF,
         started_at=started_at if running else 0.0,
         stopped_at=0.0 if running else stopped_at,
         generation=generation,

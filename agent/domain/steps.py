@@ -151,7 +151,8 @@ class DomainSteps:
             )
             interfaces = self.network.interfaces(domain, spec, books.network)
             status = dataclasses.replace(status, interfaces=interfaces)
-            if status.phase in ACTIVE_PHASES and (cut_off := self.network.cut_off(domain)):
+            # Only a guest's taps can be cut off (a shut-off domain's have no carrier).
+            if status.guest and (cut_off := self.network.cut_off(domain)):
                 status = with_network_broken(status, cut_off)
             if spec.readiness_probe is not None and status.phase == Phase.RUNNING:
                 status = _gate_ready(status, self.probe_ready(domain))

@@ -107,12 +107,16 @@ class NodeSync:
     def repair_network(self) -> tuple[NetworkRepair, ...]:
         """The periodic safety net: measure the plumbing of running VMs and the node's, put
         back what is off (one log line and one count per repair); a VM a verb holds (being
-        made, started, stopped, deleted) or that is migrating is left to that verb."""
+        made, started, stopped, deleted) or that is migrating is left to that verb, and so is
+        one whose guest does not exist (e.g. Pending, waiting for a claim: stop leaves its
+        taps plugged, without a carrier while no QEMU holds them)."""
         busy = set(self._busy()) | self.steps.migrating
         running = {
             domain
             for domain in self.cache.names() - busy
-            if (record := self.cache.get(domain)) and record.status.phase in ACTIVE_PHASES
+            if (record := self.cache.get(domain))
+            and record.status.phase in ACTIVE_PHASES
+            and record.status.guest
         }
         repairs = self.network.repair(running)
         self._report(repairs)

@@ -17,6 +17,7 @@ from agent.models import Phase
 from agent.ports import NetworkRepair
 from tests.unit.fake_clock import FakeClock
 from tests.unit.fake_node import FakeNode, make_node, vm_spec
+from tests.unit.test_claim_waiting import claim_vm, with_claims
 
 
 def repaired(kind: str) -> float:
@@ -151,3 +152,19 @@ def test_the_resync_interval_setting() -> None:
     assert load_settings(["--resync-interval", "0"], environ={}).resync_interval == 0.0
     with pytest.raises(ConfigError, match="resync-interval: -1.0 is negative"):
         load_settings(["--resync-interval", "-1"], environ={})
+
+
+def test_a_pending_vm_without_a_guest_is_not_measured_nor_shown_cut_off(tmp_path: Path) -> None:
+    """A VM waiting for its claim is Pending with its domain shut off (stop never unplugs):
+    its tap has no carrier because no QEMU holds it, which is no broken network."""
+    node = with_claims(make_node(tmp_path), tmp_path / "claims")
+    node.service.resync()
+    node.service.apply(vm_spec("web"))
+    node.service.apply(claim_vm("waiting"))
+    assert node.service.get("default", "waiting").status.phase == Phase.PENDING
+    node.network.broken["default_waiting"] = "tap va2 has no carrier"
+    node.service.sync.repair_network()
+    assert node.network.repaired == [{"default_web"}]
+    waiting = node.service.get("default", "waiting")
+    assert waiting.status.phase == Phase.PENDING
+    assert not [c for c in waiting.status.conditions if c.type == "NetworkBroken"]
