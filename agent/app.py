@@ -137,7 +137,7 @@ def build_agent(settings: Settings) -> Agent:
     access, credentials = access_control(settings), server_credentials(settings)
     os.makedirs(settings.state_dir, exist_ok=True)
     hv = LibvirtHypervisor(settings.libvirt_uri, qemu_run_dir=settings.qemu_run_dir)
-    cache = VMCache(history_events=settings.watch_history)
+    cache = VMCache(history_events=settings.watch_history, state_dir=settings.state_dir)
     networking = _network(settings)
     service = VMService(
         hv,

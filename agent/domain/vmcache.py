@@ -4,19 +4,23 @@ The VM cache is never a source of truth: it is rebuilt from libvirt at start and
 refreshed on every libvirt event. Watchers get a consistent snapshot plus every later
 change, in resource-version order, or resume after a version the bounded history still holds.
 
-Resource versions count changes from the agent's start time in microseconds, so a version
-from an earlier run of the agent is older than any of this run: a watch resuming from it is
-refused (too old), never misread as a version of this run.
+Resource versions count changes from the agent's start time in microseconds, and past every
+version an earlier run handed out (kept in the state dir, see ``agent.domain.versionceiling``: the
+clock may have stepped back between runs), so a version from an earlier run of the agent is
+older than any of this run: a watch resuming from it is refused (too old), never misread as
+a version of this run.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.domain.clock import SYSTEM_CLOCK
+from agent.domain.versionceiling import VersionCeiling
 from agent.domain.watchhistory import WATCH_HISTORY_BYTES, WATCH_HISTORY_EVENTS, WatchHistory
 from agent.models import Bookkeeping, CloudInitConfigDrive, CloudInitNoCloud, VMSpec, VMStatus
 from agent.ports import Clock
@@ -24,6 +28,7 @@ from agent.ports import Clock
 __all__ = ["WATCH_BUFFER_BYTES", "VMRecord", "VMCache", "WatchEvent", "Watch", "record_bytes"]
 
 _WATCH_BUFFER = 10_000
+VERSION_FILE = "resource-version"  # in the state dir (agent.domain.versionceiling)
 # What a watcher that does not read may hold: its events are cut off beyond this. Each event
 # holds a whole VM (user data included), so a count alone bounds nothing.
 WATCH_BUFFER_BYTES = 8 * 1024 * 1024
@@ -80,12 +85,18 @@ class VMCache:
         history_events: int = WATCH_HISTORY_EVENTS,
         history_bytes: int = WATCH_HISTORY_BYTES,
         start_version: int | None = None,
+        state_dir: str = "",
     ) -> None:
+        """``start_version``: the clock's (default: now in microseconds); ``state_dir``: where
+        runs keep the ceiling of the versions they handed out (none: the clock alone)."""
         self.watch_buffer_bytes = watch_buffer_bytes
         self._lock = threading.Condition()
         self._records: dict[str, VMRecord] = {}
         if start_version is None:
             start_version = int(SYSTEM_CLOCK.now() * 1_000_000)
+        self._ceiling = VersionCeiling(os.path.join(state_dir, VERSION_FILE)) if state_dir else None
+        if self._ceiling is not None:
+            start_version = self._ceiling.start(start_version)
         self._version = start_version
         self.history = WatchHistory(
             start_version, max_events=history_events, max_bytes=history_bytes
@@ -125,6 +136,8 @@ class VMCache:
 
     def _publish(self, kind: str, record: VMRecord) -> None:
         self._version += 1
+        if self._ceiling is not None:
+            self._ceiling.handed_out(self._version)
         event = WatchEvent(kind, record, self._version, record_bytes(record))
         self.history.append(event)
         for watch in list(self._watches):

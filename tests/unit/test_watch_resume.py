@@ -12,6 +12,7 @@ import pytest
 from agent.api._gen.virtagent.v1 import vm_pb2
 from agent.api._gen.virtagent.v1 import vm_service_pb2 as pb
 from agent.client.watch import resuming_watch
+from agent.domain.versionceiling import VersionCeiling
 from agent.domain.views import VMViews, WatchItem
 from agent.domain.vmcache import VMCache, record_bytes
 from agent.errors import OutOfRange
@@ -75,6 +76,32 @@ def test_a_version_from_an_earlier_run_of_the_agent_cannot_be_resumed() -> None:
         later.resume(version)
     with pytest.raises(OutOfRange, match="newer than this agent's latest"):
         later.resume(later.resource_version + 1)
+
+
+def test_a_clock_stepped_back_between_runs_never_makes_an_old_version_resumable(
+    tmp_path: Path,
+) -> None:
+    earlier = VMCache(start_version=5_000_000, state_dir=str(tmp_path))
+    for name in ("a", "b", "c"):
+        earlier.put(name, VM)
+    old = earlier.resource_version - 1  # what a watcher of the earlier run saw
+    later = VMCache(start_version=1_000_000, state_dir=str(tmp_path))  # the clock went back
+    for name in ("a", "b", "c", "d"):  # as many changes as the old version is ahead, more
+        later.put(name, VM)
+    assert later.resource_version > earlier.resource_version
+    with pytest.raises(OutOfRange, match="too old"):
+        later.resume(old)
+
+
+def test_each_block_of_versions_is_recorded_before_it_is_handed_out(tmp_path: Path) -> None:
+    path = str(tmp_path / "resource-version")
+    ceiling = VersionCeiling(path, block=2)
+    assert ceiling.start(100) == 100
+    for version in range(101, 106):
+        ceiling.handed_out(version)
+        assert VersionCeiling(path)._read() > version  # a next run would start past it
+    assert ceiling.limit == 106  # written at 100, 102, 104: not once per version
+    assert VersionCeiling(path).start(10**9) == 10**9  # the clock, when it is ahead
 
 
 def _items(views: VMViews, since: int = 0) -> Iterator[WatchItem]:
