@@ -147,15 +147,18 @@ class VMService:
         spec = dataclasses.replace(spec, uid=spec.uid or str(uuid.uuid4()))
         books = Bookkeeping(generation=1, created_at=self.clock.now(), node_name=self.node_name)
         books = dataclasses.replace(books, network=self.network.allocate(domain, spec, None))
+        started = spec.run_strategy in STARTED_ON_CREATE
+        if started:  # the start mark goes with the first define (see DomainSteps.start)
+            books = dataclasses.replace(books, starting=True, started_at=books.created_at)
         try:
             self.steps.define(domain, spec, books, new=True)
         except Exception:
             self.network.unplug(domain, spec, books.network)  # gives back what allocate took
             raise
         self.network.settle(domain, books.network)
-        if spec.run_strategy in STARTED_ON_CREATE:
+        if started:
             try:
-                self.steps.start(domain)
+                self.steps.start(domain, marked=True)
             except Exception:
                 # A VM that cannot start is not created: nothing half-made stays behind.
                 self.steps.remove(domain, spec, books)

@@ -204,8 +204,10 @@ class DomainSteps:
         )
         return domain_xml(spec, plan)
 
-    def start(self, domain: str) -> None:
-        """Boot the domain paused, plumb it, then let it run; undo on failure."""
+    def start(self, domain: str, *, marked: bool = False) -> None:
+        """Boot the domain paused, plumb it, then let it run; undo on failure. ``marked``:
+        the definition holds the start mark already (a VM created to run stores it with its
+        first define), which saves a round trip to libvirt on the start's critical path."""
         info, spec, books = self.require(domain)
         if info.state != DomainState.SHUTOFF:
             return  # running or paused: started already (resume is its own verb)
@@ -220,13 +222,15 @@ class DomainSteps:
                 # What the claims are now (a file or a device, raw or qcow2), and the node
                 # objects (secrets, config maps, SSH keys) as they are now.
                 self.hv.define(self.definition(domain, spec, books))
-            self._boot(domain, spec, books)
+            self._boot(domain, spec, books, marked=marked and books.starting)
 
-    def _boot(self, domain: str, spec: VMSpec, books: Bookkeeping) -> None:
+    def _boot(self, domain: str, spec: VMSpec, books: Bookkeeping, *, marked: bool) -> None:
         # ``starting`` is stored first: an agent killed before the resume leaves a paused
         # guest that only this mark tells apart from one a user paused (see recovery.py).
-        books = dataclasses.replace(books, started_at=self.clock.now(), halted=False, starting=True)
-        self.save_books(domain, spec, books)
+        if not marked:
+            now = self.clock.now()
+            books = dataclasses.replace(books, started_at=now, halted=False, starting=True)
+            self.save_books(domain, spec, books)
         self._starting.add(domain)
         try:
             # Taps must exist before QEMU opens them (managed='no'); NAT and DHCP are ready

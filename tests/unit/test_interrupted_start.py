@@ -92,19 +92,23 @@ def test_a_guest_a_user_paused_stays_paused_after_an_agent_restart(tmp_path: Pat
 def test_a_vm_defined_but_never_started_is_started_by_the_restarted_agent(
     tmp_path: Path, strategy: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # A VM created to run is defined with its start mark (one libvirt call fewer per start):
+    # an agent killed before the guest is created leaves a VM whose intent is on record.
     first = make_node(tmp_path)
-    first.hv.kill_agent_at("set_metadata")  # the first thing start does: after define
+    first.hv.kill_agent_at("start")  # the first call after the define
     with pytest.raises(AgentKilled):
         first.service.apply(vm_spec(run_strategy=strategy))
-    assert first.service.get("default", "web").status.phase == Phase.STOPPED
+    assert first.service.get("default", "web").status.phase == Phase.PENDING
+    assert first.hv.calls_on(WEB, "set_metadata") == []  # the mark came with the define
 
     with caplog.at_level(logging.INFO):
         node, ran = restart_and_recover(first)
 
-    assert ran == [f"restart-{WEB}"]
+    assert ran == [f"finish-start-{WEB}"]
     assert state(node) == DomainState.RUNNING
-    assert len(node.hv.calls_on(WEB, "start")) == 1
-    assert "repaired: vm default/web was defined but never started" in caplog.text
+    assert len(node.hv.calls_on(WEB, "start")) == 2  # the killed call never happened
+    assert "repaired: vm default/web: its start was interrupted" in caplog.text
+    assert not node.service.get("default", "web").books.starting
 
 
 def test_a_once_vm_that_ran_is_not_started_again_by_a_restarted_agent(tmp_path: Path) -> None:
@@ -163,7 +167,7 @@ def test_the_network_is_reconciled_before_recovery_starts_anything(tmp_path: Pat
     first.hv.kill_agent_at("resume")
     with pytest.raises(AgentKilled):
         first.service.apply(vm_spec("web", run_strategy="Once"))
-    first.hv.kill_agent_at("set_metadata")
+    first.hv.kill_agent_at("start")
     with pytest.raises(AgentKilled):
         first.service.apply(vm_spec("db", run_strategy="Once"))
     node = first.restarted_agent()
@@ -178,7 +182,7 @@ def test_the_network_is_reconciled_before_recovery_starts_anything(tmp_path: Pat
     node.service.resync()
 
     assert queued_at_reconcile == [[]]
-    assert sorted(node.tasks.names()) == [f"finish-start-{WEB}", "restart-default_db"]
+    assert sorted(node.tasks.names()) == ["finish-start-default_db", f"finish-start-{WEB}"]
 
 
 def kill_agent_after_the_resume(first: FakeNode) -> None:
