@@ -212,7 +212,8 @@ def test_a_full_state_directory_fails_the_apply_clearly_and_leaves_nothing(
 def fill_and_apply(agent: AgentProcess, inside: Path, round_: int) -> None:
     name = f"seeded-{round_}"
     filler = inside / "filler"
-    with open(filler, "wb") as handle:  # until the tmpfs is full
+    # Unbuffered: a buffered writer would raise ENOSPC again when it flushes at close.
+    with open(filler, "wb", buffering=0) as handle:  # until the tmpfs is full
         try:
             while True:
                 handle.write(b"\0" * 65536)
