@@ -185,6 +185,7 @@ class Watch:
     resumes: int = 0  # streams opened from a resource_version, and accepted
     relists: int = 0  # resumes refused with OUT_OF_RANGE
     version: int = 0
+    errors: list[str] = field(default_factory=list)  # how streams ended, for failure messages
     _stop: threading.Event = field(default_factory=threading.Event)
     _stream: Any = None
     _thread: threading.Thread | None = None
@@ -202,6 +203,10 @@ class Watch:
             self._stream.cancel()
         if self._thread is not None:
             self._thread.join(10)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def reopen(self) -> None:
         """End the stream as a lost connection would; the reader resumes it."""
@@ -225,9 +230,12 @@ class Watch:
                     self.version = max(self.version, event.resource_version)
                     self.events.append(Seen(time.monotonic(), event.type, event.vm))
             except grpc.RpcError as exc:
+                self.errors.append(f"{exc.code().name}: {exc.details()}")
                 if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
                     self.relists += 1
                     self.version = 0
+            except Exception as exc:  # noqa: BLE001 - kept for the failure message, then retried
+                self.errors.append(f"{type(exc).__name__}: {exc}")
             self._stop.wait(0.2)
 
     def first(self, name: str, phase: int, after: float = 0.0) -> Seen | None:

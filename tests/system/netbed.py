@@ -135,7 +135,7 @@ def net_vm(
             "memory": {"guest": "160Mi"},
             "firmware": {
                 "kernelBoot": {
-                    "kernelArgs": f"console=ttyS0 quiet token={name}",
+                    "kernelArgs": f"console=ttyS0 quiet no_timer_check token={name}",
                     "container": {"kernelPath": "vmlinuz", "initrdPath": "initrd.img"},
                 }
             },

@@ -283,6 +283,15 @@ def test_libvirtd_killed_and_back_health_follows_and_the_watch_never_loses_a_vm(
         assert serving <= 10.0
         for name in STEADY:
             assert agent.wait_phase(name, vm_pb2.PHASE_RUNNING).status.qemu_pid == steady[name]
+        # The reader resumes on its own thread: wait (bounded) for it, before the watch ends.
+        wait_for(
+            lambda: watch.resumes + watch.relists >= 1,
+            30,
+            message=lambda: (
+                f"the watch resumed ({watch.streams} streams, reader alive {watch.alive}, "
+                f"ended: {watch.errors[-3:]})"
+            ),
+        )
     print(f"watch: {watch.streams} streams, {watch.resumes} resumed, {len(watch.events)} events")
     assert watch.bad_news(STEADY) == []
     assert watch.resumes >= 1 and watch.relists == 0  # resumed where it was: no gap
