@@ -56,25 +56,6 @@ def test_a_guest_left_paused_between_create_and_resume_is_resumed_by_the_restart
     assert node.tasks.run_all() == []
 
 
-def test_a_start_killed_before_the_guest_was_created_is_finished(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    first = make_node(tmp_path)
-    first.hv.kill_agent_at("start")
-    with pytest.raises(AgentKilled):
-        first.service.apply(vm_spec(run_strategy="Once"))
-    assert state(first) == DomainState.SHUTOFF
-
-    with caplog.at_level(logging.INFO):
-        node, ran = restart_and_recover(first)
-
-    assert ran == [f"finish-start-{WEB}"]
-    assert state(node) == DomainState.RUNNING
-    assert len(node.hv.calls_on(WEB, "start")) == 2  # the killed call never happened
-    assert "repaired: vm default/web: its start was interrupted" in caplog.text
-    assert not node.service.get("default", "web").books.starting
-
-
 def test_a_guest_a_user_paused_stays_paused_after_an_agent_restart(tmp_path: Path) -> None:
     first = make_node(tmp_path)
     first.service.apply(vm_spec(run_strategy="Always"))
@@ -89,7 +70,7 @@ def test_a_guest_a_user_paused_stays_paused_after_an_agent_restart(tmp_path: Pat
 
 
 @pytest.mark.parametrize("strategy", ["Once", "Always", "RerunOnFailure"])
-def test_a_vm_defined_but_never_started_is_started_by_the_restarted_agent(
+def test_a_start_killed_before_the_guest_was_created_is_finished(
     tmp_path: Path, strategy: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A VM created to run is defined with its start mark (one libvirt call fewer per start):
@@ -98,6 +79,7 @@ def test_a_vm_defined_but_never_started_is_started_by_the_restarted_agent(
     first.hv.kill_agent_at("start")  # the first call after the define
     with pytest.raises(AgentKilled):
         first.service.apply(vm_spec(run_strategy=strategy))
+    assert state(first) == DomainState.SHUTOFF
     assert first.service.get("default", "web").status.phase == Phase.PENDING
     assert first.hv.calls_on(WEB, "set_metadata") == []  # the mark came with the define
 
